@@ -1,0 +1,266 @@
+"""Typed configuration: nested dataclasses, a YAML file, `--set a.b=c` overrides.
+
+Every command has one top-level dataclass made of per-concern dataclasses
+(`ModelConfig`, `GenerationConfig`, ...). Each field carries a one-line
+`doc` in its metadata; `--help` of a command lists them. Values from YAML and
+`--set` are parsed as YAML scalars and checked against the field's type, so
+a typo in a key or a string where a number belongs fails before any heavy
+work, naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rlhfkit.errors import UserError
+
+T = TypeVar("T")
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+def field(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a one-line doc (shown by `--help`)."""
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata={"doc": doc})
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+# ---------------------------------------------------------------------------
+# Shared per-concern sections
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LoRAConfig:
+    enabled: bool = field(False, "train LoRA adapters instead of all weights (the reference is then the base, adapter off)")
+    r: int = field(16, "LoRA rank")
+    alpha: int = field(32, "LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = field(0.0, "dropout on the adapter input (kept 0 for RL: dropout breaks the PPO ratio)")
+    target_modules: list[str] = field(
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        doc="module names that get adapters",
+    )
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise UserError(f"lora.r must be positive, got {self.r}")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = field(EMBEDDED_MODEL, "embedded:smollm2-135m-instruct, a local directory, a hub id or a .gguf path")
+    dtype: str = field("bfloat16", "compute precision of forward passes: bfloat16 (autocast, fp32 weights) or float32")
+    lora: LoRAConfig = field(factory=LoRAConfig, doc="LoRA adapters")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("bfloat16", "float32"):
+            raise UserError(f"model.dtype must be bfloat16 or float32, got {self.dtype!r}")
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    max_new_tokens: int = field(48, "response length cap in tokens")
+    temperature: float = field(1.0, "sampling temperature (log-probs are taken under the same temperature)")
+    top_k: int = field(0, "sample from the k most likely tokens (0: all)")
+    top_p: float = field(1.0, "nucleus sampling mass (1.0: all)")
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise UserError(f"generation.max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise UserError(f"generation.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"generation.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UserError(f"generation.top_k must be >= 0, got {self.top_k}")
+
+
+REWARD_KINDS = ("sentiment", "rouge", "length", "function", "model")
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    kind: str = field("sentiment", "reward source: sentiment, rouge, length, function or model")
+    model: str = field("", "reward-model directory (an `rlhfkit rm` final/), for kind=model")
+    function: str = field("", "package.module:function with signature (prompts, responses, records) -> scores")
+    target_length: int = field(20, "for kind=length: the response length in words that scores 0; each word away costs 1/target")
+    batch_size: int = field(16, "responses per reward-model forward pass")
+
+    def __post_init__(self) -> None:
+        if self.kind not in REWARD_KINDS:
+            raise UserError(f"reward.kind must be one of {', '.join(REWARD_KINDS)}, got {self.kind!r}")
+        if self.kind == "function" and ":" not in self.function:
+            raise UserError(f"reward.function must look like package.module:function, got {self.function!r}")
+        if self.kind == "model" and not self.model:
+            raise UserError("reward.kind=model needs reward.model=<directory of an rlhfkit rm run>/final")
+
+
+# ---------------------------------------------------------------------------
+# Building a dataclass from nested dicts, with checks
+# ---------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting ints to floats where a float is wanted."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key!r} is a section; expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                pass
+        raise UserError(f"config key {key!r}: {value!r} is not one of {', '.join(_type_name(a) for a in args)}")
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise UserError(f"config key {key!r}: expected a list, got {value!r}")
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key {key!r}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config key {key!r}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key {key!r}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise UserError(f"config key {key!r}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        known = ", ".join(prefix + name for name in fields)
+        raise UserError(f"unknown config key {prefix + unknown[0]!r}; known keys here: {known}")
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {dotted}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict[str, Any] | None = None
+) -> T:
+    """Build `cls` from defaults, then `base`, then the YAML file at `path`, then `key.sub=value` overrides."""
+    values: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise UserError(f"config file {path}{where} is not valid YAML: {getattr(error, 'problem', error)}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+        values = _merge(values, loaded)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects key.sub=value, got {item!r}")
+        try:
+            parsed = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            parsed = raw
+        tree: dict[str, Any] = {}
+        _set_dotted(tree, key.strip(), parsed)
+        values = _merge(values, tree)
+    return _build(cls, values)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def field_docs(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, doc) for every leaf field, for `--help`."""
+    rows: list[tuple[str, Any, str]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += field_docs(tp, prefix + f.name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append((prefix + f.name, default, f.metadata.get("doc", "")))
+    return rows
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, resume: bool = True) -> None:
+    """The options every training command shares: --config, --set, --out, --resume; keys listed in --help."""
+    keys = "\n".join(f"  {key} = {default!r}\n      {doc}" for key, default, doc in field_docs(cls))
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "configuration keys (--set key=value):\n" + keys
+    parser.add_argument("--config", help="a YAML file of configuration keys")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key, e.g. train.steps=20")
+    parser.add_argument("--out", help="output directory (same as --set out=DIR)")
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output directory")
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, base: dict[str, Any] | None = None) -> T:
+    overrides = list(args.set)
+    if getattr(args, "out", None):
+        overrides.append(f"out={args.out}")
+    return load_config(cls, args.config, overrides, base=base)
