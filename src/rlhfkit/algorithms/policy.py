@@ -1,0 +1,161 @@
+"""PPO losses (Schulman et al. 2017) and the per-token quantities they need from logits.
+
+The losses take (B, T) tensors with a mask (language models) or (N,) tensors
+with mask=None (Gymnasium). Masked-out positions are zeroed before any
+arithmetic, so padding garbage never reaches a loss or a gradient. Each loss
+returns (loss, stats): stats are detached 0-dim tensors, for logging.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from rlhfkit.algorithms.core import _zero_outside, masked_mean
+
+# Logits are processed in slices of at most this many elements along their first
+# dimension, so that the float32 temporaries of a (B, T, V) tensor stay bounded.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def clipped_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor | None, clip_range: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's clipped surrogate objective, as a loss to minimise.
+
+        ratio_t = exp(log pi(a_t|s_t) - log pi_old(a_t|s_t))
+        loss    = mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))
+
+    logprobs, old_logprobs, advantages, mask: (B, T), or (N,) with mask None.
+    stats: "clipfrac", the fraction of positions where the clipped term is
+    strictly the larger (so it set the loss and the gradient is zero), and
+    "approx_kl", mean((ratio - 1) - log ratio), the k3 estimate of
+    KL(pi_old || pi) from the samples of pi_old.
+    """
+    log_ratio = _zero_outside(logprobs.float() - old_logprobs.float(), mask)
+    advantages = _zero_outside(advantages, mask)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
+        }
+    return loss, stats
+
+
+def kl_penalty_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor | None, beta: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The PPO paper's adaptive-KL-penalty surrogate (sec. 4), as a loss to minimise.
+
+        loss = -mean_t(ratio_t * A_t) + beta * mean_t((ratio_t - 1) - log ratio_t)
+
+    the second term being the k3 estimate of KL(pi_old || pi). Shapes as in
+    `clipped_policy_loss`; adapt beta between updates with `update_kl_penalty_beta`.
+    stats: "approx_kl" as above, and "clipfrac", always 0 since nothing is
+    clipped, so that both surrogates log the same keys.
+    """
+    log_ratio = _zero_outside(logprobs.float() - old_logprobs.float(), mask)
+    advantages = _zero_outside(advantages, mask)
+    ratio = torch.exp(log_ratio)
+    kl = masked_mean((ratio - 1.0) - log_ratio, mask)
+    loss = -masked_mean(ratio * advantages, mask) + beta * kl
+    stats = {"clipfrac": torch.zeros((), device=loss.device), "approx_kl": kl.detach()}
+    return loss, stats
+
+
+def update_kl_penalty_beta(beta: float, kl: float, target: float) -> float:
+    """The PPO paper's beta rule (sec. 4), applied after each policy update.
+
+        d < d_targ / 1.5  ->  beta / 2
+        d > d_targ * 1.5  ->  beta * 2
+        otherwise         ->  beta
+    """
+    kl = float(kl)
+    if kl < target / 1.5:
+        return beta / 2.0
+    if kl > target * 1.5:
+        return beta * 2.0
+    return beta
+
+
+def clipped_value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor | None, clip_range: float | None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The critic's loss, with the value change clipped around the rollout-time values (PPO2 baselines).
+
+        V_clip = V_old + clip(V - V_old, -c, c)
+        loss   = 0.5 * mean_t max((V_t - R_t)^2, (V_clip_t - R_t)^2)
+
+    values, old_values, returns, mask: (B, T), or (N,) with mask None. clip_range
+    None or <= 0 gives the unclipped 0.5 * MSE. IMPORTANT: c is in the units of the
+    returns, so a sensible value depends on the reward scale. stats: "clipfrac",
+    the fraction of positions where the clipped term is strictly the larger.
+    """
+    values = _zero_outside(values, mask)
+    returns = _zero_outside(returns, mask)
+    unclipped = (values - returns) ** 2
+    if clip_range is None or clip_range <= 0:
+        loss = 0.5 * masked_mean(unclipped, mask)
+        return loss, {"clipfrac": torch.zeros((), device=loss.device)}
+    old_values = _zero_outside(old_values, mask)
+    values_clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    clipped = (values_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask)}
+    return loss, stats
+
+
+def _map_chunks(fn: Callable[[Tensor], Tensor], logits: Tensor) -> Tensor:
+    """fn applied to slices of `logits` along its first dimension, concatenated; bounds temporary memory."""
+    if logits.dim() < 2:
+        return fn(logits)
+    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, logits[0].numel()))
+    return torch.cat([fn(chunk) for chunk in logits.split(rows_per_chunk)])
+
+
+def _entropy(logits: Tensor) -> Tensor:
+    logits = logits.float()
+    log_normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
+    probs = torch.exp(logits - log_normaliser)
+    return log_normaliser.squeeze(-1) - (probs * logits).sum(-1)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of the categorical distribution softmax(logits), in float32.
+
+        H = -sum_v p_v log p_v = logsumexp(l) - sum_v p_v l_v
+
+    logits: (..., V) finite; returns (...). The logsumexp form never exponentiates
+    a large logit, so it is stable for logits of any scale.
+    """
+    return _map_chunks(_entropy, logits)
+
+
+def logprobs_from_logits(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log-probabilities of `tokens` under softmax(logits / temperature), in float32.
+
+        log p(x_t) = l_{t, x_t} / temp - logsumexp_v(l_{t, v} / temp)
+
+    logits: (B, T, V), tokens: (B, T) -> (B, T) (any (..., V) with (...) works).
+    Sampling and scoring must use the same temperature, or the PPO ratio and
+    the KL are measured against a different policy from the one that sampled.
+    Only the gathered logit is taken before the normaliser, and the normaliser
+    is computed slice by slice, so no second full-size float32 copy of the
+    logits is made.
+    """
+
+    def log_normaliser(chunk: Tensor) -> Tensor:
+        scaled = chunk.float()
+        if temperature != 1.0:
+            scaled = scaled / temperature
+        return torch.logsumexp(scaled, dim=-1)
+
+    chosen = logits.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1).float()
+    return chosen / temperature - _map_chunks(log_normaliser, logits)
