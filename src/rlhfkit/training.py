@@ -1,0 +1,176 @@
+"""What SFT, reward-model and DPO training share: optimiser, schedule, response log-probs, exact resume.
+
+- `OptimConfig` + `build_optimizer`: AdamW over the trainable parameters and a
+  warmup-then-constant/linear/cosine learning-rate schedule.
+- `sequence_logprobs` / `response_token_nll`: the log-likelihood of response
+  tokens only (the SFT loss, DPO's policy terms, PPO-ptx).
+- `batch_indices`: which records optimiser step k uses, a pure function of
+  (k, seed), so the data position of a resumed run is just its step.
+- `save_training_state` / `restore_training_state`: trainable weights (all
+  weights, or only the LoRA adapter and heads), optimiser, scheduler and RNG
+  in one atomic `checkpoints/step-N/`, so a resumed run ends bitwise equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from rlhfkit.algorithms import logprobs_from_logits, masked_mean
+from rlhfkit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlhfkit.config import field
+from rlhfkit.errors import UserError
+from rlhfkit.models import autocast, position_ids_from_mask
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    learning_rate: float = field(1e-5, "peak AdamW learning rate (reached after warmup)")
+    weight_decay: float = field(0.0, "AdamW decoupled weight decay")
+    warmup_steps: int = field(0, "optimiser steps of linear warmup from 0 to the peak learning rate")
+    schedule: str = field("constant", "learning rate after warmup: constant, linear (to 0) or cosine (to 0)")
+    max_grad_norm: float = field(1.0, "clip the global gradient norm to this (0: no clipping)")
+    betas: list[float] = field(factory=lambda: [0.9, 0.999], doc="AdamW (beta1, beta2)")
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise UserError(f"optim.learning_rate must be positive, got {self.learning_rate}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_steps < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise UserError("optim.warmup_steps, optim.max_grad_norm and optim.weight_decay must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Factor on the peak learning rate for optimiser step `step` (0-based).
+
+    Warmup: (step + 1) / warmup_steps. Then constant 1, linear 1 -> 0, or
+    cosine 0.5 (1 + cos(pi * progress)), progress = (step - warmup) / (total - warmup).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(params: Iterable[nn.Parameter], config: OptimConfig, total_steps: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the parameters that require grad, and its LambdaLR schedule over `total_steps`."""
+    trainable = [p for p in params if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, config.warmup_steps, total_steps, config.schedule)
+    )
+    return optimizer, scheduler
+
+
+def optimizer_step(params: list[nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float) -> float:
+    """Clip (if max_grad_norm > 0), step, advance the schedule, zero the grads; returns the pre-clip grad norm."""
+    if max_grad_norm > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    else:
+        norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+# ---------------------------------------------------------------------------
+# Response log-likelihoods
+# ---------------------------------------------------------------------------
+
+
+def response_token_logprobs(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, dtype: str = "float32"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of every next token and where it is a response token.
+
+    input_ids, attention_mask, response_mask: (B, T). Logits at position t
+    predict token t + 1, so both outputs are (B, T - 1): logprobs[:, t] =
+    log p(input_ids[:, t + 1] | input_ids[:, :t + 1]) (fp32), and
+    mask[:, t] = response_mask[:, t + 1].
+    """
+    with autocast(dtype):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)).logits
+    logprobs = logprobs_from_logits(logits[:, :-1], input_ids[:, 1:])  # (B, T-1)
+    return logprobs, response_mask[:, 1:].bool()
+
+
+def sequence_logprobs(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, dtype: str = "float32"
+) -> torch.Tensor:
+    """(B, T) batch -> (B,) summed log-probs of each row's response tokens (EOS included), fp32."""
+    logprobs, mask = response_token_logprobs(model, input_ids, attention_mask, response_mask, dtype)
+    return torch.where(mask, logprobs, 0.0).sum(-1)
+
+
+def response_token_nll(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, dtype: str = "float32"
+) -> torch.Tensor:
+    """(B, T) batch -> 0-dim mean negative log-likelihood over all response tokens of the batch (the SFT loss)."""
+    logprobs, mask = response_token_logprobs(model, input_ids, attention_mask, response_mask, dtype)
+    return -masked_mean(logprobs, mask)
+
+
+# ---------------------------------------------------------------------------
+# Data order and exact resume
+# ---------------------------------------------------------------------------
+
+
+def batch_indices(num_records: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Indices of the `batch_size` records used by optimiser step `step` (0-based).
+
+    Records are drawn epoch by epoch, each epoch a fresh permutation seeded by
+    (seed, epoch); a batch may straddle two epochs. A pure function of its
+    arguments, so the data position of a resumed run is its step.
+    """
+    start = step * batch_size
+    indices: list[int] = []
+    while len(indices) < batch_size:
+        epoch, offset = divmod(start + len(indices), num_records)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        permutation = torch.randperm(num_records, generator=generator).tolist()
+        indices += permutation[offset : offset + batch_size - len(indices)]
+    return indices
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (all, or a LoRA adapter plus heads), by name."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_training_state(out_dir: str | Path, step: int, model: nn.Module, optimizer: Any, scheduler: Any, extra: dict[str, Any] | None = None) -> Path:
+    """Write `checkpoints/step-{step}/` atomically: trainable weights, optimiser, scheduler, RNG, `extra`."""
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra or {}}
+    return save_checkpoint(out_dir, step, {"trainable": trainable_state(model)}, state)
+
+
+def restore_training_state(checkpoint: str | Path, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Load what `save_training_state` wrote into model, optimiser, scheduler and the RNGs; returns the state dict."""
+    tensors, state = load_checkpoint(checkpoint)
+    expected = set(trainable_state(model))
+    saved = tensors["trainable"]
+    if set(saved) != expected:
+        missing = sorted(expected ^ set(saved))[:3]
+        raise UserError(f"{checkpoint}: its weights do not match this model (e.g. {missing}); resume with the configuration the run started with")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in saved:
+                parameter.copy_(saved[name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state
