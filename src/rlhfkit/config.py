@@ -253,7 +253,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, resume: 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "configuration keys (--set key=value):\n" + keys
     parser.add_argument("--config", help="a YAML file of configuration keys")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key, e.g. train.steps=20")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help="override keys, e.g. --set train.steps=20 seed=1")
     parser.add_argument("--out", help="output directory (same as --set out=DIR)")
     if resume:
         parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output directory")

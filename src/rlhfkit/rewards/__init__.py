@@ -1,0 +1,128 @@
+"""Reward sources behind one interface: `(prompts, responses, records) -> scores`.
+
+`prompts` are the readable prompts (last user turn), `responses` the decoded
+responses, `records` the prompt records as loaded (for fields such as
+`reference`). Every source returns one float per response; `checked_scores`
+turns a NaN, an infinity, a wrong count or an exception into one clear
+UserError instead of a silently poisoned update.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+
+from rlhfkit.config import RewardConfig
+from rlhfkit.errors import UserError
+
+RewardFn = Callable[[list[str], list[str], list[dict[str, Any]]], Sequence[float]]
+
+
+def sentiment_reward() -> RewardFn:
+    """VADER compound score in [-1, 1]: 'people prefer the more positive answer'."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+
+    def score(prompts: list[str], responses: list[str], records: list[dict[str, Any]]) -> list[float]:
+        return [analyzer.polarity_scores(response)["compound"] for response in responses]
+
+    return score
+
+
+def rouge_reward() -> RewardFn:
+    """ROUGE-L F1 of the response against the prompt record's `reference` field."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+    def score(prompts: list[str], responses: list[str], records: list[dict[str, Any]]) -> list[float]:
+        return [scorer.score(record["reference"], response)["rougeL"].fmeasure for record, response in zip(records, responses)]
+
+    return score
+
+
+def length_reward(target_words: int) -> RewardFn:
+    """-|words - target| / target: 0 at the target length, -1 at twice (or zero times) the target."""
+
+    def score(prompts: list[str], responses: list[str], records: list[dict[str, Any]]) -> list[float]:
+        return [-abs(len(response.split()) - target_words) / target_words for response in responses]
+
+    return score
+
+
+def function_reward(spec: str) -> RewardFn:
+    """A user function `package.module:function` with signature (prompts, responses, records) -> scores."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise UserError(f"reward.function {spec!r}: cannot import {module_name!r}: {error}") from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise UserError(f"reward.function {spec!r}: {module_name} has no callable {attribute!r}")
+    return function
+
+
+def model_reward(directory: str, batch_size: int, dtype: str) -> RewardFn:
+    """A reward model trained by `rlhfkit rm`: its normalised score of prompt + response + EOS."""
+    from rlhfkit.data import format_prompt
+    from rlhfkit.models import ScalarHeadModel, autocast, load_tokenizer
+
+    model = ScalarHeadModel.load(directory).eval()
+    tokenizer = load_tokenizer(directory)
+
+    @torch.no_grad()
+    def score(prompts: list[str], responses: list[str], records: list[dict[str, Any]]) -> list[float]:
+        texts = [format_prompt(tokenizer, record) + response + tokenizer.eos_token for record, response in zip(records, responses)]
+        scores: list[float] = []
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            with autocast(dtype):
+                scores += model(batch.input_ids, batch.attention_mask).float().tolist()
+        return scores
+
+    score.model = model  # type: ignore[attr-defined]  # the critic may be initialised from it
+    return score
+
+
+def build_reward(config: RewardConfig, dtype: str = "bfloat16") -> RewardFn:
+    """The reward source that `config.kind` names."""
+    if config.kind == "sentiment":
+        return sentiment_reward()
+    if config.kind == "rouge":
+        return rouge_reward()
+    if config.kind == "length":
+        return length_reward(config.target_length)
+    if config.kind == "function":
+        return function_reward(config.function)
+    return model_reward(config.model, config.batch_size, dtype)
+
+
+def validate_records_for_reward(config: RewardConfig, records: list[dict[str, Any]], source: str) -> None:
+    """Fields a reward source needs from every prompt record, checked before any heavy work."""
+    if config.kind == "rouge":
+        for i, record in enumerate(records, start=1):
+            if not isinstance(record.get("reference"), str):
+                raise UserError(f"{source}: record {i} has no 'reference' string, which reward.kind=rouge compares against")
+
+
+def checked_scores(reward: RewardFn, prompts: list[str], responses: list[str], records: list[dict[str, Any]]) -> torch.Tensor:
+    """Call the reward source and check what comes back: (B,) float32, all finite."""
+    name = getattr(reward, "__qualname__", repr(reward))
+    try:
+        raw = reward(prompts, responses, records)
+        scores = torch.as_tensor([float(s) for s in raw], dtype=torch.float32)
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(f"the reward function {name} raised {type(error).__name__}: {error}") from error
+    if scores.shape != (len(responses),):
+        raise UserError(f"the reward function {name} returned {scores.numel()} scores for {len(responses)} responses")
+    bad = [i for i, s in enumerate(scores.tolist()) if not math.isfinite(s)]
+    if bad:
+        raise UserError(f"the reward function {name} returned a non-finite score ({scores[bad[0]].item()}) for response {bad[0]}: {responses[bad[0]][:60]!r}")
+    return scores

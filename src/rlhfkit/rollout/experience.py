@@ -1,0 +1,110 @@
+"""Steps 2-4 of a PPO iteration: score the rollout, shape the rewards, estimate advantages.
+
+    scores  = r_φ(x, y)                                    one per response
+    r_t     = -β·KL_t  (+ score on the last real token)    Ziegler et al. 2019, eq. 2
+    A_t     = GAE(γ, λ) with the rollout-time values V(s_t)
+    R_t     = A_t + V(s_t)                                 value targets
+    A_t     ← whiten(A_t) over the whole batch (all processes)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.algorithms import kl_k1, kl_shaped_rewards, masked_gae, masked_mean, masked_var
+from rlhfkit.rollout.generation import Samples
+
+
+@dataclass
+class Experience:
+    """Everything the update needs, per response token (B, R) or per response (B,)."""
+
+    samples: Samples
+    logprobs: torch.Tensor  # (B, R) log π_old, fp32
+    ref_logprobs: torch.Tensor  # (B, R) log π_ref
+    values: torch.Tensor  # (B, R) V_old(s_t)
+    scores: torch.Tensor  # (B,) shaped scores that entered the reward
+    raw_scores: torch.Tensor  # (B,) what the reward source returned
+    rewards: torch.Tensor  # (B, R) KL-shaped per-token rewards
+    kl: torch.Tensor  # (B, R) per-token KL estimate that was penalised
+    advantages: torch.Tensor  # (B, R) whitened
+    returns: torch.Tensor  # (B, R)
+
+    def select(self, index: torch.Tensor) -> "Experience":
+        """The rows `index` of every tensor (a minibatch)."""
+        s = self.samples
+        samples = Samples(s.query_ids[index], s.query_mask[index], s.response_ids[index], s.response_mask[index], s.ended[index])
+        fields = {name: getattr(self, name)[index] for name in ("logprobs", "ref_logprobs", "values", "scores", "raw_scores", "rewards", "kl", "advantages", "returns")}
+        return Experience(samples=samples, **fields)
+
+
+class RunningMoments:
+    """Running mean and standard deviation of scores across iterations (Welford's parallel update)."""
+
+    def __init__(self) -> None:
+        self.mean, self.var, self.count = 0.0, 1.0, 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        batch_mean, batch_var, n = x.mean().item(), x.var(unbiased=False).item(), float(x.numel())
+        delta, total = batch_mean - self.mean, self.count + n
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.mean += delta * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return max(self.var, 1e-8) ** 0.5
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+
+
+def shape_scores(
+    raw_scores: torch.Tensor, ended: torch.Tensor, no_eos_penalty: float, moments: RunningMoments | None, clip: float
+) -> torch.Tensor:
+    """(B,) -> (B,): optional running normalisation, clipping to ±clip, then a penalty for responses with no EOS."""
+    scores = raw_scores
+    if moments is not None:
+        moments.update(raw_scores)
+        scores = (scores - moments.mean) / moments.std
+    if clip > 0:
+        scores = scores.clamp(-clip, clip)
+    return scores - no_eos_penalty * (~ended).float()
+
+
+def whiten_across(x: torch.Tensor, mask: torch.Tensor, gather) -> torch.Tensor:
+    """Whiten over the masked entries of every process's batch; `gather` concatenates across processes."""
+    all_x, all_mask = gather(x), gather(mask)
+    mean, var = masked_mean(all_x, all_mask), masked_var(all_x, all_mask)
+    return ((x - mean) * torch.rsqrt(var + 1e-8)).masked_fill(~mask, 0.0)
+
+
+def build_experience(
+    samples: Samples,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    values: torch.Tensor,
+    raw_scores: torch.Tensor,
+    scores: torch.Tensor,
+    kl_coef: float,
+    kl_estimator,
+    gamma: float,
+    lam: float,
+    gather=lambda t: t,
+) -> Experience:
+    mask = samples.response_mask
+    values = values.masked_fill(~mask, 0.0)
+    rewards, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator=kl_estimator)
+    advantages, returns = masked_gae(rewards, values, mask, gamma, lam)
+    advantages = whiten_across(advantages, mask, gather)
+    return Experience(samples, logprobs, ref_logprobs, values, scores, raw_scores, rewards, kl, advantages, returns)
+
+
+def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) per-response sum of log π − log π_ref over real tokens: the `kl/mean` the papers report."""
+    return (kl_k1(logprobs, ref_logprobs) * mask).sum(-1)

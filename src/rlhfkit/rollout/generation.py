@@ -1,0 +1,100 @@
+"""Batched sampling from a causal LM, and the tensors a rollout keeps.
+
+Prompts are left-padded so every response starts at the same column.
+Sampling uses the configured temperature, top-k and top-p; a response ends
+at its first EOS and everything after it is masked out (`response_mask` is
+True on real response tokens, the EOS included).
+
+`sample` also returns what the sampling pass already computed, so PPO need
+not run the policy again to score it: the log-probability of each sampled
+token under the temperature-scaled distribution (top-k/top-p truncation is a
+sampling device, not part of the policy whose ratio PPO takes, as in TRL),
+and the last hidden state before each token, from which a shared value head
+reads V(s_t).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.config import GenerationConfig
+from rlhfkit.models.loading import autocast
+
+
+@dataclass
+class Samples:
+    """One batch of prompts and sampled responses. B prompts, P prompt columns, R response columns."""
+
+    query_ids: torch.Tensor  # (B, P) left-padded
+    query_mask: torch.Tensor  # (B, P) True on real prompt tokens
+    response_ids: torch.Tensor  # (B, R) pad after the first EOS
+    response_mask: torch.Tensor  # (B, R) True on real response tokens, EOS included
+    ended: torch.Tensor  # (B,) True where the response produced EOS within max_new_tokens
+    logprobs: torch.Tensor | None = None  # (B, R) fp32, log π(token) under the sampling temperature
+    hidden: torch.Tensor | None = None  # (B, R, H) last hidden state before each response token
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """(B, P + R) prompt and response."""
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, P + R) True on real prompt and response tokens."""
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, R) -> mask True up to and including the first EOS, and (B,) whether an EOS occurred."""
+    is_eos = response_ids == eos_token_id
+    ended = is_eos.any(dim=1)
+    eos_seen_before = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
+    return ~eos_seen_before, ended
+
+
+def tokenize_prompts(tokenizer, prompt_texts: list[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (B, P) ids and a bool mask; the chat template already added any special tokens."""
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompt_texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return batch.input_ids.to(device), batch.attention_mask.to(device).bool()
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompt_texts: list[str], config: GenerationConfig, dtype: str = "bfloat16", keep_scores: bool = False) -> Samples:
+    """Sample one response per prompt text. With keep_scores, also keep log-probs and last hidden states."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    device = next(model.parameters()).device
+    query_ids, query_mask = tokenize_prompts(tokenizer, prompt_texts, device)
+    generation = HFGenerationConfig(
+        do_sample=True,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        return_dict_in_generate=True,
+        output_logits=keep_scores,
+        output_hidden_states=keep_scores,
+    )
+    with autocast(dtype):
+        out = model.generate(input_ids=query_ids, attention_mask=query_mask.long(), generation_config=generation)
+    response_ids = out.sequences[:, query_ids.shape[1] :]
+    response_mask, ended = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
+    response_ids = response_ids.masked_fill(~response_mask, tokenizer.pad_token_id)
+    samples = Samples(query_ids, query_mask, response_ids, response_mask, ended)
+    if keep_scores:
+        logits = torch.stack(out.logits, dim=1).float()  # (B, R, V) raw logits that each token was sampled from
+        logprobs = torch.log_softmax(logits / config.temperature, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        samples.logprobs = logprobs.masked_fill(~response_mask, 0.0)
+        # hidden_states[t][-1]: last layer at step t; step 0 covers the whole prompt, its last column precedes token 0
+        samples.hidden = torch.cat([step[-1][:, -1:, :] for step in out.hidden_states], dim=1).float()
+    return samples
+
+
+def decode_responses(tokenizer, samples: Samples) -> list[str]:
+    """Response text without EOS and padding."""
+    return tokenizer.batch_decode(samples.response_ids, skip_special_tokens=True)
