@@ -1,0 +1,207 @@
+"""`rlhfkit constitution`: the supervised stage of Constitutional AI (Bai et al. 2022, sec. 3).
+
+For every prompt:
+
+    1. sample a response from the model;
+    2. ask for a critique of it under a principle sampled from the constitution;
+    3. ask for a revision under the same principle's revision request;
+    4. repeat 2-3 `critique.revisions` times, each round revising the last revision;
+    5. keep the final revision as a demonstration (prompt -> revision) for `rlhfkit sft`.
+
+Every step is one batched generation over `critique.batch_size` prompts.
+
+Departures from the paper: each round starts a fresh conversation (the
+prompt, the current response, the request) instead of growing one
+conversation with all earlier critiques, so inputs stay short for small
+models; there are no few-shot examples. A prompt whose final text is empty
+falls back to its last non-empty revision (or the first response); a prompt
+with no non-empty text at all is left out of the demonstrations and counted.
+
+Writes to the output directory: `demonstrations.jsonl`, `chains.jsonl` (every
+response, critique and revision with its principle), `config.yaml`,
+`metrics.jsonl` (one line per batch) and its plot `constitution.png`,
+`summary.json`. The two JSONL files
+appear only when the run completes (written under temporary names, then
+renamed). There is no `--resume`: a run has no trained state to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, config_from_args, field, save_config
+from rlhfkit.data.records import Record, format_prompt, load_records, prompt_messages, prompt_text
+from rlhfkit.errors import UserError
+from rlhfkit.rewards.ai_judge import Principle, constitution_path, load_constitution
+
+Generate = Callable[[list[str]], list[str]]  # formatted model inputs -> decoded responses, one per input
+
+
+def _default_prompts() -> str:
+    from rlhfkit.assets import PROMPTS
+
+    return str(PROMPTS)
+
+
+@dataclasses.dataclass
+class ConstitutionDataConfig:
+    prompts: str = field(factory=_default_prompts, doc="prompt records to critique and revise responses for")
+    limit: int = field(0, "use only the first N prompts (0: all)")
+
+
+@dataclasses.dataclass
+class CritiqueConfig:
+    constitution: str = field("", "constitution YAML of principles (empty: the shipped src/rlhfkit/assets/constitution.yaml)")
+    revisions: int = field(1, "critique-revision rounds per prompt")
+    batch_size: int = field(16, "prompts per batched generation")
+
+    def __post_init__(self) -> None:
+        if self.revisions <= 0:
+            raise UserError(f"critique.revisions must be positive, got {self.revisions}")
+        if self.batch_size <= 0:
+            raise UserError(f"critique.batch_size must be positive, got {self.batch_size}")
+
+
+@dataclasses.dataclass
+class ConstitutionConfig:
+    model: ModelConfig = field(factory=ModelConfig, doc="the model that answers, critiques and revises")
+    data: ConstitutionDataConfig = field(factory=ConstitutionDataConfig, doc="prompts")
+    critique: CritiqueConfig = field(factory=CritiqueConfig, doc="the constitution and the rounds")
+    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of responses, critiques and revisions")
+    seed: int = field(0, "seed for sampling and for the choice of principles")
+    out: str = field("runs/constitution", "output directory")
+
+
+# ---------------------------------------------------------------------------
+# The conversations the model is asked to continue
+# ---------------------------------------------------------------------------
+
+
+def critique_messages(record: Record, response: str, principle: Principle) -> list[dict[str, str]]:
+    """The prompt, the response to critique, and the principle's critique request as the next user turn."""
+    return [*prompt_messages(record), {"role": "assistant", "content": response}, {"role": "user", "content": principle.critique}]
+
+
+def revision_messages(record: Record, response: str, principle: Principle, critique: str) -> list[dict[str, str]]:
+    """The critique conversation, the critique, and the principle's revision request as the next user turn."""
+    return [
+        *critique_messages(record, response, principle),
+        {"role": "assistant", "content": critique},
+        {"role": "user", "content": principle.revision},
+    ]
+
+
+def _final_text(chain: dict[str, Any]) -> str:
+    """The last non-empty text of a chain: its final revision, an earlier one, or the first response."""
+    texts = [chain["response"], *(round_["revision"] for round_ in chain["rounds"])]
+    return next((text for text in reversed(texts) if text.strip()), "")
+
+
+def critique_and_revise(
+    records: list[Record], principles: list[Principle], revisions: int, generate: Generate, format_messages: Callable[[list[dict[str, str]]], str], rng: random.Random
+) -> list[dict[str, Any]]:
+    """Chains for one batch of prompt records: 1 + 2 * revisions batched `generate` calls in all.
+
+    Returns, per record: {"prompt", "response", "rounds": [{"principle", "critique", "revision"}], "final"}.
+    """
+    responses = generate([format_messages(prompt_messages(r)) for r in records])
+    chains = [{"prompt": prompt_text(r), "response": response, "rounds": []} for r, response in zip(records, responses)]
+    current = list(responses)
+    for _ in range(revisions):
+        sampled = [rng.choice(principles) for _ in records]
+        critiques = generate([format_messages(critique_messages(r, c, p)) for r, c, p in zip(records, current, sampled)])
+        current = generate([format_messages(revision_messages(r, c, p, k)) for r, c, p, k in zip(records, current, sampled, critiques)])
+        for chain, principle, critique, revision in zip(chains, sampled, critiques, current):
+            chain["rounds"].append({"principle": principle.name, "critique": critique, "revision": revision})
+    for chain in chains:
+        chain["final"] = _final_text(chain)
+    return chains
+
+
+def demonstration(record: Record, final: str) -> Record:
+    """A demonstration record (the source's prompt fields + `response`) for `rlhfkit sft`."""
+    if "prompt" in record:
+        return {"prompt": record["prompt"], "response": final}
+    return {"messages": [*prompt_messages(record), {"role": "assistant", "content": final}]}
+
+
+# ---------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, ConstitutionConfig, resume=False)
+
+
+def _write_jsonl_atomic(path: Path, records: list[Record]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(ConstitutionConfig, args)
+    # 1. validate everything before any heavy work or any output
+    principles = load_constitution(constitution_path(config.critique.constitution))
+    records = load_records(config.data.prompts, "prompts", limit=config.data.limit or None)
+
+    import torch
+
+    from rlhfkit.checkpoint import seed_everything
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.rollout.generation import decode_responses, sample
+    from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic
+
+    seed_everything(config.seed)
+    tokenizer = load_tokenizer(config.model.name)
+    model = load_causal_lm(config.model.name, tokenizer).eval()
+
+    def generate(texts: list[str]) -> list[str]:
+        return decode_responses(tokenizer, sample(model, tokenizer, texts, config.generation, config.model.dtype))
+
+    def format_messages(messages: list[dict[str, str]]) -> str:
+        return format_prompt(tokenizer, {"messages": messages})
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    batch_size = config.critique.batch_size
+    batches = [records[start : start + batch_size] for start in range(0, len(records), batch_size)]
+    tracker = Tracker(out, len(batches), "constitution: critique and revise")
+    rng = random.Random(config.seed)
+    chains: list[dict[str, Any]] = []
+    with torch.no_grad():
+        for step, batch in enumerate(batches, start=1):
+            new = critique_and_revise(batch, principles, config.critique.revisions, generate, format_messages, rng)
+            chains += new
+            tracker.log(
+                step,
+                {
+                    "constitution/response_words": sum(len(c["response"].split()) for c in new) / len(new),
+                    "constitution/final_words": sum(len(c["final"].split()) for c in new) / len(new),
+                    "constitution/changed_fraction": sum(c["final"] != c["response"] for c in new) / len(new),
+                },
+            )
+    tracker.close()
+    plot_metrics(out / "metrics.jsonl", ["constitution/response_words", "constitution/final_words", "constitution/changed_fraction"], out / "constitution.png")
+    demonstrations = [demonstration(r, c["final"]) for r, c in zip(records, chains) if c["final"].strip()]
+    _write_jsonl_atomic(out / "chains.jsonl", chains)
+    _write_jsonl_atomic(out / "demonstrations.jsonl", demonstrations)
+    summary = {
+        "prompts": len(records),
+        "demonstrations": len(demonstrations),
+        "left_out_empty": len(records) - len(demonstrations),
+        "revisions": config.critique.revisions,
+        "principles": [p.name for p in principles],
+        "changed_fraction": sum(c["final"] != c["response"] for c in chains) / max(1, len(chains)),
+        "demonstrations_file": str(out / "demonstrations.jsonl"),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    print(f"rlhfkit constitution: {len(demonstrations)} demonstrations in {out / 'demonstrations.jsonl'}; next: rlhfkit sft --set data.train={out / 'demonstrations.jsonl'}")
+    return 0
