@@ -174,3 +174,43 @@ def restore_training_state(checkpoint: str | Path, model: nn.Module, optimizer: 
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state
+
+
+# ---------------------------------------------------------------------------
+# The run's output directory
+# ---------------------------------------------------------------------------
+
+
+def resolve_out_dir(out: str, command: str, resume: bool) -> tuple[Path, Path | None]:
+    """(output directory, checkpoint to resume from) — checked, not created.
+
+    `out` empty: `runs/<command>-<YYYYmmdd-HHMMSS>`. With `resume` the
+    directory must hold a checkpoint; without it, it must not hold an earlier
+    run (whose checkpoints a fresh start would overwrite).
+    """
+    import time
+
+    from rlhfkit.checkpoint import latest_checkpoint
+
+    directory = Path(out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    checkpoint = latest_checkpoint(directory)
+    if resume and checkpoint is None:
+        raise UserError(f"--resume: {directory} has no checkpoint to resume from")
+    if not resume and (checkpoint is not None or (directory / "final").exists()):
+        raise UserError(f"{directory} already holds a run; pass --resume to continue it, or choose another --out")
+    return directory, checkpoint if resume else None
+
+
+def run_config(cls: type, args: Any) -> Any:
+    """The command's config from --config/--set/--out; with --resume, the run's own config.yaml is the base."""
+    import yaml
+
+    from rlhfkit.config import config_from_args
+
+    base = None
+    if getattr(args, "resume", False):
+        out = args.out or next((item.partition("=")[2] for item in reversed(args.set) if item.startswith("out=")), "")
+        saved = Path(out, "config.yaml") if out else None
+        if saved is not None and saved.is_file():
+            base = yaml.safe_load(saved.read_text())
+    return config_from_args(cls, args, base=base)
