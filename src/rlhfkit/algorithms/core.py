@@ -65,7 +65,7 @@ def whiten(x: Tensor, mask: Tensor | None = None, keep_mean: bool = False, eps: 
     (keep_mean=False); whitening rewards usually keeps their mean so that the
     sign of the average reward survives (keep_mean=True).
     """
-    x = _zero_outside(x, mask)
+    x = x.float()
     mean = masked_mean(x, mask)
     whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
     if keep_mean:

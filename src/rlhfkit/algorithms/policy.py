@@ -1,8 +1,9 @@
 """PPO losses (Schulman et al. 2017) and the per-token quantities they need from logits.
 
 The losses take (B, T) tensors with a mask (language models) or (N,) tensors
-with mask=None (Gymnasium). Masked-out positions are zeroed before any
-arithmetic, so padding garbage never reaches a loss or a gradient. Each loss
+with mask=None (Gymnasium). The inputs that carry a gradient (the log-ratio,
+the values) are zeroed at masked-out positions before any arithmetic, so
+padding garbage (even NaN or inf) reaches neither a loss nor a gradient. Each loss
 returns (loss, stats): stats are detached 0-dim tensors, for logging.
 """
 
@@ -35,7 +36,7 @@ def clipped_policy_loss(
     KL(pi_old || pi) from the samples of pi_old.
     """
     log_ratio = _zero_outside(logprobs.float() - old_logprobs.float(), mask)
-    advantages = _zero_outside(advantages, mask)
+    advantages = advantages.float()
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
@@ -61,7 +62,7 @@ def kl_penalty_policy_loss(
     clipped, so that both surrogates log the same keys.
     """
     log_ratio = _zero_outside(logprobs.float() - old_logprobs.float(), mask)
-    advantages = _zero_outside(advantages, mask)
+    advantages = advantages.float()
     ratio = torch.exp(log_ratio)
     kl = masked_mean((ratio - 1.0) - log_ratio, mask)
     loss = -masked_mean(ratio * advantages, mask) + beta * kl
@@ -98,12 +99,12 @@ def clipped_value_loss(
     the fraction of positions where the clipped term is strictly the larger.
     """
     values = _zero_outside(values, mask)
-    returns = _zero_outside(returns, mask)
+    returns = returns.float()
     unclipped = (values - returns) ** 2
     if clip_range is None or clip_range <= 0:
         loss = 0.5 * masked_mean(unclipped, mask)
         return loss, {"clipfrac": torch.zeros((), device=loss.device)}
-    old_values = _zero_outside(old_values, mask)
+    old_values = old_values.float()
     values_clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
     clipped = (values_clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
