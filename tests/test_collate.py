@@ -44,9 +44,10 @@ def test_a_response_too_long_alone_is_cut_at_its_end_but_kept(tokenizer):
     assert item["truncated"]
 
 
-def test_an_empty_response_is_refused(tokenizer):
+def test_an_empty_response_is_eos_alone_or_refused(tokenizer):
+    assert tokenize_prompt_response(tokenizer, RECORD, "", max_length=16)["input_ids"] == PROMPT_IDS + [2]
     with pytest.raises(UserError, match="no tokens"):
-        tokenize_prompt_response(tokenizer, RECORD, "", max_length=16)
+        tokenize_prompt_response(tokenizer, RECORD, "", max_length=16, add_eos=False)
 
 
 def test_pad_batch_right_and_left():

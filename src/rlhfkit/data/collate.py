@@ -28,15 +28,16 @@ def tokenize_prompt_response(tokenizer: Any, record: Record, response: str, max_
     Returns {"input_ids": list[int] (L,), "response_mask": list[bool] (L,),
     "truncated": bool (the response itself was cut), "prompt_truncated": bool}.
     At least one prompt token is kept whenever the prompt has one, so the first
-    response token is predicted from something.
+    response token is predicted from something. An empty response with add_eos
+    is EOS alone (a policy that stops at once); without EOS it is refused.
     """
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
     prompt_ids = tokenizer(format_prompt(tokenizer, record), add_special_tokens=False).input_ids
-    response_ids = tokenizer(response, add_special_tokens=False).input_ids
-    if not response_ids:
-        raise UserError(f"the response {response[:60]!r} tokenises to no tokens; expected a non-empty response")
+    response_ids = tokenizer(response, add_special_tokens=False).input_ids if response else []
     ending = [tokenizer.eos_token_id] if add_eos else []
+    if not response_ids + ending:
+        raise UserError(f"the response {response[:60]!r} tokenises to no tokens; expected a non-empty response")
     response_budget = max_length - min(1, len(prompt_ids))
     truncated = len(response_ids) + len(ending) > response_budget
     if truncated:

@@ -1,0 +1,179 @@
+"""`rlhfkit rm` on the tiny model: last-token scoring, loss wiring per record kind, calibration, learning,
+normalisation, exact resume, bad input."""
+
+import json
+import math
+import random
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit.cli import main
+from rlhfkit.data.collate import tokenize_prompt_response
+from rlhfkit.models import ScalarHeadModel, load_backbone, load_tokenizer
+from rlhfkit.models.tiny import build_tiny_model
+from rlhfkit.recipes.reward import (
+    RMConfig,
+    batch_loss_backward,
+    calibration_bins,
+    expected_calibration_error,
+    preference_loss,
+    reference_statistics,
+    score_items,
+    tokenize_preferences,
+)
+
+POSITIVE = "good great happy love wonderful excellent nice best joy beautiful amazing kind fun glad".split()
+NEGATIVE = "bad sad hate terrible awful worst ugly angry poor horrible pain boring".split()
+TOPICS = "cat dog food movie book weather friend house music game work life water tree city day".split()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=48))
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny):
+    tokenizer = load_tokenizer(tiny)
+    torch.manual_seed(0)
+    return ScalarHeadModel(load_backbone(tiny, tokenizer)), tokenizer
+
+
+@pytest.fixture(scope="module")
+def comparisons(tmp_path_factory):
+    """Positive answers chosen over negative ones: what the sentiment judge would say."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "comparisons.jsonl"
+    rows = []
+    for _ in range(80):
+        topic = rng.choice(TOPICS)
+        rows.append({"prompt": f"tell me about the {topic}", "chosen": f"the {topic} is " + " ".join(rng.sample(POSITIVE, 3)), "rejected": f"the {topic} is " + " ".join(rng.sample(NEGATIVE, 3))})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def alone(model, tokenizer, record, response):
+    """The reward of one sequence scored by itself, no padding at all."""
+    item = tokenize_prompt_response(tokenizer, record, response, 64)
+    with torch.no_grad():
+        return score_items(model, [item], tokenizer.pad_token_id, "float32").item()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_scores_are_read_at_the_last_real_token_with_either_padding(model_and_tokenizer, side):
+    model, tokenizer = model_and_tokenizer
+    record = {"prompt": "tell me a good day"}
+    responses = ["good", "bad sad pain boring terrible", "the cat is happy"]  # 2, 6, 5 tokens with EOS: padding differs per row
+    items = [tokenize_prompt_response(tokenizer, record, r, 64) for r in responses]
+    with torch.no_grad():
+        batched = score_items(model, items, tokenizer.pad_token_id, "float32", side=side)
+    expected = [alone(model, tokenizer, record, r) for r in responses]
+    assert batched.tolist() == pytest.approx(expected, abs=1e-5)
+    assert len(set(round(e, 4) for e in expected)) == 3  # the rows really differ, so a wrong index would show
+
+
+def test_recipe_losses_match_hand_computation_for_each_record_kind(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    p = {"prompt": "tell me about the dog"}
+    a, b, c = "good dog", "bad dog", "the dog"
+    r = {x: alone(model, tokenizer, p, x) for x in (a, b, c)}
+    ls = lambda x: math.log(1 / (1 + math.exp(-x)))  # log σ(x)
+    cases = {
+        # Bradley-Terry with a margin of 0.5 on the first pair, none on the second: mean of -log σ(r_w - r_l - m)
+        ("comparisons", "bradley_terry"): (
+            [{**p, "chosen": a, "rejected": b, "margin": 0.5}, {**p, "chosen": c, "rejected": a}],
+            (-ls(r[a] - r[b] - 0.5) - ls(r[c] - r[a])) / 2,
+        ),
+        # soft label 0.8: -(0.8 log σ(d) + 0.2 log σ(-d))
+        ("comparisons", "soft_bradley_terry"): ([{**p, "chosen": a, "rejected": b, "label": 0.8}], -(0.8 * ls(r[a] - r[b]) + 0.2 * ls(r[b] - r[a]))),
+        # a 3-way ranking (3 pairs, weight 1/3) and a 2-way one in the same batch: mean of the two per-prompt losses
+        ("rankings", "ranking"): (
+            [{**p, "responses": [a, c, b]}, {**p, "responses": [b, c]}],
+            (-(ls(r[a] - r[c]) + ls(r[a] - r[b]) + ls(r[c] - r[b])) / 3 - ls(r[b] - r[c])) / 2,
+        ),
+        # best of 3 is index 2: -log softmax(r)[2]
+        ("choices", "best_of_k"): ([{**p, "responses": [a, b, c], "best": 2}], -(r[c] - math.log(math.exp(r[a]) + math.exp(r[b]) + math.exp(r[c])))),
+    }
+    for (kind, loss_name), (records, expected) in cases.items():
+        tokenized, _ = tokenize_preferences(tokenizer, records, kind, 64)
+        model.zero_grad()
+        got = batch_loss_backward(model, tokenized, preference_loss(loss_name), tokenizer.pad_token_id, micro_batch_size=1, dtype="float32")
+        assert got == pytest.approx(expected, abs=1e-5), kind
+        assert model.head.weight.grad.abs().sum() > 0
+    model.zero_grad()
+
+
+def test_calibration_bins_and_ece_by_hand():
+    # p(winner) = 0.9, 0.9, 0.2, 0.65: confidences 0.9, 0.9, 0.8, 0.65; right, right, wrong, right.
+    # bins of width 0.05 over [0.5, 1]: 0.65 -> bin 3 (acc 1, conf .65), 0.8 -> bin 6 (acc 0, conf .8), 0.9 -> bin 8 (acc 1, conf .9)
+    bins = calibration_bins(torch.tensor([0.9, 0.9, 0.2, 0.65]))
+    assert [(b["count"], b["accuracy"]) for b in bins] == [(1, 1.0), (1, 0.0), (2, 1.0)]
+    # ECE = 1/4 |1 - .65| + 1/4 |0 - .8| + 2/4 |1 - .9| = .0875 + .2 + .05
+    assert expected_calibration_error(bins) == pytest.approx(0.3375, abs=1e-6)
+
+
+def common(tiny, out, *extra):
+    return ["--set", f"model.name={tiny}", "model.dtype=float32", "normalize.num_prompts=12", "normalize.generation.max_new_tokens=6", f"out={out}", *extra]
+
+
+def test_rm_learns_held_out_preferences_and_normalises_against_the_reference(tiny, comparisons, tmp_path):
+    out = tmp_path / "rm"
+    assert main(["rm", *common(tiny, out, f"data.train={comparisons}", "data.eval_fraction=0.25", "train.steps=25", "train.eval_every=25", "optim.learning_rate=0.003")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "comparisons" and summary["loss_function"] == "bradley_terry"
+    assert summary["train_records"] == 60 and summary["eval_records"] == 20
+    assert summary["eval_accuracy"] >= 0.9 and summary["eval_margin"] > 0
+    assert (out / "reliability.png").is_file() and (out / "training.png").is_file()
+
+    final = ScalarHeadModel.load(out / "final")
+    meta = json.loads((out / "final" / "reward.json").read_text())
+    assert meta["gain"] == pytest.approx(1 / meta["reference_raw_std"]) and meta["eval"]["eval_accuracy"] == summary["eval_accuracy"]
+    # The same reference responses (same seed), scored by the saved model with its gain and bias: mean 0, std 1.
+    from rlhfkit.data.records import load_records
+    from rlhfkit.recipes.reward import unique_prompts
+
+    config = RMConfig()
+    config.model.name, config.model.dtype, config.normalize.num_prompts, config.normalize.generation.max_new_tokens = tiny, "float32", 12, 6
+    tokenizer = load_tokenizer(str(out / "final"))
+    prompts = unique_prompts(load_records(comparisons, "comparisons")[:60], 12)
+    stats = reference_statistics(final, tokenizer, prompts, config)
+    assert stats["mean"] == pytest.approx(0.0, abs=1e-3) and stats["std"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_rm_resume_after_a_stop_ends_bitwise_equal(tiny, comparisons, tmp_path):
+    args = [f"data.train={comparisons}", "train.steps=4", "train.batch_size=4", "train.micro_batch_size=2", "train.checkpoint_every=2", "train.eval_every=2", "optim.learning_rate=0.003", "normalize.enabled=false"]
+    assert main(["rm", *common(tiny, tmp_path / "straight", *args)]) == 0
+    stopped = tmp_path / "stopped"
+    assert main(["rm", *common(tiny, stopped, *args)]) == 0
+    shutil.rmtree(stopped / "checkpoints" / "step-4")
+    shutil.rmtree(stopped / "final")
+    assert main(["rm", "--resume", "--out", str(stopped)]) == 0
+    for name in ("model.safetensors", "scalar_head.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / "final" / name)), load_file(str(stopped / "final" / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+BAD = [
+    ([{"prompt": "hi", "chosen": "good", "rejected": "good"}], [], "data.jsonl:1: 'chosen' and 'rejected' are the same text"),
+    ([{"prompt": "hi", "chosen": "good", "rejected": ""}], [], "data.jsonl:1: field 'rejected' is empty"),
+    ([{"prompt": "hi", "responses": ["good"]}], [], "data.jsonl:1: field 'responses' has 1 response(s); at least 2 are needed"),
+    ([{"prompt": "hi", "chosen": "good", "rejected": "bad"}, {"prompt": "hi", "responses": ["good", "bad"]}], [], "data.jsonl:2: this looks like a rankings record"),
+    ([{"prompt": "hi", "responses": ["good", "bad"], "best": 0}, {"prompt": "hi", "responses": ["good", "bad"]}], [], "data.jsonl:2: this looks like a rankings record"),
+    ([{"prompt": "hi", "chosen": "good", "rejected": "bad"}] * 4, ["train.bogus=1"], "unknown config key 'train.bogus'"),
+    ([{"prompt": "hi", "chosen": "good", "rejected": "bad"}] * 4, ["train.batch_size=4", "train.micro_batch_size=3"], "train.batch_size 4 is not divisible by train.micro_batch_size 3"),
+    ([{"prompt": "hi"}], [], "a reward model trains on comparisons, rankings or choices"),
+]
+
+
+@pytest.mark.parametrize("rows, settings, message", BAD)
+def test_bad_input_exits_2_with_one_line_and_no_output(tiny, tmp_path, capsys, rows, settings, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "never"
+    assert main(["rm", *common(tiny, out, f"data.train={path}", *settings)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
