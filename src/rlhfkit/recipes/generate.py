@@ -1,0 +1,125 @@
+"""`rlhfkit generate`: K sampled responses per prompt from any model, into OUT/candidates.jsonl.
+
+    1 load     prompt records (prompt or messages, plus any extra keys such as reference)
+    2 sample   batches of prompts, each repeated K times, with the configured temperature/top-k/top-p
+    3 write    one candidates record per prompt: the prompt record as given + "responses": [...]
+
+Responses that come back empty (the model stopped at once) cannot be compared, so they are
+left out and counted in summary.json; a prompt left with no response is dropped and counted.
+The candidates feed `rlhfkit label` (a judge), the labelling web app (people), or AI judges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.assets import PROMPTS
+from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, config_from_args, field, save_config
+from rlhfkit.errors import UserError
+
+
+@dataclasses.dataclass
+class GenerateDataConfig:
+    prompts: str = field(str(PROMPTS), "prompts file (JSONL/JSON/CSV/Parquet) or datasets id")
+    limit: int = field(0, "use only the first N prompts (0: all)")
+
+    def __post_init__(self) -> None:
+        if self.limit < 0:
+            raise UserError(f"data.limit must be >= 0, got {self.limit}")
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    model: ModelConfig = field(factory=ModelConfig, doc="the model that answers")
+    data: GenerateDataConfig = field(factory=GenerateDataConfig, doc="data")
+    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling")
+    num_responses: int = field(4, "K: responses sampled per prompt")
+    batch_size: int = field(8, "prompts per sampling batch (each repeated K times)")
+    seed: int = field(0, "one seed for everything")
+    out: str = field("", "output directory (default runs/generate-<time>)")
+
+    def __post_init__(self) -> None:
+        if self.num_responses <= 0 or self.batch_size <= 0:
+            raise UserError(f"num_responses and batch_size must be positive, got {self.num_responses} and {self.batch_size}")
+
+
+def candidates_record(record: dict[str, Any], responses: list[str]) -> dict[str, Any]:
+    """The prompt record as given (prompt or messages, extra keys) with its non-empty responses."""
+    return {**record, "responses": [r for r in responses if r.strip()]}
+
+
+def generate_candidates(model: torch.nn.Module, tokenizer: Any, records: list[dict[str, Any]], config: GenerateConfig) -> list[list[str]]:
+    """K responses per prompt record, in record order: (N,) lists of K strings."""
+    from tqdm.auto import tqdm
+
+    from rlhfkit.data import format_prompt
+    from rlhfkit.rollout.generation import decode_responses, sample
+
+    k = config.num_responses
+    answers: list[list[str]] = []
+    with tqdm(total=len(records) * k, desc=f"generate: {k} responses per prompt", unit="response") as progress:
+        for start in range(0, len(records), config.batch_size):
+            chunk = records[start : start + config.batch_size]
+            texts = [format_prompt(tokenizer, record) for record in chunk for _ in range(k)]
+            decoded = decode_responses(tokenizer, sample(model, tokenizer, texts, config.generation, config.model.dtype))
+            answers += [decoded[i * k : (i + 1) * k] for i in range(len(chunk))]
+            progress.update(len(texts))
+    return answers
+
+
+def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
+    tmp.replace(path)
+
+
+def output_directory(out: str, command: str, filename: str) -> Path:
+    """The output directory (default runs/<command>-<time>), refusing to overwrite an earlier result."""
+    directory = Path(out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (directory / filename).exists():
+        raise UserError(f"{directory / filename} already exists; choose another --out")
+    return directory
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, GenerateConfig, resume=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlhfkit.checkpoint import seed_everything
+    from rlhfkit.data import load_records
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.tracking import write_json_atomic
+
+    config = config_from_args(GenerateConfig, args)
+    out = output_directory(config.out, "generate", "candidates.jsonl")
+    records = load_records(config.data.prompts, "prompts", limit=config.data.limit or None)
+    tokenizer = load_tokenizer(config.model.name)
+    model = load_causal_lm(config.model.name, tokenizer).eval()
+    started = time.time()
+    seed_everything(config.seed)
+    answers = generate_candidates(model, tokenizer, records, config)
+    candidates = [candidates_record(record, responses) for record, responses in zip(records, answers)]
+    kept = [c for c in candidates if c["responses"]]
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    write_jsonl_atomic(out / "candidates.jsonl", kept)
+    summary = {
+        "prompts": len(records),
+        "records": len(kept),
+        "responses": sum(len(c["responses"]) for c in kept),
+        "empty_responses_dropped": sum(len(a) for a in answers) - sum(len(c["responses"]) for c in candidates),
+        "prompts_dropped": len(candidates) - len(kept),
+        "wall_s": time.time() - started,
+        "candidates": str(out / "candidates.jsonl"),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    print(f"rlhfkit generate: {summary['responses']} responses to {summary['records']} prompts in {summary['candidates']}")
+    return 0

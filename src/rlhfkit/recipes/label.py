@@ -1,0 +1,182 @@
+"""`rlhfkit label --judge KIND`: turn candidates into preference records with a programmatic judge.
+
+    1 load     candidates (prompt + "responses"), e.g. OUT/candidates.jsonl of `rlhfkit generate`
+    2 score    every response with the judge: any reward source (sentiment, rouge, length,
+               function, model), as `rlhfkit ppo` would score it
+    3 label    comparisons (every pair of distinct responses), rankings or choices; with
+               noise.temperature T > 0, labels are sampled as from a noisy person:
+                 P(a ≻ b) = σ((s_a − s_b) / T)                 (Christiano et al. 2017, synthetic feedback)
+               and, for rankings and choices, its K-way generalisation (Plackett-Luce / softmax
+               over s / T, drawn with Gumbel noise), which is the same law for K = 2
+    4 write    OUT/comparisons.jsonl | rankings.jsonl | choices.jsonl and summary.json
+
+Without noise, a pair the judge scores exactly equal says nothing and is skipped (for rankings
+and choices, a record whose order or best is tied); the summary counts them. Duplicate
+responses of one prompt are merged first, since a record may not compare a text with itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import math
+import random
+import time
+from typing import Any
+
+from rlhfkit.config import REWARD_KINDS, RewardConfig, add_config_arguments, config_from_args, field, save_config
+from rlhfkit.errors import UserError
+
+FORMATS = ("comparisons", "rankings", "choices")
+
+
+@dataclasses.dataclass
+class LabelDataConfig:
+    train: str = field("", "candidates: prompt + \"responses\" (e.g. OUT/candidates.jsonl of `rlhfkit generate`); required")
+
+
+@dataclasses.dataclass
+class NoiseConfig:
+    temperature: float = field(0.0, "T of the Bradley-Terry label noise P(a ≻ b) = σ((s_a - s_b)/T); 0: the judge's exact order")
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise UserError(f"noise.temperature must be >= 0, got {self.temperature}")
+
+
+@dataclasses.dataclass
+class LabelConfig:
+    data: LabelDataConfig = field(factory=LabelDataConfig, doc="data")
+    reward: RewardConfig = field(factory=RewardConfig, doc="the judge (also --judge KIND)")
+    format: str = field("comparisons", "records to write: comparisons (all pairs), rankings or choices (also --format)")
+    noise: NoiseConfig = field(factory=NoiseConfig, doc="label noise")
+    dtype: str = field("bfloat16", "precision of a reward-model judge: bfloat16 or float32")
+    seed: int = field(0, "seed of the label noise")
+    out: str = field("", "output directory (default runs/label-<time>)")
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise UserError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.dtype not in ("bfloat16", "float32"):
+            raise UserError(f"dtype must be bfloat16 or float32, got {self.dtype!r}")
+
+
+# ---------------------------------------------------------------------------
+# Labelling: scores -> preferences (pure, given an RNG)
+# ---------------------------------------------------------------------------
+
+
+def prefer_first(score_a: float, score_b: float, temperature: float, rng: random.Random) -> bool | None:
+    """Whether a ≻ b: σ((s_a − s_b)/T)-distributed with T > 0; the higher score with T = 0, None on a tie."""
+    if temperature > 0:
+        return rng.random() < 1 / (1 + math.exp(-(score_a - score_b) / temperature))
+    return None if score_a == score_b else score_a > score_b
+
+
+def noisy_order(scores: list[float], temperature: float, rng: random.Random) -> list[int] | None:
+    """Indices best first: by score at T = 0 (None if any two tie), else a Plackett-Luce draw with weights exp(s/T).
+
+    Sorting s/T + Gumbel noise draws a Plackett-Luce ranking; its first element is a softmax(s/T) draw.
+    """
+    if temperature > 0:
+        keys = [s / temperature - math.log(-math.log(rng.random() or 1e-300)) for s in scores]
+        return sorted(range(len(scores)), key=lambda i: -keys[i])
+    if len(set(scores)) < len(scores):
+        return None
+    return sorted(range(len(scores)), key=lambda i: -scores[i])
+
+
+def prompt_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """Everything of a candidates record except its responses (prompt or messages, extra keys)."""
+    return {key: value for key, value in record.items() if key not in ("responses", "best")}
+
+
+def label_record(record: dict[str, Any], scores: list[float], fmt: str, temperature: float, judge: str, rng: random.Random) -> tuple[list[dict[str, Any]], int]:
+    """Preference records from one candidates record (distinct responses) and the judge's scores; and the ties skipped."""
+    responses = record["responses"]
+    base = prompt_fields(record)
+    if fmt == "comparisons":
+        labelled, ties = [], 0
+        for a, b in itertools.combinations(range(len(responses)), 2):
+            first = prefer_first(scores[a], scores[b], temperature, rng)
+            if first is None:
+                ties += 1
+                continue
+            w, l = (a, b) if first else (b, a)
+            labelled.append({**base, "chosen": responses[w], "rejected": responses[l], "meta": {"judge": judge, "scores": [scores[w], scores[l]]}})
+        return labelled, ties
+    order = noisy_order(scores, temperature, rng)
+    if order is None:
+        return [], 1
+    meta = {"judge": judge, "scores": [scores[i] for i in order]}
+    if fmt == "rankings":
+        return [{**base, "responses": [responses[i] for i in order], "meta": meta}], 0
+    return [{**base, "responses": responses, "best": order[0], "meta": {"judge": judge, "scores": scores}}], 0
+
+
+def distinct_responses(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with duplicate responses merged (first occurrence kept)."""
+    return {**record, "responses": list(dict.fromkeys(record["responses"]))}
+
+
+# ---------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, LabelConfig, resume=False)
+    parser.add_argument("--judge", choices=REWARD_KINDS, help="the judge's kind (same as --set reward.kind=KIND)")
+    parser.add_argument("--format", choices=FORMATS, help="records to write (same as --set format=...)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlhfkit.data import load_records, prompt_text
+    from rlhfkit.recipes.generate import output_directory, write_jsonl_atomic
+    from rlhfkit.rewards import build_reward, checked_scores, validate_records_for_reward
+    from rlhfkit.tracking import write_json_atomic
+
+    args.set = [*([f"reward.kind={args.judge}"] if args.judge else []), *([f"format={args.format}"] if args.format else []), *args.set]
+    config = config_from_args(LabelConfig, args)
+    if not config.data.train:
+        raise UserError("data.train is required: a candidates file (prompt + \"responses\"), e.g. OUT/candidates.jsonl of `rlhfkit generate`")
+    out = output_directory(config.out, "label", f"{config.format}.jsonl")
+    records = [distinct_responses(r) for r in load_records(config.data.train, "candidates")]
+    validate_records_for_reward(config.reward, records, config.data.train)
+    judge = build_reward(config.reward, config.dtype)
+    started = time.time()
+    rng = random.Random(config.seed)
+    labelled: list[dict[str, Any]] = []
+    ties = too_few = 0
+    from tqdm.auto import tqdm
+
+    for record in tqdm(records, desc=f"label: {config.reward.kind} judge", unit="prompt"):
+        if len(record["responses"]) < 2:
+            too_few += 1
+            continue
+        k = len(record["responses"])
+        scores = checked_scores(judge, [prompt_text(record)] * k, record["responses"], [record] * k).tolist()
+        new, skipped = label_record(record, scores, config.format, config.noise.temperature, config.reward.kind, rng)
+        labelled += new
+        ties += skipped
+    if not labelled:
+        raise UserError(f"{config.data.train}: the {config.reward.kind} judge produced no {config.format} ({ties} tied, {too_few} prompts with fewer than 2 distinct responses)")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    path = out / f"{config.format}.jsonl"
+    write_jsonl_atomic(path, labelled)
+    summary = {
+        "judge": config.reward.kind,
+        "format": config.format,
+        "noise_temperature": config.noise.temperature,
+        "candidates": len(records),
+        "records": len(labelled),
+        "ties_skipped": ties,
+        "prompts_with_fewer_than_2_distinct_responses": too_few,
+        "wall_s": time.time() - started,
+        "output": str(path),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    print(f"rlhfkit label: {len(labelled)} {config.format} from {len(records)} prompts ({ties} ties skipped) in {path}")
+    return 0
