@@ -96,18 +96,24 @@ def open_db(path: Path, create: bool = True) -> sqlite3.Connection:
     """Open (and with `create`, initialise) a labelling database; refuse files that are not one."""
     if not create and not path.is_file():
         raise UserError(f"{path}: no such database (create it with `rlhfkit label add-labeler NAME --db {path}`)")
-    if path.parent != Path("") and not path.parent.is_dir():
+    if not path.parent.is_dir():
         raise UserError(f"{path}: folder {path.parent} does not exist")
-    conn = connect(path)
+    try:
+        conn = connect(path)
+    except sqlite3.DatabaseError as error:
+        raise _unusable(path, error) from None
     try:
         _initialise(conn, path)
-    except sqlite3.DatabaseError as error:
+    except BaseException as error:
         conn.close()
-        raise UserError(f"{path}: not a usable SQLite database ({error})") from None
-    except UserError:
-        conn.close()
+        if isinstance(error, sqlite3.DatabaseError):
+            raise _unusable(path, error) from None
         raise
     return conn
+
+
+def _unusable(path: Path, error: sqlite3.DatabaseError) -> UserError:
+    return UserError(f"{path}: not a usable SQLite database ({error})")
 
 
 def _initialise(conn: sqlite3.Connection, path: Path) -> None:

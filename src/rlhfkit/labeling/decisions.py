@@ -42,6 +42,7 @@ def resolve(choice: str | None, ranking: list[int] | None, display_order: list[i
         if n == 2:
             return Decision("A" if ranking[0] == 0 else "B", resolved)
         return Decision("ranking", resolved)
+    assert choice is not None  # exactly one of the two was sent
     allowed = PAIR_CHOICES if n == 2 else MULTI_CHOICES
     if choice not in allowed:
         hint = "" if n == 2 else ", or send a 'ranking'"

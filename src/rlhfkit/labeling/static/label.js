@@ -11,8 +11,8 @@ const PAIR_KEYS = {
   4: "both_bad", x: "both_bad",
   s: "skip",
 };
-const PAIR_HELP = "Keys: 1, A or ← A is better · 2, B or → B is better · 3 or T tie · 4 or X both bad · S skip · Tab to comment";
-const RANK_HELP = "Keys: 1–{n} rank best to worst · Enter submit · Backspace undo · Esc start over · X all bad · S skip";
+const PAIR_HELP = "Keys: 1, A or ← A is better · 2, B or → B is better · 3 or T tie · 4 or X both bad · S skip · C comment";
+const RANK_HELP = "Keys: 1–{n} rank best to worst · Enter submit · Backspace undo · Esc start over · X all bad · S skip · C comment";
 
 // ranking: display positions, best first; the first `ranked` of them are the labeller's choice so far.
 const state = { task: null, ranking: [], ranked: 0, busy: false, dragged: null };
@@ -147,15 +147,24 @@ function rankAction(key) {
   return { Enter: submitRanking, Backspace: undo, Escape: startOver, x: () => submit({ choice: "both_bad" }), s: () => submit({ choice: "skip" }) }[key];
 }
 
+function actionFor(key) {
+  if (key === "c") return () => $("comment").focus();
+  if (state.task.responses.length > 2) return rankAction(key);
+  const choice = PAIR_KEYS[key];
+  return choice && (() => submit({ choice }));
+}
+
 function onKey(event) {
   const target = event.target;
   if (target instanceof HTMLTextAreaElement || target instanceof HTMLInputElement) {
     if (event.key === "Escape") target.blur();
     return;
   }
+  const activates = event.key === "Enter" || event.key === " ";
+  if (activates && (target instanceof HTMLButtonElement || target instanceof HTMLAnchorElement)) return;
   if (state.task === null || state.busy || event.ctrlKey || event.metaKey || event.altKey) return;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
-  const action = state.task.responses.length === 2 ? (PAIR_KEYS[key] && (() => submit({ choice: PAIR_KEYS[key] }))) : rankAction(key);
+  const action = actionFor(key);
   if (action) {
     event.preventDefault();
     action();

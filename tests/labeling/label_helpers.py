@@ -1,0 +1,83 @@
+"""Shared by the labelling tests: sample data, a database set up through the real store, a live server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from rlhfkit.labeling.app import ServeSettings, create_app
+from rlhfkit.labeling.db import open_db
+from rlhfkit.labeling.labelers import add_labeler
+from rlhfkit.labeling.tasks import add_tasks, read_candidates
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def pair_tasks(n: int) -> list[dict[str, Any]]:
+    """n two-response candidates with distinct texts."""
+    return [{"prompt": f"prompt {i}", "responses": [f"first answer to {i}", f"second answer to {i}"]} for i in range(n)]
+
+
+@dataclass
+class LabelDB:
+    path: Path
+    tasks_file: Path
+    tokens: dict[str, str]  # labeller name -> token
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.path)
+        try:
+            return [tuple(row) for row in conn.execute(sql, params)]
+        finally:
+            conn.close()
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+
+def make_db(folder: Path, records: list[dict[str, Any]], labelers: dict[str, bool]) -> LabelDB:
+    """A database holding `records` as tasks and the labellers {name: is_admin}."""
+    tasks_file = write_jsonl(folder / "candidates.jsonl", records)
+    path = folder / "labels.sqlite"
+    conn = open_db(path)
+    try:
+        add_tasks(conn, read_candidates(tasks_file))
+        tokens = {name: add_labeler(conn, name, admin) for name, admin in labelers.items()}
+    finally:
+        conn.close()
+    return LabelDB(path=path, tasks_file=tasks_file, tokens=tokens)
+
+
+class LiveServer:
+    """The real app under uvicorn, in a thread, on a free loopback port."""
+
+    def __init__(self, db_path: Path, settings: ServeSettings = ServeSettings()):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(db_path, settings), log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.listener]}, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the labelling server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.listener.close()
