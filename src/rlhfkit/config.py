@@ -143,6 +143,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise UserError(f"config key {key!r}: expected a mapping, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key {key!r}: expected a number, got {value!r}")
         return float(value)

@@ -61,9 +61,8 @@ class ActorCritic(nn.Module):
                 values = self.critic(hidden)
             else:
                 values = self.critic.token_values(input_ids, attention_mask)[:, -response_length - 1 : -1]
-        logits = logits.float() / temperature
-        logprobs = logprobs_from_logits(logits, response_ids)
-        entropy = entropy_from_logits(logits)
+        logprobs = logprobs_from_logits(logits, response_ids, temperature)
+        entropy = entropy_from_logits(logits if temperature == 1.0 else logits / temperature)
         return logprobs, entropy, values.float()
 
     def reference_context(self):
@@ -79,4 +78,4 @@ def reference_logprobs(
     """(B, R) log π_ref(a_t | s_t) under the same temperature as the policy."""
     with autocast(dtype):
         logits, _ = response_logits(reference, input_ids, attention_mask, response_ids.shape[1])
-    return logprobs_from_logits(logits.float() / temperature, response_ids)
+    return logprobs_from_logits(logits, response_ids, temperature)

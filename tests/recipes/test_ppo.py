@@ -1,0 +1,167 @@
+"""rlhfkit ppo: it learns, it resumes exactly, it keeps the output contract, it refuses bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit.cli import main
+from rlhfkit.config import load_config
+from rlhfkit.recipes.ppo import PPOConfig, PPOTrainer
+from rlhfkit.tracking import read_jsonl
+
+POSITIVE = {"good", "great", "happy", "love", "wonderful", "nice", "best", "joy"}
+PROMPTS = [{"prompt": p} for p in ["tell me a day", "write a book", "how is the weather", "say what you think"]]
+
+
+def fraction_positive(prompts, responses, records):
+    """A simple programmatic reward: the share of response words from a small positive list."""
+    return [sum(word in POSITIVE for word in r.split()) / max(len(r.split()), 1) for r in responses]
+
+
+def tiny_config(model_dir, out, *extra):
+    return load_config(
+        PPOConfig,
+        overrides=[
+            f"model.name={model_dir}", "model.dtype=float32", "train.batch_size=16", "train.mini_batch_size=8",
+            "generation.max_new_tokens=6", "kl.coef=0.01", "ppo.value_coef=0.5", f"out={out}", *extra,
+        ],
+    )  # fmt: skip
+
+
+def test_ppo_raises_a_simple_reward_on_a_tiny_model(tiny_model_dir, tmp_path):
+    # The random tiny model says a positive word ~1 time in 10; PPO must make that clearly more common.
+    config = tiny_config(tiny_model_dir, tmp_path, "train.steps=12", "train.learning_rate=1e-2", "train.checkpoint_every=0")
+    PPOTrainer(config, reward=fraction_positive, prompts=PROMPTS).train()
+    scores = [m["reward/score_mean"] for m in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert len(scores) == 12
+    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert first < 0.25
+    assert last > first + 0.25, scores
+
+
+def _final_weights(out):
+    return load_file(str(Path(out) / "final" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tiny_model_dir, tmp_path, lora):
+    extra = ["train.learning_rate=1e-3", "train.checkpoint_every=2", f"model.lora.enabled={str(lora).lower()}", "model.lora.r=4"]
+    straight = tmp_path / "straight"
+    PPOTrainer(tiny_config(tiny_model_dir, straight, "train.steps=4", *extra), reward=fraction_positive, prompts=PROMPTS).train()
+
+    resumed = tmp_path / "resumed"
+    PPOTrainer(tiny_config(tiny_model_dir, resumed, "train.steps=2", *extra), reward=fraction_positive, prompts=PROMPTS).train()
+    # a new process would rebuild everything from the config: do the same, then resume with more steps
+    PPOTrainer(tiny_config(tiny_model_dir, resumed, "train.steps=4", *extra), reward=fraction_positive, prompts=PROMPTS).train(resume=True)
+
+    a, b = _final_weights(straight), _final_weights(resumed)
+    assert a.keys() == b.keys()
+    changed = False
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    initial = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    changed = any(not torch.equal(a[n], initial[n]) for n in a if n in initial)
+    assert changed, "training did not change the weights, so the comparison proves nothing"
+    steps = [m["step"] for m in read_jsonl(resumed / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4]
+    scores_straight = [m["reward/score_mean"] for m in read_jsonl(straight / "metrics.jsonl")]
+    scores_resumed = [m["reward/score_mean"] for m in read_jsonl(resumed / "metrics.jsonl")]
+    assert scores_straight == scores_resumed
+
+
+def test_gradient_accumulation_gives_the_same_update(tiny_model_dir, tmp_path):
+    # trainers seed the global RNG when built: build and train one after the other so both sample the same
+    whole = PPOTrainer(tiny_config(tiny_model_dir, tmp_path / "a", "train.steps=1", "train.checkpoint_every=0"), reward=fraction_positive, prompts=PROMPTS)
+    whole.train()
+    accumulated = PPOTrainer(
+        tiny_config(tiny_model_dir, tmp_path / "b", "train.steps=1", "train.checkpoint_every=0", "train.micro_batch_size=2"), reward=fraction_positive, prompts=PROMPTS
+    )
+    accumulated.train()
+    assert read_jsonl(tmp_path / "a" / "samples.jsonl") == read_jsonl(tmp_path / "b" / "samples.jsonl")
+    for (name, p), (_, q) in zip(whole.unwrapped.named_parameters(), accumulated.unwrapped.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_rollout_log_probs_equal_a_fresh_forward_in_float32(tiny_model_dir, tmp_path):
+    # the update reuses the sampling pass's log-probs and values: they must be what a forward pass gives
+    trainer = PPOTrainer(tiny_config(tiny_model_dir, tmp_path, "train.steps=1"), reward=fraction_positive, prompts=PROMPTS)
+    experience, _, _ = trainer.rollout(PROMPTS)
+    s = experience.samples
+    with torch.no_grad():
+        logprobs, _, values = trainer.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32")
+    mask = s.response_mask
+    torch.testing.assert_close(logprobs * mask, experience.logprobs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(values * mask, experience.values, rtol=0, atol=1e-5)
+    # before any update the policy is the reference: KL is zero
+    torch.testing.assert_close(experience.ref_logprobs, experience.logprobs, rtol=0, atol=1e-5)
+
+
+def test_cli_writes_the_output_contract(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    code = main(["ppo", "--set", f"model.name={tiny_model_dir}", "train.steps=2", "train.batch_size=4", "train.mini_batch_size=2",
+                 "generation.max_new_tokens=5", "train.checkpoint_every=1", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.json", "training.png", "final/config.json", "final/critic.safetensors", "checkpoints/step-2/state.pt"):
+        assert (out / name).exists(), name
+    assert list((out / "tensorboard").iterdir())
+    metrics = read_jsonl(out / "metrics.jsonl")
+    required = {
+        "reward/score_mean", "reward/score_std", "reward/total_mean", "kl/mean", "kl/coef", "policy/loss", "policy/clipfrac",
+        "policy/approx_kl", "policy/entropy", "value/loss", "value/clipfrac", "value/explained_variance", "response/length_mean",
+        "response/eos_fraction", "time/rollout_s", "time/update_s", "time/step_s", "throughput/tokens_per_s",
+    }  # fmt: skip
+    assert required <= set(metrics[0]), required - set(metrics[0])
+    samples = read_jsonl(out / "samples.jsonl")
+    assert len(samples) == 8 and set(samples[0]) == {"step", "prompt", "response", "score"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2
+    assert "train:\n  steps: 2" in (out / "config.yaml").read_text()
+
+
+def _run_and_expect_error(capsys, *args):
+    code = main(["ppo", *args])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("ppo:")]  # progress bar
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0].startswith("rlhfkit ppo: error: ")
+    return err[0]
+
+
+def test_bad_input_gets_one_line_and_no_output(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["--set", f"model.name={tiny_model_dir}", "--out", str(out)]
+    missing = _run_and_expect_error(capsys, *base, "--set", f"data.prompts={tmp_path / 'nope.jsonl'}")
+    assert "nope.jsonl" in missing and "no such file" in missing
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "holds no records" in _run_and_expect_error(capsys, *base, "--set", f"data.prompts={empty}")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "fine"}\n{"prompt": "oops"\n')
+    assert f"{broken}:2" in _run_and_expect_error(capsys, *base, "--set", f"data.prompts={broken}")
+    assert "train.stesp" in _run_and_expect_error(capsys, *base, "--set", "train.stesp=3")
+    divide = _run_and_expect_error(capsys, *base, "--set", "train.batch_size=10", "train.mini_batch_size=4")
+    assert "10" in divide and "4" in divide and "divisible" in divide
+    assert not out.exists()
+
+
+def raising_reward(prompts, responses, records):
+    raise RuntimeError("judge is down")
+
+
+def nan_reward(prompts, responses, records):
+    return [float("nan")] * len(responses)
+
+
+@pytest.mark.parametrize("function, message", [("raising_reward", "judge is down"), ("nan_reward", "non-finite")])
+def test_a_failing_reward_function_stops_the_run_cleanly(tiny_model_dir, tmp_path, capsys, monkeypatch, function, message):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    out = tmp_path / "out"
+    error = _run_and_expect_error(
+        capsys, "--set", f"model.name={tiny_model_dir}", "reward.kind=function", f"reward.function=test_ppo:{function}",
+        "train.batch_size=4", "train.mini_batch_size=2", "generation.max_new_tokens=4", "--out", str(out),
+    )  # fmt: skip
+    assert message in error
+    assert not (out / "final").exists() and not (out / "summary.json").exists()
