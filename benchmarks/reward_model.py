@@ -1,0 +1,96 @@
+"""A reward model learns the sentiment judge's preferences from the embedded model's own answers.
+
+    rlhfkit generate   K answers of the embedded SmolLM2-135M-Instruct to the shipped training prompts
+                       and, separately, to the held-out eval prompts
+    rlhfkit label      sentiment (VADER) judge -> comparisons, ties skipped
+    rlhfkit rm         a reward model (embedded backbone) on the training comparisons, evaluated on
+                       the comparisons of prompts it never saw
+
+Prints the figures and the exact commands as a Markdown section for benchmarks/RESULTS.md.
+Run: .venv/bin/python benchmarks/reward_model.py [--out runs/bench-rm] [--steps 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rlhfkit.assets import EVAL_PROMPTS, PROMPTS
+
+
+def run(command: list[str]) -> float:
+    """Run one rlhfkit command; returns its wall-clock seconds."""
+    print("$ " + shlex.join(command), flush=True)
+    started = time.time()
+    subprocess.run(command, check=True)
+    return time.time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/bench-rm")
+    parser.add_argument("--train-prompts", type=int, default=128)
+    parser.add_argument("--eval-prompts", type=int, default=32)
+    parser.add_argument("--responses", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    rlhfkit = str(Path(sys.executable).with_name("rlhfkit"))
+    sampling = [f"num_responses={args.responses}", "batch_size=16", f"generation.max_new_tokens={args.tokens}", "model.dtype=float32"]
+    commands = {
+        "generate (train prompts)": [rlhfkit, "generate", "--set", f"data.prompts={PROMPTS}", f"data.limit={args.train_prompts}", *sampling, f"out={out}/gen-train"],
+        "generate (eval prompts)": [rlhfkit, "generate", "--set", f"data.prompts={EVAL_PROMPTS}", f"data.limit={args.eval_prompts}", "seed=1", *sampling, f"out={out}/gen-eval"],
+        "label (train)": [rlhfkit, "label", "--judge", "sentiment", "--set", f"data.train={out}/gen-train/candidates.jsonl", f"out={out}/label-train"],
+        "label (eval)": [rlhfkit, "label", "--judge", "sentiment", "--set", f"data.train={out}/gen-eval/candidates.jsonl", f"out={out}/label-eval"],
+        "rm": [
+            rlhfkit, "rm", "--set", f"data.train={out}/label-train/comparisons.jsonl", f"data.eval={out}/label-eval/comparisons.jsonl",
+            f"train.steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.eval_every={max(1, args.steps // 5)}", f"optim.learning_rate={args.learning_rate}",
+            "optim.warmup_steps=10", "model.dtype=float32", "normalize.num_prompts=32", f"normalize.generation.max_new_tokens={args.tokens}", f"out={out}/rm",
+        ],
+    }
+    seconds = {name: run(command) for name, command in commands.items()}
+    label_train = json.loads((out / "label-train" / "summary.json").read_text())
+    label_eval = json.loads((out / "label-eval" / "summary.json").read_text())
+    rm = json.loads((out / "rm" / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (out / "rm" / "metrics.jsonl").read_text().splitlines()]
+    curve = ", ".join(f"{m['step']}: {m['eval/accuracy']:.3f}" for m in metrics if m.get("eval/accuracy") is not None)
+
+    lines = [
+        "## Reward models and SFT (issue 3)",
+        "",
+        f"Reward model learns the sentiment judge from the embedded model's answers ({time.strftime('%Y-%m-%d')}, CPU, 2 cores, shared machine).",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| candidates | {args.train_prompts} train prompts + {args.eval_prompts} held-out prompts × {args.responses} answers of ≤ {args.tokens} tokens (embedded SmolLM2-135M-Instruct) |",
+        f"| comparisons (sentiment judge, all pairs, no noise) | {label_train['records']} train ({label_train['ties_skipped']} tied pairs skipped), {label_eval['records']} held-out ({label_eval['ties_skipped']} tied) |",
+        f"| reward model | embedded backbone, full fine-tune, {rm['steps']} steps × {args.batch_size} pairs, lr {args.learning_rate}, Bradley-Terry |",
+        f"| held-out accuracy (prompts never trained on) | **{rm['eval_accuracy']:.3f}** on {rm['eval_pairs']} pairs (chance 0.5) |",
+        f"| held-out mean margin r_w − r_l / ECE | {rm['eval_margin']:.3f} / {rm['eval_ece']:.3f} |",
+        f"| held-out accuracy during training (step: acc) | {curve} |",
+        f"| normalisation (reference = embedded model, {rm['reference_responses']} answers) | raw mean {rm['reference_raw_mean']:.3f}, std {rm['reference_raw_std']:.3f} → gain {rm['gain']:.3f}, bias {rm['bias']:.3f} |",
+        "| time | " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()) + f"; total {sum(seconds.values()) / 60:.1f} min |",
+        "",
+        "Commands (`benchmarks/reward_model.py` runs them in order):",
+        "",
+        "```",
+        *[shlex.join(["rlhfkit", *command[1:]]) for command in commands.values()],
+        "```",
+        "",
+    ]
+    text = "\n".join(lines)
+    (out / "RESULTS-section.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
