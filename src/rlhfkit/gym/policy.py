@@ -1,0 +1,79 @@
+"""The actor-critic of classic PPO: two MLPs, a categorical or a diagonal-Gaussian policy.
+
+As in the PPO paper's experiments (and its baselines code): separate tanh MLPs
+for the policy and the value function, orthogonal initialisation with gain
+sqrt(2) for hidden layers, 0.01 for the policy's output (a near-uniform, or
+near-zero-mean, first policy) and 1 for the value output, zero biases. For a
+Box action space the policy is N(mu(s), diag(sigma^2)) with log sigma a
+learned vector that does not depend on the state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from rlhfkit.algorithms import entropy_from_logits, logprobs_from_logits
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _mlp(sizes: list[int], output_gain: float, orthogonal_init: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(fan_in, fan_out)
+        if orthogonal_init:
+            last = i == len(sizes) - 2
+            nn.init.orthogonal_(linear.weight, gain=output_gain if last else math.sqrt(2))
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        layers.append(nn.Tanh())
+    return nn.Sequential(*layers[:-1])
+
+
+class ActorCritic(nn.Module):
+    """pi(a|s) and V(s) for flat observations (N, obs_dim).
+
+    discrete: `action_dim` actions, actions are (N,) int64 indices.
+    otherwise: `action_dim` real coordinates, actions are (N, action_dim) float32.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, discrete: bool, hidden_sizes: list[int], orthogonal_init: bool = True, log_std_init: float = 0.0):
+        super().__init__()
+        self.discrete = discrete
+        self.actor = _mlp([obs_dim, *hidden_sizes, action_dim], output_gain=0.01, orthogonal_init=orthogonal_init)
+        self.critic = _mlp([obs_dim, *hidden_sizes, 1], output_gain=1.0, orthogonal_init=orthogonal_init)
+        if not discrete:
+            self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
+
+    def value(self, observations: Tensor) -> Tensor:
+        """(N, obs_dim) -> V(s) (N,)."""
+        return self.critic(observations).squeeze(-1)
+
+    def act(self, observations: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample a ~ pi(.|s) (or take its mode) -> (actions, log pi(a|s) (N,), V(s) (N,))."""
+        out = self.actor(observations)  # logits or means, (N, action_dim)
+        if self.discrete:
+            actions = out.argmax(-1) if deterministic else torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
+        else:
+            actions = out if deterministic else out + self.log_std.exp() * torch.randn_like(out)
+        return actions, self._logprobs(out, actions), self.value(observations)
+
+    def evaluate(self, observations: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For PPO's update: (log pi(a|s) (N,), entropy of pi(.|s) (N,), V(s) (N,))."""
+        out = self.actor(observations)
+        if self.discrete:
+            entropy = entropy_from_logits(out)
+        else:
+            # H(N(mu, sigma^2)) = sum_i log sigma_i + 1/2 log(2 pi e)
+            entropy = (self.log_std + 0.5 + _LOG_SQRT_2PI).sum().expand(len(out))
+        return self._logprobs(out, actions), entropy, self.value(observations)
+
+    def _logprobs(self, out: Tensor, actions: Tensor) -> Tensor:
+        if self.discrete:
+            return logprobs_from_logits(out, actions)
+        # log N(a; mu, sigma^2) = sum_i -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - 1/2 log(2 pi)
+        z = (actions - out) * torch.exp(-self.log_std)
+        return (-0.5 * z.pow(2) - self.log_std - _LOG_SQRT_2PI).sum(-1)

@@ -1,0 +1,60 @@
+"""The actor-critic's log-probabilities and entropies against torch.distributions, and its initialisation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlhfkit.gym.policy import ActorCritic
+
+
+def test_gaussian_logprob_and_entropy_match_torch_normal():
+    torch.manual_seed(0)
+    policy = ActorCritic(obs_dim=3, action_dim=2, discrete=False, hidden_sizes=[8], log_std_init=-0.5)
+    with torch.no_grad():
+        policy.log_std.copy_(torch.tensor([-0.5, 0.3]))
+    observations = torch.randn(5, 3)
+    actions, logprobs, values = policy.act(observations)
+    means = policy.actor(observations)
+    reference = torch.distributions.Normal(means, policy.log_std.exp())
+    torch.testing.assert_close(logprobs, reference.log_prob(actions).sum(-1))
+    new_logprobs, entropy, new_values = policy.evaluate(observations, actions)
+    torch.testing.assert_close(new_logprobs, logprobs)
+    torch.testing.assert_close(entropy, reference.entropy().sum(-1))
+    torch.testing.assert_close(new_values, values)
+    assert actions.shape == (5, 2) and values.shape == (5,)
+    assert torch.equal(policy.act(observations, deterministic=True)[0], means)
+
+
+def test_categorical_logprob_and_entropy_match_torch_categorical():
+    torch.manual_seed(0)
+    policy = ActorCritic(obs_dim=4, action_dim=3, discrete=True, hidden_sizes=[8, 8], orthogonal_init=False)
+    observations = torch.randn(6, 4)
+    actions, logprobs, _ = policy.act(observations)
+    reference = torch.distributions.Categorical(logits=policy.actor(observations))
+    torch.testing.assert_close(logprobs, reference.log_prob(actions))
+    _, entropy, _ = policy.evaluate(observations, actions)
+    torch.testing.assert_close(entropy, reference.entropy())
+    assert torch.equal(policy.act(observations, deterministic=True)[0], reference.probs.argmax(-1))
+
+
+def test_sampled_actions_follow_the_policy_probabilities():
+    torch.manual_seed(0)
+    policy = ActorCritic(obs_dim=1, action_dim=2, discrete=True, hidden_sizes=[4])
+    with torch.no_grad():
+        policy.actor[-1].bias.copy_(torch.tensor([0.0, math.log(3.0)]))  # p = (1/4, 3/4) up to the 0.01-gain weights
+    actions, _, _ = policy.act(torch.zeros(20_000, 1))
+    assert abs(actions.float().mean().item() - 0.75) < 0.015
+
+
+def test_orthogonal_initialisation_gains_and_zero_biases():
+    torch.manual_seed(0)
+    policy = ActorCritic(obs_dim=4, action_dim=2, discrete=True, hidden_sizes=[64, 64])
+    hidden, output = policy.actor[0], policy.actor[-1]
+    # Rows of an orthogonal (out x in) matrix with out <= in are orthonormal, scaled by the gain.
+    torch.testing.assert_close(output.weight @ output.weight.T, 0.01**2 * torch.eye(2), atol=1e-7, rtol=0)
+    torch.testing.assert_close(hidden.weight.T @ hidden.weight, 2.0 * torch.eye(4), atol=1e-5, rtol=0)
+    value_out = policy.critic[-1]
+    torch.testing.assert_close(value_out.weight @ value_out.weight.T, torch.eye(1))
+    assert all(torch.count_nonzero(m.bias) == 0 for m in [*policy.actor, *policy.critic] if isinstance(m, torch.nn.Linear))

@@ -1,0 +1,81 @@
+"""A run interrupted after k updates and resumed ends bitwise equal to an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import rlhfkit.recipes.gym as recipe
+from rlhfkit.cli import main
+from rlhfkit.tracking import read_jsonl
+
+# Pendulum covers the Gaussian policy, both normalisers and a time-limit truncation
+# (its episodes are cut at 200 steps; each env has taken 256 when the interrupted run's
+# last checkpoint is written, so the resumed run continues an episode 56 steps in).
+CASES = {
+    "CartPole-v1": ["env.num_envs=2", "ppo.rollout_steps=32"],
+    "Pendulum-v1": ["env.num_envs=2", "ppo.rollout_steps=64"],
+}
+COMMON = ["ppo.epochs=2", "ppo.num_minibatches=2", "train.checkpoint_every=2", "eval.episodes=2", "seed=3"]
+UPDATES = 6
+
+
+def _train(env_id: str, out, interrupt_at_update: int | None = None, monkeypatch=None) -> int:
+    settings = CASES[env_id] + COMMON
+    batch = 2 * int(settings[1].split("=")[1])
+    settings.append(f"train.total_timesteps={UPDATES * batch}")
+    if interrupt_at_update is not None:
+        real_update, calls = recipe.ppo_update, []
+
+        def interrupted_update(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == interrupt_at_update:
+                raise KeyboardInterrupt
+            return real_update(*args, **kwargs)
+
+        monkeypatch.setattr(recipe, "ppo_update", interrupted_update)
+    argv = ["gym", "--env", env_id, "--out", str(out)]
+    for setting in settings:
+        argv += ["--set", setting]
+    return main(argv)
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+
+
+@pytest.mark.parametrize("env_id", list(CASES))
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(env_id, tmp_path, monkeypatch):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _train(env_id, straight) == 0
+
+    # Interrupted while computing update 5: the last checkpoint is step-4, update 5 is done again.
+    assert _train(env_id, resumed, interrupt_at_update=5, monkeypatch=monkeypatch) == 130
+    monkeypatch.undo()
+    assert [r["step"] for r in read_jsonl(resumed / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert not (resumed / "final").exists()
+    assert main(["gym", "--resume", "--out", str(resumed)]) == 0
+
+    assert (straight / "final/policy.safetensors").read_bytes() == (resumed / "final/policy.safetensors").read_bytes()
+    assert _without_timing(read_jsonl(straight / "metrics.jsonl")) == _without_timing(read_jsonl(resumed / "metrics.jsonl"))
+    _, straight_state = recipe.load_checkpoint(straight / f"checkpoints/step-{UPDATES}")
+    _, resumed_state = recipe.load_checkpoint(resumed / f"checkpoints/step-{UPDATES}")
+    for key, moments in straight_state["optimizer"]["state"].items():
+        for name, tensor in moments.items():
+            assert torch.equal(tensor, resumed_state["optimizer"]["state"][key][name]), (key, name)
+    assert (straight_state["runner"]["observations"] == resumed_state["runner"]["observations"]).all()
+    straight_summary, resumed_summary = (json.loads((d / "summary.json").read_text()) for d in (straight, resumed))
+    for key in ("eval_return_mean", "eval_return_std", "env_steps", "updates"):
+        assert straight_summary[key] == resumed_summary[key], key
+
+
+def test_box_action_space_gets_the_continuous_defaults_under_explicit_settings(tmp_path):
+    assert _train("Pendulum-v1", tmp_path / "run") == 0
+    config = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
+    assert config["env"]["normalize_observation"] is True and config["env"]["normalize_reward"] is True
+    assert config["ppo"]["learning_rate"] == 3e-4 and config["ppo"]["entropy_coef"] == 0.0  # CONTINUOUS_DEFAULTS
+    assert config["ppo"]["rollout_steps"] == 64 and config["ppo"]["epochs"] == 2  # --set wins over them
+    assert (tmp_path / "run/final/obs_normalizer.safetensors").is_file()
