@@ -1,0 +1,48 @@
+"""`rlhfkit demo --quick` through the CLI: every file of the report, valid PNGs, numbers in range, resumable stages."""
+
+import json
+
+from PIL import Image
+
+from rlhfkit.cli import main
+
+
+def test_quick_demo_writes_the_whole_report_and_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    for name in ("report.md", "summary.json", "config.yaml", "1-generate/candidates.jsonl", "2-label/comparisons.jsonl",
+                 "3-rm/final/reward.json", "4-ppo/final/config.json", "4-ppo/metrics.jsonl", "5-evaluate/evaluation.json"):  # fmt: skip
+        assert (out / name).exists(), name
+    for png in ("reward_vs_step.png", "kl_vs_step.png", "gold_vs_kl.png"):
+        with Image.open(out / png) as image:
+            image.verify()
+            assert image.format == "PNG"
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("gold_before", "gold_after"):
+        assert -1.0 <= summary[key] <= 1.0  # VADER compound
+    assert 0.0 <= summary["win_rate"] <= 1.0
+    assert 0.0 <= summary["reward_model_accuracy"] <= 1.0
+    assert summary["kl_final"] > -0.5 and summary["wall_s"] > 0
+    report = (out / "report.md").read_text()
+    assert "Win rate" in report and "gold_vs_kl.png" in report
+    # a second run finds every stage finished and redoes none of them
+    capsys.readouterr()
+    mtime = (out / "4-ppo" / "final" / "model.safetensors").stat().st_mtime_ns
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already done, skipping") == 5
+    assert (out / "4-ppo" / "final" / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    # pretend PPO was interrupted after its first checkpoint: drop what it wrote at the end
+    ppo = out / "4-ppo"
+    (ppo / "summary.json").unlink()
+    (out / "5-evaluate" / "evaluation.json").unlink()
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "stage 4-ppo (resuming)" in printed
+    assert printed.count("already done, skipping") == 3
