@@ -117,3 +117,25 @@ def test_embedded_tokenizer_labels_are_single_tokens():
     tokenizer = load_tokenizer("embedded:smollm2-135m-instruct")
     a, b = option_token_ids(tokenizer, ["A", "B"])
     assert tokenizer.convert_ids_to_tokens([a, b]) == ["A", "B"]
+
+
+def test_label_judge_ai_command_compares_every_pair(tiny, tmp_path, capsys):
+    from rlhfkit.cli import main
+    from rlhfkit.data import load_records
+    from rlhfkit.models.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tiny")
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text('{"prompt": "tell me", "responses": ["good day", "bad day", "the cat", "good day"]}\n{"prompt": "say", "responses": ["a", "b"]}\n')
+    sets = ["--set", f"data.train={candidates}", "--set", f"model.name={model_dir}", "--set", "model.dtype=float32", "--set", "judge.labels=this,that"]
+    assert main(["label", "--judge", "ai", "--format", "rankings", "--out", str(tmp_path / "x"), *sets]) == 2
+    assert "writes comparisons" in capsys.readouterr().err
+    out = tmp_path / "label"
+    assert main(["label", "--judge", "ai", "--out", str(out), *sets]) == 0
+    comparisons = load_records(out / "comparisons.jsonl", "comparisons")
+    # 3 distinct responses -> 3 pairs, plus 1 pair: 4 comparisons, each with P(chosen) >= 0.5
+    assert len(comparisons) == 4
+    assert {frozenset((c["chosen"], c["rejected"])) for c in comparisons[:3]} == {frozenset(p) for p in [("good day", "bad day"), ("good day", "the cat"), ("bad day", "the cat")]}
+    for c in comparisons:
+        p_first = (c["meta"]["p_first_shown_first"] + c["meta"]["p_first_shown_second"]) / 2
+        assert c["label"] == pytest.approx(max(p_first, 1 - p_first), abs=1e-6)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import random
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +36,7 @@ from typing import Any, Callable
 from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, config_from_args, field, save_config
 from rlhfkit.data.records import Record, format_prompt, load_records, prompt_messages, prompt_text
 from rlhfkit.errors import UserError
-from rlhfkit.rewards.ai_judge import Principle, constitution_path, load_constitution
+from rlhfkit.rewards.ai_judge import JudgeConfig, Principle, constitution_path, load_constitution
 
 Generate = Callable[[list[str]], list[str]]  # formatted model inputs -> decoded responses, one per input
 
@@ -139,12 +138,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, ConstitutionConfig, resume=False)
 
 
-def _write_jsonl_atomic(path: Path, records: list[Record]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
-
-
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(ConstitutionConfig, args)
     # 1. validate everything before any heavy work or any output
@@ -155,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rlhfkit.checkpoint import seed_everything
     from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.recipes.generate import write_jsonl_atomic
     from rlhfkit.rollout.generation import decode_responses, sample
     from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic
 
@@ -191,8 +185,8 @@ def run(args: argparse.Namespace) -> int:
     tracker.close()
     plot_metrics(out / "metrics.jsonl", ["constitution/response_words", "constitution/final_words", "constitution/changed_fraction"], out / "constitution.png")
     demonstrations = [demonstration(r, c["final"]) for r, c in zip(records, chains) if c["final"].strip()]
-    _write_jsonl_atomic(out / "chains.jsonl", chains)
-    _write_jsonl_atomic(out / "demonstrations.jsonl", demonstrations)
+    write_jsonl_atomic(out / "chains.jsonl", chains)
+    write_jsonl_atomic(out / "demonstrations.jsonl", demonstrations)
     summary = {
         "prompts": len(records),
         "demonstrations": len(demonstrations),
@@ -204,4 +198,76 @@ def run(args: argparse.Namespace) -> int:
     }
     write_json_atomic(out / "summary.json", summary)
     print(f"rlhfkit constitution: {len(demonstrations)} demonstrations in {out / 'demonstrations.jsonl'}; next: rlhfkit sft --set data.train={out / 'demonstrations.jsonl'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# The RL stage's labels: `rlhfkit label --judge ai` (recipes/label.py dispatches here)
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class AILabelDataConfig:
+    train: str = field("", "candidates: prompt + \"responses\" (e.g. OUT/candidates.jsonl of `rlhfkit generate`); required")
+
+
+@dataclasses.dataclass
+class AILabelConfig:
+    data: AILabelDataConfig = field(factory=AILabelDataConfig, doc="data")
+    model: ModelConfig = field(factory=ModelConfig, doc="the policy: the judge unless judge.model names another (model.dtype is the judge's precision)")
+    judge: JudgeConfig = field(factory=JudgeConfig, doc="the AI judge")
+    seed: int = field(0, "seed for the choice of principles")
+    out: str = field("", "output directory (default runs/label-<time>)")
+
+
+def run_ai_labels(args: argparse.Namespace) -> int:
+    """Comparisons of every pair of distinct candidate responses, soft-labelled by the AI judge."""
+    import itertools
+    import time
+
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.recipes.generate import output_directory, write_jsonl_atomic
+    from rlhfkit.recipes.label import distinct_responses
+    from rlhfkit.rewards.ai_judge import ai_comparisons, option_token_ids
+    from rlhfkit.tracking import write_json_atomic
+
+    if getattr(args, "format", None) not in (None, "comparisons"):
+        raise UserError(f"--judge ai writes comparisons (with soft labels), not {args.format}")
+    config = config_from_args(AILabelConfig, args)
+    if not config.data.train:
+        raise UserError("data.train is required: a candidates file (prompt + \"responses\"), e.g. OUT/candidates.jsonl of `rlhfkit generate`")
+    out = output_directory(config.out, "label", "comparisons.jsonl")
+    principles = load_constitution(constitution_path(config.judge.constitution))
+    records = [distinct_responses(r) for r in load_records(config.data.train, "candidates")]
+    pairs = [(r, r["responses"][a], r["responses"][b]) for r in records for a, b in itertools.combinations(range(len(r["responses"])), 2)]
+    if not pairs:
+        raise UserError(f"{config.data.train}: no prompt has two distinct responses to compare")
+    judge_name = config.judge.model or config.model.name
+    tokenizer = load_tokenizer(judge_name)
+    option_token_ids(tokenizer, config.judge.labels)  # fail on unusable labels before the model loads
+    model = load_causal_lm(judge_name, tokenizer).eval()
+    started = time.time()
+    comparisons = ai_comparisons(
+        model, tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs], principles, config.judge, config.model.dtype, random.Random(config.seed)
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    path = out / "comparisons.jsonl"
+    write_jsonl_atomic(path, comparisons)
+    shown_first = [c["meta"]["p_first_shown_first"] for c in comparisons]
+    shown_second = [c["meta"]["p_first_shown_second"] for c in comparisons]
+    summary = {
+        "judge": "ai",
+        "judge_model": judge_name,
+        "candidates": len(records),
+        "records": len(comparisons),
+        "label_mean": sum(c["label"] for c in comparisons) / len(comparisons),
+        # position bias: how often the option shown first wins; 0.5 for an unbiased judge
+        "first_shown_wins": (sum(p >= 0.5 for p in shown_first) + sum(p < 0.5 for p in shown_second)) / (2 * len(comparisons)),
+        "orders_agree": sum((a >= 0.5) == (b >= 0.5) for a, b in zip(shown_first, shown_second)) / len(comparisons),
+        "wall_s": time.time() - started,
+        "output": str(path),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    print(f"rlhfkit label: {len(comparisons)} comparisons soft-labelled by the AI judge {judge_name} in {path}")
     return 0
