@@ -177,3 +177,22 @@ def test_bad_input_exits_2_with_one_line_and_no_output(tiny, tmp_path, capsys, r
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_lora_reward_model_is_merged_into_a_loadable_final(tiny, comparisons, tmp_path):
+    out = tmp_path / "lora"
+    settings = [f"data.train={comparisons}", "train.steps=12", "optim.learning_rate=0.003", "model.lora.enabled=true", "model.lora.r=4", "normalize.enabled=false"]
+    assert main(["rm", *common(tiny, out, *settings)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    merged, base = load_file(str(out / "final" / "model.safetensors")), load_file(f"{tiny}/model.safetensors")
+    assert not (out / "final" / "adapter_config.json").exists()
+    assert not torch.equal(merged["layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    # The merged final scores the held-out pairs as the trained (adapter) model did.
+    from rlhfkit.data.records import load_records
+
+    final, tokenizer = ScalarHeadModel.load(out / "final"), load_tokenizer(str(out / "final"))
+    held_out = load_records(comparisons, "comparisons")[-summary["eval_records"]:]
+    tokenized, _ = tokenize_preferences(tokenizer, held_out, "comparisons", 256)
+    with torch.no_grad():
+        scores = score_items(final, [item for r in tokenized for item in r["items"]], tokenizer.pad_token_id, "float32").view(-1, 2)
+    assert (scores[:, 0] > scores[:, 1]).float().mean().item() == pytest.approx(summary["eval_accuracy"])
