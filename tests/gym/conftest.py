@@ -18,7 +18,7 @@ class ScriptedEnv(gym.Env):
     """
 
     observation_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
-    action_space = spaces.Discrete(2)
+    action_space: spaces.Space = spaces.Discrete(2)
 
     def __init__(self) -> None:
         self.episode, self.k = -1, 0
@@ -40,5 +40,5 @@ class MultiDiscreteActionEnv(ScriptedEnv):
 
 
 if "RlhfkitTest/Scripted-v0" not in gym.registry:
-    gym.register("RlhfkitTest/Scripted-v0", entry_point=ScriptedEnv, max_episode_steps=3)
-    gym.register("RlhfkitTest/MultiDiscreteAction-v0", entry_point=MultiDiscreteActionEnv, max_episode_steps=3)
+    gym.register("RlhfkitTest/Scripted-v0", entry_point=ScriptedEnv, max_episode_steps=3)  # type: ignore[arg-type]
+    gym.register("RlhfkitTest/MultiDiscreteAction-v0", entry_point=MultiDiscreteActionEnv, max_episode_steps=3)  # type: ignore[arg-type]

@@ -30,7 +30,6 @@ class EnvSpec:
     env_id: str
     obs_dim: int
     action_space: spaces.Discrete | spaces.Box
-    max_episode_steps: int | None
 
     @property
     def discrete(self) -> bool:
@@ -79,9 +78,8 @@ def inspect_env(env_id: str) -> EnvSpec:
         )
     return EnvSpec(
         env_id=env_id,
-        obs_dim=int(np.prod(env.observation_space.shape)),
+        obs_dim=int(np.prod(env.observation_space.shape or ())),
         action_space=action_space,  # type: ignore[arg-type]
-        max_episode_steps=env.spec.max_episode_steps if env.spec is not None else None,
     )
 
 
@@ -102,5 +100,5 @@ def to_env_actions(actions: np.ndarray, action_space: spaces.Discrete | spaces.B
     """
     if isinstance(action_space, spaces.Discrete):
         return actions.astype(np.int64) + int(action_space.start)
-    clipped = np.clip(actions, action_space.low.reshape(-1), action_space.high.reshape(-1))
+    clipped = np.minimum(np.maximum(actions, action_space.low.reshape(-1)), action_space.high.reshape(-1))
     return clipped.reshape(len(actions), *action_space.shape).astype(action_space.dtype)

@@ -57,11 +57,11 @@ def evaluate(
     try:
         for episode in range(episodes):
             raw, _ = env.reset(seed=seed if episode == 0 else None)
-            frames = [] if video_path is not None and episode == 0 else None
+            frames: list[np.ndarray] | None = [] if video_path is not None and episode == 0 else None
             total, length, done = 0.0, 0, False
             while not done:
                 if frames is not None:
-                    frames.append(env.render())
+                    frames.append(np.asarray(env.render()))
                 obs = np.asarray(raw, np.float32).reshape(1, -1)
                 if obs_normalizer is not None:
                     obs = obs_normalizer(obs, update=False)
@@ -71,7 +71,7 @@ def evaluate(
                 length += 1
                 done = terminated or truncated
             if frames is not None and video_path is not None:
-                frames.append(env.render())
+                frames.append(np.asarray(env.render()))
                 write_gif(frames, video_path, fps=env.metadata.get("render_fps") or 30)
             results.append(Episode(total, length))
     finally:

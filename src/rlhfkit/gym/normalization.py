@@ -19,6 +19,10 @@ CLIP = 10.0
 EPS = 1e-8
 
 
+def _clip(x: np.ndarray) -> np.ndarray:
+    return np.minimum(np.maximum(x, -CLIP), CLIP)  # np.clip costs ~10x more on arrays this small
+
+
 class RunningMeanStd:
     """Mean and (population) variance of everything passed to `update`, batch by batch, in float64.
 
@@ -38,7 +42,9 @@ class RunningMeanStd:
     def update(self, batch: np.ndarray) -> None:
         """batch: (B, *shape)."""
         batch = np.asarray(batch, np.float64)
-        batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0), batch.shape[0]
+        batch_count = batch.shape[0]
+        batch_mean = np.add.reduce(batch, 0) / batch_count  # the ufuncs themselves: np.mean's overhead dominates tiny batches
+        batch_var = np.add.reduce((batch - batch_mean) ** 2, 0) / batch_count
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
@@ -69,7 +75,7 @@ class ObservationNormalizer:
         if update:
             self.stats.update(observations)
         normalized = (observations - self.stats.mean) / np.sqrt(self.stats.var + EPS)
-        return np.clip(normalized, -CLIP, CLIP).astype(np.float32)
+        return _clip(normalized).astype(np.float32)
 
 
 class RewardScaler:
@@ -91,7 +97,7 @@ class RewardScaler:
         self.returns = self.returns * self.gamma + rewards
         self.stats.update(self.returns)
         self.returns[episode_end] = 0.0
-        return np.clip(rewards / np.sqrt(self.stats.var + EPS), -CLIP, CLIP).astype(np.float32)
+        return _clip(rewards / np.sqrt(self.stats.var + EPS)).astype(np.float32)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"returns": torch.from_numpy(self.returns.copy()), **self.stats.state_dict()}

@@ -57,23 +57,21 @@ class ActorCritic(nn.Module):
         out = self.actor(observations)  # logits or means, (N, action_dim)
         if self.discrete:
             actions = out.argmax(-1) if deterministic else torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
-        else:
-            actions = out if deterministic else out + self.log_std.exp() * torch.randn_like(out)
-        return actions, self._logprobs(out, actions), self.value(observations)
+            return actions, logprobs_from_logits(out, actions), self.value(observations)
+        noise = torch.zeros_like(out) if deterministic else torch.randn_like(out)  # z = (a - mu) / sigma
+        actions = out + self.log_std.exp() * noise
+        return actions, self._gaussian_logprobs(noise), self.value(observations)
 
     def evaluate(self, observations: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """For PPO's update: (log pi(a|s) (N,), entropy of pi(.|s) (N,), V(s) (N,))."""
         out = self.actor(observations)
         if self.discrete:
             entropy = entropy_from_logits(out)
-        else:
-            # H(N(mu, sigma^2)) = sum_i log sigma_i + 1/2 log(2 pi e)
-            entropy = (self.log_std + 0.5 + _LOG_SQRT_2PI).sum().expand(len(out))
-        return self._logprobs(out, actions), entropy, self.value(observations)
+            return logprobs_from_logits(out, actions), entropy, self.value(observations)
+        # H(N(mu, sigma^2)) = sum_i log sigma_i + 1/2 log(2 pi e)
+        entropy = (self.log_std + 0.5 + _LOG_SQRT_2PI).sum().expand(len(out))
+        return self._gaussian_logprobs((actions - out) * torch.exp(-self.log_std)), entropy, self.value(observations)
 
-    def _logprobs(self, out: Tensor, actions: Tensor) -> Tensor:
-        if self.discrete:
-            return logprobs_from_logits(out, actions)
-        # log N(a; mu, sigma^2) = sum_i -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - 1/2 log(2 pi)
-        z = (actions - out) * torch.exp(-self.log_std)
+    def _gaussian_logprobs(self, z: Tensor) -> Tensor:
+        """log N(a; mu, sigma^2) = sum_i -z_i^2 / 2 - log sigma_i - 1/2 log(2 pi), with z = (a - mu) / sigma."""
         return (-0.5 * z.pow(2) - self.log_std - _LOG_SQRT_2PI).sum(-1)

@@ -23,16 +23,14 @@ Where this departs from the paper's text, and why:
   - The clip range is constant (the Atari runs annealed it).
   - For Box action spaces, observations are normalised and rewards scaled by
     a running return std (baselines' VecNormalize), and the other defaults
-    are the paper's MuJoCo settings (`CONTINUOUS_DEFAULTS`, applied under
+    are the paper's MuJoCo settings (`rlhfkit.gym.config.CONTINUOUS_DEFAULTS`, applied under
     any config file and --set, and written into config.yaml like every value).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -45,8 +43,9 @@ from safetensors.torch import load_file, save_file
 
 from rlhfkit.algorithms import clipped_policy_loss, clipped_value_loss, explained_variance, generalized_advantage_estimation, whiten
 from rlhfkit.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from rlhfkit.config import add_config_arguments, field, load_config, save_config
+from rlhfkit.config import add_config_arguments, load_config, save_config
 from rlhfkit.errors import UserError
+from rlhfkit.gym.config import CONTINUOUS_DEFAULTS, GymConfig, PPOConfig
 from rlhfkit.gym.envs import EnvSpec, inspect_env
 from rlhfkit.gym.evaluate import check_video, evaluate
 from rlhfkit.gym.normalization import ObservationNormalizer
@@ -55,122 +54,6 @@ from rlhfkit.gym.rollout import EnvRunner, Episode, Rollout
 from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes start from seed + this, apart from training's seed + i
-
-
-@dataclasses.dataclass
-class EnvConfig:
-    id: str = field("CartPole-v1", "Gymnasium environment id with a Discrete or Box action space (also --env ID)")
-    num_envs: int = field(4, "environments stepped in lockstep (N)")
-    normalize_observation: bool = field(False, "standardise observations by running mean/std (clipped to +-10); saved with the policy")
-    normalize_reward: bool = field(False, "divide rewards by a running std of the discounted return (clipped to +-10)")
-
-    def __post_init__(self) -> None:
-        if self.num_envs < 1:
-            raise UserError(f"env.num_envs must be >= 1, got {self.num_envs}")
-
-
-@dataclasses.dataclass
-class PolicyConfig:
-    hidden_sizes: list[int] = field(factory=lambda: [64, 64], doc="tanh hidden layers of the policy MLP and of the value MLP")
-    orthogonal_init: bool = field(True, "orthogonal weights (gain sqrt 2; 0.01 policy output; 1 value output), zero biases")
-    log_std_init: float = field(0.0, "initial log standard deviation of the Gaussian policy (Box actions)")
-
-    def __post_init__(self) -> None:
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            raise UserError(f"policy.hidden_sizes must be a non-empty list of positive sizes, got {self.hidden_sizes}")
-
-
-@dataclasses.dataclass
-class PPOConfig:
-    rollout_steps: int = field(128, "steps per environment per rollout (T); a batch is num_envs * T steps")
-    epochs: int = field(4, "passes over each batch (K)")
-    num_minibatches: int = field(4, "minibatches per epoch; must divide the batch")
-    clip_range: float = field(0.2, "epsilon of the clipped surrogate")
-    value_clip_range: float | None = field(None, "clip the value change around the rollout-time values (null: unclipped)")
-    gamma: float = field(0.99, "discount")
-    gae_lambda: float = field(0.95, "GAE lambda")
-    entropy_coef: float = field(0.01, "weight of the entropy bonus")
-    value_coef: float = field(0.5, "weight of the value loss (which is 0.5 * MSE)")
-    max_grad_norm: float = field(0.5, "clip the global gradient norm to this")
-    learning_rate: float = field(2.5e-4, "Adam learning rate at the start")
-    anneal_lr: bool = field(True, "decay the learning rate linearly to 0 over the run")
-    normalize_advantages: bool = field(True, "whiten advantages within each minibatch")
-    target_kl: float | None = field(None, "stop an update's epochs early once their mean approx-KL exceeds this (null: never)")
-
-    def __post_init__(self) -> None:
-        for name in ("rollout_steps", "epochs", "num_minibatches"):
-            if getattr(self, name) < 1:
-                raise UserError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("gamma", "gae_lambda"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UserError(f"ppo.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("clip_range", "learning_rate", "max_grad_norm"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"ppo.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("value_clip_range", "target_kl"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise UserError(f"ppo.{name} must be > 0 or null, got {getattr(self, name)}")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    total_timesteps: int = field(100_000, "environment steps to train for (rounded up to whole batches)")
-    checkpoint_every: int = field(10, "updates between checkpoints (the last update always checkpoints)")
-
-    def __post_init__(self) -> None:
-        if self.total_timesteps < 1:
-            raise UserError(f"train.total_timesteps must be >= 1, got {self.total_timesteps}")
-        if self.checkpoint_every < 1:
-            raise UserError(f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    episodes: int = field(10, "evaluation episodes of the final policy (and of --eval)")
-    deterministic: bool = field(True, "act by the policy's mode (argmax or Gaussian mean) instead of sampling")
-    video: bool = field(False, "record the first evaluation episode as eval.gif (the env must render rgb_array)")
-
-    def __post_init__(self) -> None:
-        if self.episodes < 1:
-            raise UserError(f"eval.episodes must be >= 1, got {self.episodes}")
-
-
-@dataclasses.dataclass
-class GymConfig:
-    env: EnvConfig = field(factory=EnvConfig, doc="environment")
-    policy: PolicyConfig = field(factory=PolicyConfig, doc="actor-critic network")
-    ppo: PPOConfig = field(factory=PPOConfig, doc="PPO")
-    train: TrainConfig = field(factory=TrainConfig, doc="budget and checkpoints")
-    eval: EvalConfig = field(factory=EvalConfig, doc="final evaluation")
-    seed: int = field(0, "one seed for everything (sub-environment i is reset with seed + i)")
-    out: str = field("", "output directory (default runs/gym-<env>-<timestamp>)")
-
-    def __post_init__(self) -> None:
-        if self.batch_size % self.ppo.num_minibatches:
-            raise UserError(
-                f"ppo.num_minibatches {self.ppo.num_minibatches} does not divide the batch env.num_envs * ppo.rollout_steps "
-                f"= {self.env.num_envs} * {self.ppo.rollout_steps} = {self.batch_size}; pick a divisor"
-            )
-
-    @property
-    def batch_size(self) -> int:
-        return self.env.num_envs * self.ppo.rollout_steps
-
-    @property
-    def minibatch_size(self) -> int:
-        return self.batch_size // self.ppo.num_minibatches
-
-    @property
-    def num_updates(self) -> int:
-        return math.ceil(self.train.total_timesteps / self.batch_size)
-
-
-# The PPO paper's MuJoCo settings (its Table 3) with baselines' normalisation: the
-# defaults for Box action spaces, under whatever a config file or --set says.
-CONTINUOUS_DEFAULTS: dict[str, Any] = {
-    "env": {"num_envs": 1, "normalize_observation": True, "normalize_reward": True},
-    "ppo": {"rollout_steps": 2048, "epochs": 10, "num_minibatches": 32, "learning_rate": 3e-4, "entropy_coef": 0.0},
-}
 
 
 # ---------------------------------------------------------------------------
@@ -198,14 +81,12 @@ def train(cfg: GymConfig, out: Path, resume: bool = False) -> dict[str, Any]:
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(cfg.ppo, update, cfg.num_updates)
             # 2. run the policy for T steps in N environments
-            policy.eval()
             rollout, episodes = runner.collect(policy, cfg.ppo.rollout_steps)
             # 3. advantages by GAE, truncated episodes bootstrapped from V(final observation)
             advantages, returns = generalized_advantage_estimation(
                 rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.episode_end, cfg.ppo.gamma, cfg.ppo.gae_lambda
             )
             # 4. K epochs of minibatch updates
-            policy.train()
             stats = ppo_update(policy, optimizer, rollout, advantages, returns, cfg.ppo, cfg.minibatch_size)
             # 5. log, checkpoint
             seconds = time.perf_counter() - started
@@ -373,7 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", help="Gymnasium environment id (same as --set env.id=ID)")
     parser.add_argument("--eval", metavar="DIR", help="evaluate the policy of a finished run DIR instead of training (writes DIR/eval/ unless --out)")
     defaults = ", ".join(f"{section}.{key}={value}" for section, values in CONTINUOUS_DEFAULTS.items() for key, value in values.items())
-    parser.epilog += f"\n\nfor Box action spaces these defaults apply instead (a config file and --set still override them):\n  {defaults}"
+    parser.epilog = (parser.epilog or "") + f"\n\nfor Box action spaces these defaults apply instead (a config file and --set still override them):\n  {defaults}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -391,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         overrides.append(f"out={args.out}")
-    cfg = _resolve_config(args.config, overrides, resume=args.resume)
+    cfg = resolve_config(args.config, overrides, resume=args.resume)
     out = Path(cfg.out) if cfg.out else Path("runs") / f"gym-{cfg.env.id.replace('/', '-')}-{datetime.now():%Y%m%d-%H%M%S}"
     if not args.resume and (out / "checkpoints").exists():
         raise UserError(f"{out} already holds a run; continue it with --resume, or choose another --out")
@@ -404,8 +285,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_config(config_file: str | None, overrides: list[str], resume: bool) -> GymConfig:
-    """defaults < (Box action space: CONTINUOUS_DEFAULTS; resuming: the run's config.yaml) < config file < --set."""
+def resolve_config(config_file: str | None, overrides: list[str], resume: bool = False) -> GymConfig:
+    """The run's configuration: defaults < (Box action space: CONTINUOUS_DEFAULTS; resuming: the run's config.yaml) < config file < `key=value` overrides."""
     if resume:
         out = next((o.partition("=")[2] for o in overrides if o.startswith("out=")), "")
         if not out:

@@ -1,0 +1,60 @@
+"""Does `rlhfkit gym` learn? CartPole-v1 for 3 seeds at 100k steps, Pendulum-v1 at 200k steps.
+
+What must hold (issue 5): CartPole reaches the 500 cap in evaluation for at
+least 2 of 3 seeds; Pendulum's evaluation mean return is better than -400.
+Each run is a full `rlhfkit gym` run (checkpoints, TensorBoard, the final
+evaluation of 10 deterministic episodes) written under --out.
+
+    .venv/bin/python benchmarks/gym_learning.py                      # both
+    .venv/bin/python benchmarks/gym_learning.py --only CartPole-v1 --seeds 0 1 2
+    .venv/bin/python benchmarks/gym_learning.py --only Pendulum-v1 --set ppo.gamma=0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rlhfkit.recipes.gym import resolve_config, train
+
+BUDGETS = {"CartPole-v1": 100_000, "Pendulum-v1": 200_000}
+TARGETS = {"CartPole-v1": ("reaches the 500 cap", lambda r: r >= 500.0), "Pendulum-v1": ("better than -400", lambda r: r > -400.0)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=list(BUDGETS), action="append", help="run only this environment (repeatable)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override for every run")
+    parser.add_argument("--out", default="runs/bench-gym-learning")
+    args = parser.parse_args()
+
+    rows = []
+    for env_id in args.only or list(BUDGETS):
+        for seed in args.seeds:
+            out = Path(args.out) / f"{env_id}-seed{seed}"
+            overrides = [f"env.id={env_id}", f"train.total_timesteps={BUDGETS[env_id]}", f"seed={seed}", f"out={out}", *args.set]
+            cfg = resolve_config(None, overrides)
+            out.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            summary = train(cfg, out)
+            wall = time.perf_counter() - started
+            target, reached = TARGETS[env_id]
+            rows.append({**summary, "seed": seed, "wall_seconds": round(wall, 1), "target": target, "reached": reached(summary["eval_return_mean"])})
+            print(json.dumps(rows[-1]), flush=True)
+
+    print("\n| env | seed | env steps | eval return (mean ± std, 10 ep.) | target met | wall s | train steps/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['env_id']} | {r['seed']} | {r['env_steps']:,} | {r['eval_return_mean']:.1f} ± {r['eval_return_std']:.1f} | "
+            f"{'yes' if r['reached'] else 'no'} ({r['target']}) | {r['wall_seconds']:.0f} | {r['steps_per_second']:.0f} |"
+        )
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

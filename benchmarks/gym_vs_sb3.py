@@ -1,0 +1,148 @@
+"""`rlhfkit gym` against Stable-Baselines3's PPO: same environment, budget, hyperparameters and evaluation.
+
+For each seed both libraries train once, in alternating order (rlhfkit first
+on even seeds, SB3 first on odd ones), so that a noisy machine slows both
+alike. Both run with one torch thread. Both are evaluated by the same loop:
+10 deterministic episodes (argmax or Gaussian mean), the first reset seeded
+with seed + 1,000,000, observations normalised with the run's frozen
+statistics, rewards unscaled.
+
+Hyperparameters are rlhfkit's resolved config (defaults, the Box defaults,
+then --set), translated to SB3's arguments:
+  n_steps = ppo.rollout_steps, n_envs = env.num_envs,
+  batch_size = num_envs * rollout_steps / ppo.num_minibatches,
+  learning_rate = lr * progress_remaining when ppo.anneal_lr,
+  vf_coef = ppo.value_coef / 2 (SB3's value loss is the MSE, rlhfkit's 0.5 * MSE),
+  VecNormalize(norm_obs, norm_reward, clip 10, gamma) when either normaliser is on,
+  net_arch pi = vf = policy.hidden_sizes, tanh, ortho_init, log_std_init.
+Both bootstrap truncated episodes from V(final observation).
+(ppo.target_kl is not translated: SB3 stops at 1.5 x target within an epoch, rlhfkit after an epoch.)
+
+    .venv/bin/python benchmarks/gym_vs_sb3.py --env CartPole-v1 --timesteps 100000 --seeds 0 1 2
+    .venv/bin/python benchmarks/gym_vs_sb3.py --env Pendulum-v1 --timesteps 200000 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlhfkit.errors import UserError
+from rlhfkit.gym.config import GymConfig
+from rlhfkit.recipes.gym import EVAL_SEED_OFFSET, resolve_config, train
+
+
+def train_sb3(cfg: GymConfig) -> tuple[float, list[float]]:
+    """Train SB3's PPO with `cfg`'s hyperparameters -> (train+eval wall seconds, evaluation returns)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    if cfg.ppo.target_kl is not None:
+        raise UserError("gym_vs_sb3: ppo.target_kl has different semantics in SB3; leave it null")
+    started = time.perf_counter()
+    venv = make_vec_env(cfg.env.id, n_envs=cfg.env.num_envs, seed=cfg.seed)
+    normalizer = None
+    if cfg.env.normalize_observation or cfg.env.normalize_reward:
+        venv = normalizer = VecNormalize(venv, norm_obs=cfg.env.normalize_observation, norm_reward=cfg.env.normalize_reward, clip_obs=10.0, clip_reward=10.0, gamma=cfg.ppo.gamma, epsilon=1e-8)
+    lr = cfg.ppo.learning_rate
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        learning_rate=(lambda progress: lr * progress) if cfg.ppo.anneal_lr else lr,
+        n_steps=cfg.ppo.rollout_steps,
+        batch_size=cfg.minibatch_size,
+        n_epochs=cfg.ppo.epochs,
+        gamma=cfg.ppo.gamma,
+        gae_lambda=cfg.ppo.gae_lambda,
+        clip_range=cfg.ppo.clip_range,
+        clip_range_vf=cfg.ppo.value_clip_range,
+        normalize_advantage=cfg.ppo.normalize_advantages,
+        ent_coef=cfg.ppo.entropy_coef,
+        vf_coef=cfg.ppo.value_coef / 2,
+        max_grad_norm=cfg.ppo.max_grad_norm,
+        policy_kwargs={
+            "net_arch": {"pi": list(cfg.policy.hidden_sizes), "vf": list(cfg.policy.hidden_sizes)},
+            "activation_fn": torch.nn.Tanh,
+            "ortho_init": cfg.policy.orthogonal_init,
+            "log_std_init": cfg.policy.log_std_init,
+        },
+        seed=cfg.seed,
+        device="cpu",
+    )
+    model.learn(total_timesteps=cfg.num_updates * cfg.batch_size)
+
+    env = gym.make(cfg.env.id)
+    returns = []
+    for episode in range(cfg.eval.episodes):
+        obs, _ = env.reset(seed=cfg.seed + EVAL_SEED_OFFSET if episode == 0 else None)
+        total, done = 0.0, False
+        while not done:
+            policy_obs = normalizer.normalize_obs(obs) if normalizer is not None else obs
+            action, _ = model.predict(policy_obs, deterministic=cfg.eval.deterministic)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return time.perf_counter() - started, returns
+
+
+def train_rlhfkit(cfg: GymConfig, out: Path) -> tuple[float, dict]:
+    """A full `rlhfkit gym` run (checkpoints, TensorBoard, evaluation, plot) -> (wall seconds, its summary)."""
+    started = time.perf_counter()
+    summary = train(cfg, out)
+    return time.perf_counter() - started, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--timesteps", type=int, default=100_000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="rlhfkit config override (translated for SB3 too)")
+    parser.add_argument("--out", default="runs/bench-gym-vs-sb3")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    rows = []
+    for i, seed in enumerate(args.seeds):
+        out = Path(args.out) / f"{args.env}-seed{seed}"
+        cfg = resolve_config(None, [f"env.id={args.env}", f"train.total_timesteps={args.timesteps}", f"seed={seed}", f"out={out}", *args.set])
+        out.mkdir(parents=True, exist_ok=True)
+        row: dict = {"env_id": args.env, "seed": seed, "env_steps": cfg.num_updates * cfg.batch_size, "order": "rlhfkit, sb3" if i % 2 == 0 else "sb3, rlhfkit"}
+        for library in row["order"].split(", "):
+            if library == "rlhfkit":
+                wall, summary = train_rlhfkit(cfg, out)
+                row.update(rlhfkit_return=summary["eval_return_mean"], rlhfkit_return_std=summary["eval_return_std"], rlhfkit_seconds=round(wall, 1))
+            else:
+                wall, returns = train_sb3(cfg)
+                row.update(sb3_return=float(np.mean(returns)), sb3_return_std=float(np.std(returns)), sb3_seconds=round(wall, 1))
+        row["time_ratio"] = round(row["rlhfkit_seconds"] / row["sb3_seconds"], 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    print(f"\n{args.env}, {rows[0]['env_steps']:,} steps, overrides {args.set or 'none'}")
+    print("| seed | rlhfkit eval return | SB3 eval return | rlhfkit wall s | SB3 wall s | time ratio rlhfkit/SB3 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['seed']} | {r['rlhfkit_return']:.1f} ± {r['rlhfkit_return_std']:.1f} | {r['sb3_return']:.1f} ± {r['sb3_return_std']:.1f} | "
+            f"{r['rlhfkit_seconds']:.0f} | {r['sb3_seconds']:.0f} | {r['time_ratio']:.2f} |"
+        )
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("rlhfkit_return", "sb3_return", "rlhfkit_seconds", "sb3_seconds")}
+    print(
+        f"| mean | {mean['rlhfkit_return']:.1f} | {mean['sb3_return']:.1f} | {mean['rlhfkit_seconds']:.0f} | {mean['sb3_seconds']:.0f} | "
+        f"{mean['rlhfkit_seconds'] / mean['sb3_seconds']:.2f} |"
+    )
+    (Path(args.out) / f"{args.env}-results.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
