@@ -1,8 +1,7 @@
 """`rlhfkit gym` configuration: one dataclass per concern, nested into `GymConfig`.
 
 The dataclass defaults are the settings for Discrete action spaces: the PPO
-paper's Atari settings as CleanRL and Stable-Baselines3 apply them to classic
-control (4 envs x 128 steps, 4 epochs of 4 minibatches, lr 2.5e-4 annealed,
+paper's Atari settings as CleanRL's ppo.py applies them to classic control (4 envs x 128 steps, 4 epochs of 4 minibatches, lr 2.5e-4 annealed,
 gamma 0.99, lambda 0.95, clip 0.2, entropy bonus 0.01). For Box action spaces
 `CONTINUOUS_DEFAULTS` goes on top: the paper's MuJoCo settings (1 env x 2048
 steps, 10 epochs of 32 minibatches, lr 3e-4, no entropy bonus) with
