@@ -7,13 +7,16 @@
                        the comparisons of prompts it never saw
 
 Prints the figures and the exact commands as a Markdown section for benchmarks/RESULTS.md.
-Run: .venv/bin/python benchmarks/reward_model.py [--out runs/bench-rm] [--steps 150]
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reward_model.py [--out runs/bench-rm] [--steps 60]
+(on a shared, oversubscribed machine one torch thread per process is several times faster than two:
+OpenMP threads spin while waiting for a core).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -34,13 +37,15 @@ def run(command: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench-rm")
-    parser.add_argument("--train-prompts", type=int, default=128)
-    parser.add_argument("--eval-prompts", type=int, default=32)
+    parser.add_argument("--train-prompts", type=int, default=64)
+    parser.add_argument("--eval-prompts", type=int, default=16)
     parser.add_argument("--responses", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--reuse-data", action="store_true", help="keep candidates and labels already under --out (their time is taken from their summary.json)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--normalize-prompts", type=int, default=16)
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -53,11 +58,15 @@ def main() -> None:
         "label (eval)": [rlhfkit, "label", "--judge", "sentiment", "--set", f"data.train={out}/gen-eval/candidates.jsonl", f"out={out}/label-eval"],
         "rm": [
             rlhfkit, "rm", "--set", f"data.train={out}/label-train/comparisons.jsonl", f"data.eval={out}/label-eval/comparisons.jsonl",
-            f"train.steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.eval_every={max(1, args.steps // 5)}", f"optim.learning_rate={args.learning_rate}",
-            "optim.warmup_steps=10", "model.dtype=float32", "normalize.num_prompts=32", f"normalize.generation.max_new_tokens={args.tokens}", f"out={out}/rm",
+            f"train.steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.eval_every={args.steps}", f"optim.learning_rate={args.learning_rate}",
+            "optim.warmup_steps=10", "model.dtype=float32", f"normalize.num_prompts={args.normalize_prompts}", f"normalize.generation.max_new_tokens={args.tokens}", f"out={out}/rm",
         ],
     }
-    seconds = {name: run(command) for name, command in commands.items()}
+    seconds = {}
+    for name, command in commands.items():
+        stage = Path(command[-1].partition("=")[2])
+        reused = args.reuse_data and name != "rm" and (stage / "summary.json").is_file()
+        seconds[name] = json.loads((stage / "summary.json").read_text())["wall_s"] if reused else run(command)
     label_train = json.loads((out / "label-train" / "summary.json").read_text())
     label_eval = json.loads((out / "label-eval" / "summary.json").read_text())
     rm = json.loads((out / "rm" / "summary.json").read_text())
@@ -67,7 +76,8 @@ def main() -> None:
     lines = [
         "## Reward models and SFT (issue 3)",
         "",
-        f"Reward model learns the sentiment judge from the embedded model's answers ({time.strftime('%Y-%m-%d')}, CPU, 2 cores, shared machine).",
+        f"Reward model learns the sentiment judge from the embedded model's answers ({time.strftime('%Y-%m-%d')}, CPU: 2 cores shared with other jobs, "
+        f"load average {os.getloadavg()[0]:.1f} at the end, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}).",
         "",
         "| figure | value |",
         "| --- | --- |",
