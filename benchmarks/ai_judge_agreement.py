@@ -99,6 +99,7 @@ def main() -> None:
         "judge": args.judge,
         "principle": args.principle,
         "pairs": n,
+        "gold_prefers_first_listed": x_better.float().mean().item(),  # the base rate that a one-sided judge scores
         "agreement_both_orders": agreement(verdict.prob_first),
         "agreement_order_x_first": agreement(verdict.shown_first),
         "agreement_order_x_second": agreement(verdict.shown_second),

@@ -203,6 +203,9 @@ class DPORun:
             if len(train_records) - held_out < 1:
                 raise UserError(f"{data.train}: {len(train_records)} comparison(s) are too few to hold out an eval split; give data.eval or more records")
             train_records, eval_records = train_records[:-held_out], train_records[-held_out:]
+        soft = sum(0 < r.get("label", 1) < 1 for r in train_records)
+        if soft:
+            print(f"rlhfkit dpo: warning: {soft} comparison(s) carry a soft 'label' (e.g. from --judge ai); DPO uses only which response is chosen")
         self.kl_prompts = load_records(data.prompts, "prompts")[: config.train.kl_prompts] if config.train.kl_prompts else []
         self.gold = build_reward(config.reward, config.model.dtype) if config.train.score_answers else None
 
