@@ -109,7 +109,7 @@ def critique_and_revise(
     Returns, per record: {"prompt", "response", "rounds": [{"principle", "critique", "revision"}], "final"}.
     """
     responses = generate([format_messages(prompt_messages(r)) for r in records])
-    chains = [{"prompt": prompt_text(r), "response": response, "rounds": []} for r, response in zip(records, responses)]
+    chains: list[dict[str, Any]] = [{"prompt": prompt_text(r), "response": response, "rounds": []} for r, response in zip(records, responses)]
     current = list(responses)
     for _ in range(revisions):
         sampled = [rng.choice(principles) for _ in records]

@@ -24,6 +24,7 @@ Where this departs from a naive implementation, and why:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import shutil
@@ -142,20 +143,21 @@ def pair_logprobs(model: torch.nn.Module, pairs: list[tuple[dict, dict]], pad_to
     return logprobs[: len(pairs)], logprobs[len(pairs) :]
 
 
+def reference_mode(model: Any) -> contextlib.AbstractContextManager:
+    """Where `model` is the reference: with LoRA, the base with the adapter disabled; else the model as it is."""
+    from rlhfkit.models.lora import is_lora
+
+    return model.disable_adapter() if is_lora(model) else contextlib.nullcontext()
+
+
 @torch.no_grad()
 def reference_logprobs(model: torch.nn.Module, pairs: list[tuple[dict, dict]], pad_token_id: int, batch_size: int, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
     """log π_ref of every pair's chosen and rejected response, (N,) each; with LoRA, under the base (adapter off)."""
-    from rlhfkit.models.lora import is_lora
-
     model.eval()
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch_size):
-        batch = pairs[start : start + batch_size]
-        if is_lora(model):
-            with model.disable_adapter():
-                c, r = pair_logprobs(model, batch, pad_token_id, dtype)
-        else:
-            c, r = pair_logprobs(model, batch, pad_token_id, dtype)
+        with reference_mode(model):
+            c, r = pair_logprobs(model, pairs[start : start + batch_size], pad_token_id, dtype)
         chosen.append(c)
         rejected.append(r)
     return torch.cat(chosen), torch.cat(rejected)
@@ -294,7 +296,6 @@ class DPORun:
     def heldout_kl(self) -> tuple[dict[str, float], list[str], list[float]]:
         """Answers to the held-out prompts, KL(π‖π_ref) per answer (Σ log π - log π_ref), and gold scores."""
         from rlhfkit.data import format_prompt, prompt_text
-        from rlhfkit.models.lora import is_lora
         from rlhfkit.rewards import checked_scores
         from rlhfkit.rollout.generation import decode_responses, sample
         from rlhfkit.training import sequence_logprobs
@@ -311,11 +312,9 @@ class DPORun:
         response_mask = torch.cat([torch.zeros_like(samples.query_mask), samples.response_mask], dim=1)
         batch = (samples.input_ids, samples.attention_mask, response_mask)
         policy = sequence_logprobs(self.model, *batch, dtype=config.model.dtype)
-        if is_lora(self.model):
-            with self.model.disable_adapter():
-                reference = sequence_logprobs(self.model, *batch, dtype=config.model.dtype)
-        else:
-            reference = sequence_logprobs(self.reference_copy, *batch, dtype=config.model.dtype)
+        reference_model = self.model if self.reference_copy is None else self.reference_copy
+        with reference_mode(reference_model):
+            reference = sequence_logprobs(reference_model, *batch, dtype=config.model.dtype)
         kl = policy - reference  # (B,)
         answers = decode_responses(self.tokenizer, samples)
         metrics = {"kl/mean": kl.mean().item(), "eval/response_tokens": samples.response_mask.sum(1).float().mean().item()}
@@ -332,7 +331,7 @@ class DPORun:
         """A plain model directory + tokenizer (LoRA merged into a copy), loadable as a policy."""
         import copy
 
-        model = self.model
+        model: Any = self.model
         if hasattr(model, "merge_and_unload"):
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(directory)

@@ -215,7 +215,7 @@ def ai_comparisons(
     for i, record in enumerate(records):
         p_first = float(verdict.prob_first[i])
         first_wins = p_first >= 0.5
-        prompt_fields = {k: record[k] for k in ("prompt", "messages") if k in record}
+        prompt_fields: Record = {k: record[k] for k in ("prompt", "messages") if k in record}
         comparisons.append(
             {
                 **prompt_fields,
