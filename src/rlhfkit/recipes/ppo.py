@@ -253,19 +253,33 @@ class PPOTrainer:
         return [self.prompts[i] for i in indices[rank::world]]
 
     def rollout(self, records: list[dict[str, Any]]):
-        """Steps 1-4: generate, score, shape rewards, advantages. Returns (experience, responses, seconds)."""
-        from rlhfkit.data import format_prompt, prompt_text
+        """Steps 1-4: generate, score, shape rewards, advantages. Returns (experience, responses, timings)."""
+        started = time.perf_counter()
+        samples = self.generate(records)
+        generated = time.perf_counter()
+        experience, responses = self.score(samples, records)
+        timings = {"time/generate_s": generated - started, "time/score_s": time.perf_counter() - generated}
+        return experience, responses, timings
+
+    def generate(self, records: list[dict[str, Any]]):
+        """Step 1: one sampled response per prompt record."""
+        from rlhfkit.data import format_prompt
+        from rlhfkit.rollout.generation import sample
+
+        model = self.unwrapped
+        texts = [self._truncated_prompt(format_prompt(self.tokenizer, r)) for r in records]
+        model.eval()
+        return sample(model.policy, self.tokenizer, texts, self.config.generation, self.config.model.dtype, keep_scores=model.shares_trunk)
+
+    def score(self, samples, records: list[dict[str, Any]]):
+        """Steps 2-4 on sampled responses: scores, reference log-probs, shaped rewards, advantages."""
+        from rlhfkit.data import prompt_text
         from rlhfkit.models.actor_critic import reference_logprobs
         from rlhfkit.rewards import checked_scores
         from rlhfkit.rollout.experience import build_experience, shape_scores
-        from rlhfkit.rollout.generation import decode_responses, sample
+        from rlhfkit.rollout.generation import decode_responses
 
         config, model = self.config, self.unwrapped
-        started = time.perf_counter()
-        texts = [self._truncated_prompt(format_prompt(self.tokenizer, r)) for r in records]
-        model.eval()
-        samples = sample(model.policy, self.tokenizer, texts, config.generation, config.model.dtype, keep_scores=model.shares_trunk)
-        generated = time.perf_counter()
         responses = decode_responses(self.tokenizer, samples)
         raw_scores = checked_scores(self.reward, [prompt_text(r) for r in records], responses, records)
         ids, mask, response_ids = samples.input_ids, samples.attention_mask, samples.response_ids
@@ -286,8 +300,7 @@ class PPOTrainer:
             samples, logprobs, ref_logprobs, values, raw_scores, scores, self.kl_controller.value,
             KL_ESTIMATORS[config.kl.estimator], config.ppo.gamma, config.ppo.lam, gather=self._gather,
         )  # fmt: skip
-        timings = {"time/generate_s": generated - started, "time/score_s": time.perf_counter() - generated}
-        return experience, responses, timings
+        return experience, responses
 
     def _truncated_prompt(self, text: str) -> str:
         ids = self.tokenizer(text, add_special_tokens=False).input_ids

@@ -34,8 +34,7 @@ class Experience:
 
     def select(self, index: torch.Tensor) -> "Experience":
         """The rows `index` of every tensor (a minibatch)."""
-        s = self.samples
-        samples = Samples(s.query_ids[index], s.query_mask[index], s.response_ids[index], s.response_mask[index], s.ended[index])
+        samples = self.samples.select(index)
         fields = {name: getattr(self, name)[index] for name in ("logprobs", "ref_logprobs", "values", "scores", "raw_scores", "rewards", "kl", "advantages", "returns")}
         return Experience(samples=samples, **fields)
 

@@ -35,6 +35,11 @@ class Samples:
     logprobs: torch.Tensor | None = None  # (B, R) fp32, log π(token) under the sampling temperature
     hidden: torch.Tensor | None = None  # (B, R, H) last hidden state before each response token
 
+    def select(self, index: torch.Tensor) -> "Samples":
+        """The rows `index` (a minibatch, or one process's share)."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Samples(*(pick(getattr(self, f)) for f in ("query_ids", "query_mask", "response_ids", "response_mask", "ended", "logprobs", "hidden")))
+
     @property
     def input_ids(self) -> torch.Tensor:
         """(B, P + R) prompt and response."""

@@ -1,0 +1,26 @@
+"""Two processes with the same global batch give the same PPO update as one process (gloo on CPU)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+WORKER = str(Path(__file__).with_name("ppo_two_process_worker.py"))
+
+
+def test_two_processes_give_the_same_update_as_one(tiny_model_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    subprocess.run([sys.executable, WORKER, tiny_model_dir, str(one)], check=True, env=env)
+    # on a machine without GPUs, --multi_gpu gives N CPU processes over gloo
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", WORKER, tiny_model_dir, str(two)]  # fmt: skip
+    subprocess.run(launch, check=True, env=env)
+    a, b = load_file(str(one)), load_file(str(two))
+    assert a.keys() == b.keys() and len(a) > 10
+    assert all(torch.count_nonzero(a[name]) > 0 for name in a if "value" not in name)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
