@@ -19,7 +19,7 @@ def reward(prompts, responses, records):
 
 def main(model_dir: str, out_file: str) -> None:
     config = load_config(PPOConfig, overrides=[f"model.name={model_dir}", "model.dtype=float32", "train.batch_size=4", "train.mini_batch_size=4",
-                                               "train.ppo_epochs=1", "train.steps=1", "generation.max_new_tokens=6", "train.learning_rate=1e-2"])  # fmt: skip
+                                               "train.ppo_epochs=1", "train.steps=1", "generation.max_new_tokens=6", "optim.learning_rate=1e-2"])  # fmt: skip
     prompts = [{"prompt": p} for p in ["tell me a day", "write a book", "how is the weather", "say what you think"]]
     trainer = PPOTrainer(config, reward=reward, prompts=prompts)
     torch.manual_seed(1234)

@@ -33,7 +33,7 @@ def tiny_config(model_dir, out, *extra):
 
 def test_ppo_raises_a_simple_reward_on_a_tiny_model(tiny_model_dir, tmp_path):
     # The random tiny model says a positive word ~1 time in 10; PPO must make that clearly more common.
-    config = tiny_config(tiny_model_dir, tmp_path, "train.steps=12", "train.learning_rate=1e-2", "train.checkpoint_every=0")
+    config = tiny_config(tiny_model_dir, tmp_path, "train.steps=12", "optim.learning_rate=1e-2", "train.checkpoint_every=0")
     PPOTrainer(config, reward=fraction_positive, prompts=PROMPTS).train()
     scores = [m["reward/score_mean"] for m in read_jsonl(tmp_path / "metrics.jsonl")]
     assert len(scores) == 12
@@ -48,7 +48,7 @@ def _final_weights(out):
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tiny_model_dir, tmp_path, lora):
-    extra = ["train.learning_rate=1e-3", "train.checkpoint_every=2", f"model.lora.enabled={str(lora).lower()}", "model.lora.r=4"]
+    extra = ["optim.learning_rate=1e-3", "train.checkpoint_every=2", f"model.lora.enabled={str(lora).lower()}", "model.lora.r=4"]
     straight = tmp_path / "straight"
     PPOTrainer(tiny_config(tiny_model_dir, straight, "train.steps=4", *extra), reward=fraction_positive, prompts=PROMPTS).train()
 

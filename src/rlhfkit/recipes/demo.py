@@ -108,7 +108,7 @@ def run_pipeline(config: DemoConfig, out: Path) -> dict[str, Any]:
     policy = stage("4-ppo", out, ["ppo", "--set", f"model.name={model}", "model.lora.enabled=true", f"data.prompts={config.prompts}",
                                   "reward.kind=model", f"reward.model={reward_model / 'final'}", f"train.steps={config.ppo_steps}",
                                   f"train.batch_size={config.ppo_batch_size}", "train.mini_batch_size=4", f"train.ppo_epochs={config.ppo_epochs}",
-                                  f"train.learning_rate={config.ppo_learning_rate}", f"kl.coef={config.kl_coef}", f"generation.max_new_tokens={config.max_new_tokens}",
+                                  f"optim.learning_rate={config.ppo_learning_rate}", f"kl.coef={config.kl_coef}", f"generation.max_new_tokens={config.max_new_tokens}",
                                   f"train.checkpoint_every={max(config.ppo_steps // 4, 1)}", *common])  # fmt: skip
     return {"generate": generated, "label": labelled, "rm": reward_model, "ppo": policy}
 

@@ -48,6 +48,7 @@ from rlhfkit.assets import PROMPTS
 from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, add_config_arguments, config_from_args, field, save_config
 from rlhfkit.errors import UserError
 from rlhfkit.rewards import RewardFn
+from rlhfkit.training import OptimConfig
 
 # ---------------------------------------------------------------------------
 # Configuration
@@ -68,10 +69,6 @@ class PPOTrainConfig:
     ppo_epochs: int = field(4, "passes over each batch")
     mini_batch_size: int = field(4, "responses per optimiser step")
     micro_batch_size: int = field(0, "responses per forward pass; gradients accumulate up to mini_batch_size (0: = mini_batch_size)")
-    learning_rate: float = field(1e-5, "peak AdamW learning rate")
-    lr_schedule: str = field("constant", "constant, linear or cosine decay over all optimiser steps")
-    warmup_steps: int = field(0, "optimiser steps of linear warmup")
-    max_grad_norm: float = field(1.0, "gradient clipping by global norm (0: off)")
     checkpoint_every: int = field(10, "save a checkpoint every N iterations (0: only at the end)")
 
     def __post_init__(self) -> None:
@@ -82,8 +79,6 @@ class PPOTrainConfig:
             raise UserError(f"train.batch_size {self.batch_size} is not divisible by train.mini_batch_size {self.mini_batch_size}")
         if self.micro_batch_size and self.mini_batch_size % self.micro_batch_size:
             raise UserError(f"train.mini_batch_size {self.mini_batch_size} is not divisible by train.micro_batch_size {self.micro_batch_size}")
-        if self.lr_schedule not in ("constant", "linear", "cosine"):
-            raise UserError(f"train.lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
 
 
 @dataclasses.dataclass
@@ -148,6 +143,7 @@ class PPOConfig:
     ppo: PPOAlgorithmConfig = field(factory=PPOAlgorithmConfig, doc="PPO update")
     critic: CriticConfig = field(factory=CriticConfig, doc="critic")
     train: PPOTrainConfig = field(factory=PPOTrainConfig, doc="schedule")
+    optim: OptimConfig = field(factory=OptimConfig, doc="optimiser (the schedule runs over all optimiser steps of the run)")
     seed: int = field(0, "one seed for everything")
     out: str = field("", "output directory (default runs/ppo-<time>)")
 
@@ -210,7 +206,7 @@ class PPOTrainer:
         from rlhfkit.models import ScalarHeadModel, ValueHead, load_backbone, load_causal_lm, load_tokenizer
         from rlhfkit.models.actor_critic import ActorCritic
         from rlhfkit.models.lora import apply_lora
-        from rlhfkit.training import OptimConfig, build_optimizer
+        from rlhfkit.training import build_optimizer
 
         config = self.config
         torch.manual_seed(config.seed)
@@ -230,10 +226,7 @@ class PPOTrainer:
             else:
                 critic = ScalarHeadModel(load_backbone(source or config.model.name, self.tokenizer))
         actor_critic = ActorCritic(policy, critic)
-        optim = OptimConfig(
-            learning_rate=config.train.learning_rate, warmup_steps=config.train.warmup_steps, schedule=config.train.lr_schedule, max_grad_norm=config.train.max_grad_norm
-        )
-        optimizer, self.scheduler = build_optimizer(actor_critic.parameters(), optim, config.optimizer_steps)
+        optimizer, self.scheduler = build_optimizer(actor_critic.parameters(), config.optim, config.optimizer_steps)
         self.actor_critic, self.optimizer = self.accelerator.prepare(actor_critic, optimizer)
         if self.reference is not None:
             self.reference = self.reference.to(self.accelerator.device)
@@ -378,7 +371,7 @@ class PPOTrainer:
                 totals[key] = totals.get(key, 0.0) + float(value.detach()) * float(weight) * self.accelerator.num_processes
         if config.ppo.ptx_coef > 0:
             totals["ptx/loss"] = self._ptx_backward()
-        totals["train/grad_norm"] = optimizer_step(list(self.actor_critic.parameters()), self.optimizer, self.scheduler, config.train.max_grad_norm)
+        totals["train/grad_norm"] = optimizer_step(list(self.actor_critic.parameters()), self.optimizer, self.scheduler, config.optim.max_grad_norm)
         return totals
 
     def _ptx_backward(self) -> float:

@@ -1,0 +1,83 @@
+"""Seconds per PPO iteration on the embedded model, split into generation, scoring and update.
+
+    .venv/bin/python benchmarks/ppo_step.py                      # full and LoRA, 16 prompts x 48 new tokens
+    .venv/bin/python benchmarks/ppo_step.py --max-new-tokens 32  # the workload TRL's PPOTrainer was timed on
+
+Each configuration runs in its own process (so peak memory is its own), the configurations
+alternate, and every figure is the median over the measured iterations after one warm-up
+iteration. Responses are forced to the full length (no early EOS counted against us: the reward
+is the sentiment judge; EOS may still end a response, which is reported as tokens per second
+over the tokens actually generated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def one_configuration(mode: str, max_new_tokens: int, steps: int, dtype: str) -> dict:
+    import torch
+
+    from rlhfkit.config import load_config
+    from rlhfkit.recipes.ppo import PPOConfig, PPOTrainer
+
+    config = load_config(
+        PPOConfig,
+        overrides=[
+            f"model.lora.enabled={'true' if mode == 'lora' else 'false'}", f"model.dtype={dtype}", f"generation.max_new_tokens={max_new_tokens}",
+            "train.batch_size=16", "train.mini_batch_size=4", "train.ppo_epochs=4", f"train.steps={steps + 1}",
+        ],
+    )  # fmt: skip
+    trainer = PPOTrainer(config)
+    rows = []
+    for _ in range(steps + 1):
+        metrics, *_ = trainer.train_step()
+        rows.append(metrics)
+    measured = rows[1:]
+    keys = ["time/generate_s", "time/score_s", "time/update_s", "time/step_s", "throughput/tokens_per_s", "response/length_mean"]
+    result = {key: statistics.median(r[key] for r in measured) for key in keys}
+    result.update(mode=mode, dtype=dtype, max_new_tokens=max_new_tokens, threads=torch.get_num_threads(), peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=3, help="measured iterations after one warm-up")
+    parser.add_argument("--modes", default="full,lora")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the configurations this many times")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(one_configuration(args.child, args.max_new_tokens, args.steps, args.dtype)))
+        return
+    results: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):
+        for mode in args.modes.split(","):
+            started = time.time()
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", mode, "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps), "--dtype", args.dtype],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result["process_wall_s"] = time.time() - started
+            results.setdefault(mode, []).append(result)
+    print(f"PPO iteration: 16 prompts x {args.max_new_tokens} new tokens, 4 epochs, minibatch 4, {args.dtype}; medians of {args.steps} iterations")
+    print("mode   generate_s  score_s  update_s  step_s  new_tok/s  resp_len  peak_RSS_GiB")
+    for mode, runs in results.items():
+        for r in runs:
+            print(
+                f"{mode:<6} {r['time/generate_s']:>10.1f} {r['time/score_s']:>8.1f} {r['time/update_s']:>9.1f} {r['time/step_s']:>7.1f} "
+                f"{r['throughput/tokens_per_s']:>10.1f} {r['response/length_mean']:>9.1f} {r['peak_rss_gib']:>13.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
