@@ -127,11 +127,15 @@ def distinct_responses(record: dict[str, Any]) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, LabelConfig, resume=False)
-    parser.add_argument("--judge", choices=REWARD_KINDS, help="the judge's kind (same as --set reward.kind=KIND)")
+    parser.add_argument("--judge", choices=(*REWARD_KINDS, "ai"), help="the judge's kind (same as --set reward.kind=KIND); ai: a judge model's soft labels (keys: see docs/dpo-and-ai-feedback.md)")
     parser.add_argument("--format", choices=FORMATS, help="records to write (same as --set format=...)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.judge == "ai":  # Constitutional AI's RL stage has its own keys (model.*, judge.*)
+        from rlhfkit.recipes.constitution import run_ai_labels
+
+        return run_ai_labels(args)
     from rlhfkit.data import load_records, prompt_text
     from rlhfkit.recipes.generate import output_directory, write_jsonl_atomic
     from rlhfkit.rewards import build_reward, checked_scores, validate_records_for_reward
