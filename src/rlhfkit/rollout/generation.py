@@ -51,6 +51,21 @@ class Samples:
         return torch.cat([self.query_mask, self.response_mask], dim=1)
 
 
+def decoding_precision(dtype: str):
+    """The precision context for token-by-token decoding.
+
+    bf16 autocast pays off for full-sequence passes, not for decoding on a CPU: each decode
+    step re-casts every weight for a handful of activations. Measured here (SmolLM2-135M,
+    16 prompts x 8 new tokens, 1 thread): fp32 11.6 new tok/s, bf16 autocast 2.2, bf16
+    weights 2.2. So a CPU decodes in fp32, a GPU in the configured precision.
+    """
+    if torch.cuda.is_available():
+        return autocast(dtype)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, R) -> mask True up to and including the first EOS, and (B,) whether an EOS occurred."""
     is_eos = response_ids == eos_token_id
@@ -85,7 +100,7 @@ def sample(model, tokenizer, prompt_texts: list[str], config: GenerationConfig, 
         output_logits=keep_scores,
         output_hidden_states=keep_scores,
     )
-    with autocast(dtype):
+    with decoding_precision(dtype):
         out = model.generate(input_ids=query_ids, attention_mask=query_mask.long(), generation_config=generation)
     response_ids = out.sequences[:, query_ids.shape[1] :]
     response_mask, ended = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
