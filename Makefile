@@ -25,8 +25,10 @@ demo: $(STAMP)
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+# One torch thread per process: the tests use tiny models, and on a shared 2-core machine two
+# OpenMP threads competing with other work ran generation up to 16x slower than one.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) runs
