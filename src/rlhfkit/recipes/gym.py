@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -195,14 +196,12 @@ def _restore(out: Path, policy: ActorCritic, optimizer: torch.optim.Optimizer, r
 def _save_final(out: Path, policy: ActorCritic, obs_normalizer: ObservationNormalizer | None) -> None:
     """final/policy.safetensors (+ obs_normalizer.safetensors): what `--eval` loads, written atomically."""
     final, tmp = out / "final", out / ".tmp-final"
-    tmp.mkdir(exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, str(tmp / "policy.safetensors"))
     if obs_normalizer is not None:
         save_file(obs_normalizer.stats.state_dict(), str(tmp / "obs_normalizer.safetensors"))
-    if final.exists():
-        for old in final.iterdir():
-            old.unlink()
-        final.rmdir()
+    shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
 
 
