@@ -51,7 +51,7 @@ class LabelConfig:
     reward: RewardConfig = field(factory=RewardConfig, doc="the judge (also --judge KIND)")
     format: str = field("comparisons", "records to write: comparisons (all pairs), rankings or choices (also --format)")
     noise: NoiseConfig = field(factory=NoiseConfig, doc="label noise")
-    dtype: str = field("bfloat16", "precision of a reward-model judge: bfloat16 or float32")
+    dtype: str = field("float32", "precision of a reward-model judge: float32 or bfloat16")
     seed: int = field(0, "seed of the label noise")
     out: str = field("", "output directory (default runs/label-<time>)")
 

@@ -89,7 +89,7 @@ def model_reward(directory: str, batch_size: int, dtype: str) -> RewardFn:
     return score
 
 
-def build_reward(config: RewardConfig, dtype: str = "bfloat16") -> RewardFn:
+def build_reward(config: RewardConfig, dtype: str = "float32") -> RewardFn:
     """The reward source that `config.kind` names."""
     if config.kind == "sentiment":
         return sentiment_reward()

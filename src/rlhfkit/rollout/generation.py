@@ -82,7 +82,7 @@ def tokenize_prompts(tokenizer, prompt_texts: list[str], device: torch.device | 
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompt_texts: list[str], config: GenerationConfig, dtype: str = "bfloat16", keep_scores: bool = False) -> Samples:
+def sample(model, tokenizer, prompt_texts: list[str], config: GenerationConfig, dtype: str = "float32", keep_scores: bool = False) -> Samples:
     """Sample one response per prompt text. With keep_scores, also keep log-probs and last hidden states."""
     from transformers import GenerationConfig as HFGenerationConfig
 
