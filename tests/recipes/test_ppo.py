@@ -147,6 +147,17 @@ def test_bad_input_gets_one_line_and_no_output(tiny_model_dir, tmp_path, capsys)
     assert not out.exists()
 
 
+def test_a_second_run_into_the_same_directory_is_refused_unless_resumed(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--set", f"model.name={tiny_model_dir}", "train.steps=1", "train.batch_size=2", "train.mini_batch_size=2", "generation.max_new_tokens=3", "--out", str(out)]
+    assert main(["ppo", *args]) == 0
+    checkpoint = out / "checkpoints" / "step-1" / "trainable.safetensors"
+    before = checkpoint.read_bytes()
+    error = _run_and_expect_error(capsys, *args)
+    assert "already holds a run" in error and "--resume" in error
+    assert checkpoint.read_bytes() == before
+
+
 def raising_reward(prompts, responses, records):
     raise RuntimeError("judge is down")
 

@@ -66,7 +66,7 @@ class DemoConfig:
 # A tiny random model and small stages: the same pipeline in well under two minutes (what the tests run).
 QUICK = {
     "num_prompts": 16, "num_candidates": 3, "max_new_tokens": 8, "rm_steps": 12, "rm_batch_size": 4,
-    "ppo_steps": 3, "ppo_batch_size": 8, "ppo_epochs": 1, "num_eval_prompts": 8, "dtype": "float32",
+    "ppo_steps": 3, "ppo_batch_size": 8, "ppo_epochs": 1, "num_eval_prompts": 8,
 }  # fmt: skip
 
 
@@ -176,22 +176,28 @@ def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str
     return evaluation
 
 
-def plot_demo(stages: dict[str, Path], out: Path) -> list[Path]:
+def plot_demo(config: DemoConfig, stages: dict[str, Path], out: Path) -> list[Path]:
     """Reward and gold score against step, KL against step, gold against KL (over-optimisation)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+    from rlhfkit.config import RewardConfig
+    from rlhfkit.rewards import build_reward, checked_scores
     from rlhfkit.tracking import read_jsonl
 
     metrics = read_jsonl(stages["ppo"] / "metrics.jsonl")
     samples = read_jsonl(stages["ppo"] / "samples.jsonl")
-    analyzer = SentimentIntensityAnalyzer()
+    gold = build_reward(RewardConfig(kind=config.judge, function=config.judge_function), config.dtype)
+    from rlhfkit.data import load_records, prompt_text
+
+    by_prompt = {prompt_text(r): r for r in load_records(config.prompts, "prompts")}  # fields such as `reference`
+    records = [by_prompt.get(s["prompt"], {"prompt": s["prompt"]}) for s in samples]
+    gold_scores = checked_scores(gold, [s["prompt"] for s in samples], [s["response"] for s in samples], records).tolist()
     gold_by_step: dict[int, list[float]] = {}
-    for s in samples:
-        gold_by_step.setdefault(s["step"], []).append(analyzer.polarity_scores(s["response"])["compound"])
+    for s, score in zip(samples, gold_scores):
+        gold_by_step.setdefault(s["step"], []).append(score)
     steps = [m["step"] for m in metrics]
     learned = [m["reward/score_mean"] for m in metrics]
     kl = [m["kl/mean"] for m in metrics]
@@ -206,7 +212,7 @@ def plot_demo(stages: dict[str, Path], out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(steps, learned, marker=".", label="learned reward (proxy)")
-    ax.plot(steps, gold, marker=".", label="gold judge (VADER)")
+    ax.plot(steps, gold, marker=".", label=f"gold judge ({config.judge})")
     ax.set_xlabel("PPO step")
     ax.set_ylabel("mean score of the batch")
     ax.legend()
@@ -310,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
     stages = run_pipeline(config, out)
     evaluation = evaluate(config, stages, out)
     rm_summary = json.loads((stages["rm"] / "summary.json").read_text())
-    plot_demo(stages, out)
+    plot_demo(config, stages, out)
     summary = write_report(config, stages, evaluation, rm_summary, out, time.time() - started)
     print(
         f"rlhfkit demo: gold {summary['gold_before']:+.3f} -> {summary['gold_after']:+.3f}, win rate {summary['win_rate']:.0%}, "

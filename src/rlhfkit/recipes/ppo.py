@@ -477,16 +477,13 @@ class PPOTrainer:
     # -- the whole run -----------------------------------------------------------
 
     def train(self, out_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-        from rlhfkit.checkpoint import latest_checkpoint
         from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic
+        from rlhfkit.training import resolve_out_dir
 
         config = self.config
-        out = Path(out_dir or config.out or default_out_dir("ppo"))
+        out, checkpoint = resolve_out_dir(str(out_dir or config.out), "ppo", resume)
         main = self.accelerator.is_main_process
-        if resume:
-            checkpoint = latest_checkpoint(out)
-            if checkpoint is None:
-                raise UserError(f"--resume: {out} has no checkpoint to resume from")
+        if checkpoint is not None:
             self.load_checkpoint(checkpoint)
         if main:
             out.mkdir(parents=True, exist_ok=True)
@@ -539,10 +536,6 @@ class PPOTrainer:
         return summary
 
 
-def default_out_dir(command: str) -> str:
-    return f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 # ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
@@ -553,9 +546,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rlhfkit.training import resolve_out_dir
+
     config = config_from_args(PPOConfig, args)
+    out, _ = resolve_out_dir(config.out, "ppo", args.resume)  # refuse to overwrite an earlier run before any heavy work
     trainer = PPOTrainer(config)  # loads and validates data, reward source and models before any output
-    summary = trainer.train(resume=args.resume)
+    summary = trainer.train(out, resume=args.resume)
     if summary:
         print(
             f"rlhfkit ppo: score {summary['score_first']:.3f} -> {summary['score_last']:.3f}, "
