@@ -1,13 +1,15 @@
 """Seconds per PPO iteration on the embedded model, split into generation, scoring and update.
 
     .venv/bin/python benchmarks/ppo_step.py                      # full and LoRA, 16 prompts x 48 new tokens
-    .venv/bin/python benchmarks/ppo_step.py --max-new-tokens 32  # the workload TRL's PPOTrainer was timed on
+    .venv/bin/python benchmarks/ppo_step.py --max-new-tokens 32 --reward model --modes full,lora,full-separate
+        # TRL's workload (benchmarks/trl_ppo_step.py): a 135M reward model scores the responses;
+        # full-separate also trains a separate 135M value model as TRL does (rlhfkit's default is
+        # a value head on the policy, which shares its forward pass)
 
 Each configuration runs in its own process (so peak memory is its own), the configurations
 alternate, and every figure is the median over the measured iterations after one warm-up
-iteration. Responses are forced to the full length (no early EOS counted against us: the reward
-is the sentiment judge; EOS may still end a response, which is reported as tokens per second
-over the tokens actually generated).
+iteration. Responses stop at EOS as in training (few of 16 do within 32-48 tokens; resp_len
+shows the mean), and tokens per second counts the tokens actually generated.
 """
 
 from __future__ import annotations
@@ -21,17 +23,34 @@ import sys
 import time
 
 
-def one_configuration(mode: str, max_new_tokens: int, steps: int, dtype: str) -> dict:
+def reward_model_dir() -> str:
+    """The embedded backbone with a random scalar head, saved once: a 135M reward model to time (not to learn from)."""
+    from pathlib import Path
+
+    from rlhfkit.config import EMBEDDED_MODEL
+    from rlhfkit.models import ScalarHeadModel, load_backbone, load_tokenizer
+    from rlhfkit.models.loading import cache_root
+
+    directory = cache_root() / "bench-random-reward-model"
+    if not (directory / "reward.json").exists():
+        tokenizer = load_tokenizer(EMBEDDED_MODEL)
+        ScalarHeadModel(load_backbone(EMBEDDED_MODEL, tokenizer)).save(directory, tokenizer)
+    return str(directory)
+
+
+def one_configuration(mode: str, max_new_tokens: int, steps: int, dtype: str, reward: str) -> dict:
     import torch
 
     from rlhfkit.config import load_config
     from rlhfkit.recipes.ppo import PPOConfig, PPOTrainer
 
+    reward_settings = ["reward.kind=model", f"reward.model={reward_model_dir()}"] if reward == "model" else [f"reward.kind={reward}"]
+    critic = "separate" if mode.endswith("-separate") else "shared"
     config = load_config(
         PPOConfig,
         overrides=[
-            f"model.lora.enabled={'true' if mode == 'lora' else 'false'}", f"model.dtype={dtype}", f"generation.max_new_tokens={max_new_tokens}",
-            "train.batch_size=16", "train.mini_batch_size=4", "train.ppo_epochs=4", f"train.steps={steps + 1}",
+            f"model.lora.enabled={'true' if mode.startswith('lora') else 'false'}", f"model.dtype={dtype}", f"generation.max_new_tokens={max_new_tokens}",
+            "train.batch_size=16", "train.mini_batch_size=4", "train.ppo_epochs=4", f"train.steps={steps + 1}", f"critic.kind={critic}", *reward_settings,
         ],
     )  # fmt: skip
     trainer = PPOTrainer(config)
@@ -50,31 +69,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--steps", type=int, default=3, help="measured iterations after one warm-up")
-    parser.add_argument("--modes", default="full,lora")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--modes", default="full,lora", help="comma-separated: full, lora, full-separate, lora-separate (-separate: a separate value model)")
+    parser.add_argument("--reward", default="sentiment", help="sentiment (VADER), or model (a 135M reward model with a random head, as TRL is timed with)")
+    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the configurations this many times")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(one_configuration(args.child, args.max_new_tokens, args.steps, args.dtype)))
+        print(json.dumps(one_configuration(args.child, args.max_new_tokens, args.steps, args.dtype, args.reward)))
         return
     results: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for mode in args.modes.split(","):
             started = time.time()
             out = subprocess.run(
-                [sys.executable, __file__, "--child", mode, "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps), "--dtype", args.dtype],
+                [sys.executable, __file__, "--child", mode, "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps), "--dtype", args.dtype, "--reward", args.reward],
                 check=True, capture_output=True, text=True,
             )  # fmt: skip
             result = json.loads(out.stdout.strip().splitlines()[-1])
             result["process_wall_s"] = time.time() - started
             results.setdefault(mode, []).append(result)
-    print(f"PPO iteration: 16 prompts x {args.max_new_tokens} new tokens, 4 epochs, minibatch 4, {args.dtype}; medians of {args.steps} iterations")
-    print("mode   generate_s  score_s  update_s  step_s  new_tok/s  resp_len  peak_RSS_GiB")
+    print(f"PPO iteration: 16 prompts x {args.max_new_tokens} new tokens, 4 epochs, minibatch 4, {args.dtype}, reward {args.reward}; medians of {args.steps} iterations")
+    print("mode            generate_s  score_s  update_s  step_s  new_tok/s  resp_len  peak_RSS_GiB")
     for mode, runs in results.items():
         for r in runs:
             print(
-                f"{mode:<6} {r['time/generate_s']:>10.1f} {r['time/score_s']:>8.1f} {r['time/update_s']:>9.1f} {r['time/step_s']:>7.1f} "
+                f"{mode:<15} {r['time/generate_s']:>10.1f} {r['time/score_s']:>8.1f} {r['time/update_s']:>9.1f} {r['time/step_s']:>7.1f} "
                 f"{r['throughput/tokens_per_s']:>10.1f} {r['response/length_mean']:>9.1f} {r['peak_rss_gib']:>13.2f}"
             )
 

@@ -48,10 +48,13 @@ class LoRAConfig:
         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         doc="module names that get adapters",
     )
+    top_layers: int = field(0, "adapt only the last N transformer layers (0: all); backward then stops at the lowest adapted layer")
 
     def __post_init__(self) -> None:
         if self.r <= 0:
             raise UserError(f"lora.r must be positive, got {self.r}")
+        if self.top_layers < 0:
+            raise UserError(f"lora.top_layers must be >= 0 (0: all layers), got {self.top_layers}")
 
 
 @dataclasses.dataclass

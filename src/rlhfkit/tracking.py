@@ -94,6 +94,13 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def write_jsonl_atomic(path: str | Path, records: list[dict[str, Any]]) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
+    tmp.replace(path)
+
+
 def plot_metrics(metrics_path: str | Path, keys: Sequence[str], out_png: str | Path, title: str = "") -> Path:
     """One panel per metric key against step; keys missing from the file are skipped."""
     import matplotlib

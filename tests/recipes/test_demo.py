@@ -11,7 +11,7 @@ def test_quick_demo_writes_the_whole_report_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     for name in ("report.md", "summary.json", "config.yaml", "1-generate/candidates.jsonl", "2-label/comparisons.jsonl",
-                 "3-rm/final/reward.json", "4-ppo/final/config.json", "4-ppo/metrics.jsonl", "5-evaluate/evaluation.json"):  # fmt: skip
+                 "2-label-heldout/comparisons.jsonl", "3-rm/final/reward.json", "4-ppo/final/config.json", "4-ppo/metrics.jsonl", "5-evaluate/evaluation.json"):  # fmt: skip
         assert (out / name).exists(), name
     for png in ("reward_vs_step.png", "kl_vs_step.png", "gold_vs_kl.png"):
         with Image.open(out / png) as image:
@@ -23,6 +23,12 @@ def test_quick_demo_writes_the_whole_report_and_resumes(tmp_path, capsys):
     assert 0.0 <= summary["win_rate"] <= 1.0
     assert 0.0 <= summary["reward_model_accuracy"] <= 1.0
     assert summary["kl_final"] > -0.5 and summary["wall_s"] > 0
+    # the reward model is measured on prompts it never trained on, against the judge's noise-free order
+    train = [json.loads(line) for line in (out / "2-label" / "comparisons.jsonl").read_text().splitlines()]
+    heldout = [json.loads(line) for line in (out / "2-label-heldout" / "comparisons.jsonl").read_text().splitlines()]
+    assert heldout and not {r["prompt"] for r in heldout} & {r["prompt"] for r in train}
+    assert all(r["meta"]["scores"][0] > r["meta"]["scores"][1] for r in heldout)
+    assert json.loads((out / "3-rm" / "summary.json").read_text())["eval_records"] == len(heldout)
     report = (out / "report.md").read_text()
     assert "Win rate" in report and "gold_vs_kl.png" in report
     # a second run finds every stage finished and redoes none of them
@@ -30,7 +36,7 @@ def test_quick_demo_writes_the_whole_report_and_resumes(tmp_path, capsys):
     mtime = (out / "4-ppo" / "final" / "model.safetensors").stat().st_mtime_ns
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("already done, skipping") == 5
+    assert printed.count("already done, skipping") == 6
     assert (out / "4-ppo" / "final" / "model.safetensors").stat().st_mtime_ns == mtime
 
 
@@ -45,4 +51,4 @@ def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "stage 4-ppo (resuming)" in printed
-    assert printed.count("already done, skipping") == 3
+    assert printed.count("already done, skipping") == 4

@@ -196,3 +196,24 @@ def test_lora_reward_model_is_merged_into_a_loadable_final(tiny, comparisons, tm
     with torch.no_grad():
         scores = score_items(final, [item for r in tokenized for item in r["items"]], tokenizer.pad_token_id, "float32").view(-1, 2)
     assert (scores[:, 0] > scores[:, 1]).float().mean().item() == pytest.approx(summary["eval_accuracy"])
+
+
+def test_rankings_trained_model_is_measured_on_held_out_comparisons(tiny, comparisons, tmp_path):
+    """Train on 3-way rankings, measure on comparisons of another kind: accuracy over their pairs, their own loss."""
+    rng = random.Random(1)
+    rankings = tmp_path / "rankings.jsonl"
+    rows = []
+    for _ in range(40):
+        topic = rng.choice(TOPICS)
+        best, middle, worst = (f"the {topic} is " + " ".join(rng.sample(words, 3)) for words in (POSITIVE, POSITIVE[:4] + NEGATIVE[:4], NEGATIVE))
+        rows.append({"prompt": f"tell me about the {topic}", "responses": [best, middle, worst]})
+    rankings.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rm"
+    settings = [f"data.train={rankings}", f"data.eval={comparisons}", "train.steps=20", "train.batch_size=4", "train.eval_every=20", "optim.learning_rate=0.003", "normalize.enabled=false"]
+    assert main(["rm", *common(tiny, out, *settings)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "rankings" and summary["loss_function"] == "ranking"
+    assert summary["eval_records"] == 80 and summary["eval_pairs"] == 80  # one pair per comparison, not three per ranking
+    assert summary["eval_accuracy"] >= 0.9
+    # the held-out loss is the comparisons' Bradley-Terry loss: -log σ(margin) averaged, so it stays below log 2 once accuracy is high
+    assert 0 < summary["eval_loss"] < math.log(2)

@@ -2,7 +2,10 @@
 
     1 generate   K candidate responses per prompt from the initial policy        (rlhfkit generate)
     2 label      pairs labelled by a gold judge with Bradley-Terry noise,       (rlhfkit label)
-                 standing in for people (Christiano et al. 2017's synthetic feedback)
+                 standing in for people (Christiano et al. 2017's synthetic feedback);
+                 the candidates of a share of the prompts are held out and labelled
+                 without noise: the reward model's accuracy is measured on prompts it
+                 never saw, against what the judge actually prefers
     3 rm         a LoRA reward model trained on those comparisons                (rlhfkit rm)
     4 ppo        PPO against the learned reward model, not the judge,            (rlhfkit ppo)
                  with the KL penalty to the frozen initial policy
@@ -44,6 +47,8 @@ class DemoConfig:
     rm_steps: int = field(60, "reward-model optimiser steps")
     rm_batch_size: int = field(8, "comparisons per reward-model step")
     rm_learning_rate: float = field(2e-4, "reward-model learning rate (LoRA)")
+    rm_lora_top_layers: int = field(0, "LoRA on the reward model's last N layers only (0: all)")
+    rm_heldout_fraction: float = field(0.2, "share of the prompts whose candidates are held out, labelled without noise, to measure the reward model")
     ppo_steps: int = field(16, "PPO iterations")
     ppo_batch_size: int = field(16, "prompts per PPO iteration")
     ppo_epochs: int = field(2, "PPO epochs per iteration")
@@ -57,6 +62,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.judge not in ("sentiment", "length", "rouge", "function"):
             raise UserError(f"judge must be sentiment, length, rouge or function, got {self.judge!r}")
+        if not 0 < self.rm_heldout_fraction < 1:
+            raise UserError(f"rm_heldout_fraction must be in (0, 1), got {self.rm_heldout_fraction}")
         if self.num_candidates < 2:
             raise UserError(f"num_candidates must be at least 2 to form pairs, got {self.num_candidates}")
         if self.ppo_batch_size % 4:
@@ -87,6 +94,22 @@ def stage(name: str, out: Path, argv: list[str]) -> Path:
     return directory
 
 
+def split_candidates(candidates: Path, heldout_fraction: float, directory: Path) -> tuple[Path, Path]:
+    """The candidates of the last `heldout_fraction` of the prompts (at least one) go to heldout.jsonl, the rest to train.jsonl."""
+    from rlhfkit.tracking import read_jsonl, write_jsonl_atomic
+
+    train, heldout = directory / "train.jsonl", directory / "heldout.jsonl"
+    if not heldout.exists():
+        records = read_jsonl(candidates)
+        if len(records) < 2:
+            raise UserError(f"{candidates}: {len(records)} prompt(s) with candidates; the demo needs at least 2 to hold one out")
+        cut = len(records) - max(1, round(len(records) * heldout_fraction))
+        directory.mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(train, records[:cut])
+        write_jsonl_atomic(heldout, records[cut:])  # written last: its presence means the split is complete
+    return train, heldout
+
+
 def judge_settings(config: DemoConfig) -> list[str]:
     settings = [f"reward.kind={config.judge}"]
     if config.judge == "function":
@@ -99,9 +122,13 @@ def run_pipeline(config: DemoConfig, out: Path) -> dict[str, Any]:
     common = [f"model.dtype={config.dtype}", f"seed={config.seed}"]
     generated = stage("1-generate", out, ["generate", "--set", f"model.name={model}", f"data.prompts={config.prompts}", f"data.limit={config.num_prompts}",
                                           f"num_responses={config.num_candidates}", f"generation.max_new_tokens={config.max_new_tokens}", *common])  # fmt: skip
-    labelled = stage("2-label", out, ["label", "--set", f"data.train={generated / 'candidates.jsonl'}", f"noise.temperature={config.label_noise}",
+    train_candidates, heldout_candidates = split_candidates(generated / "candidates.jsonl", config.rm_heldout_fraction, out / "2-split")
+    labelled = stage("2-label", out, ["label", "--set", f"data.train={train_candidates}", f"noise.temperature={config.label_noise}",
                                       f"seed={config.seed}", f"dtype={config.dtype}", *judge_settings(config)])  # fmt: skip
-    reward_model = stage("3-rm", out, ["rm", "--set", f"model.name={model}", "model.lora.enabled=true", f"data.train={labelled / 'comparisons.jsonl'}",
+    heldout = stage("2-label-heldout", out, ["label", "--set", f"data.train={heldout_candidates}", "noise.temperature=0",
+                                             f"dtype={config.dtype}", *judge_settings(config)])  # fmt: skip
+    reward_model = stage("3-rm", out, ["rm", "--set", f"model.name={model}", "model.lora.enabled=true", f"model.lora.top_layers={config.rm_lora_top_layers}",
+                                       f"data.train={labelled / 'comparisons.jsonl'}", f"data.eval={heldout / 'comparisons.jsonl'}",
                                        f"train.steps={config.rm_steps}", f"train.batch_size={config.rm_batch_size}", f"optim.learning_rate={config.rm_learning_rate}",
                                        f"train.eval_every={config.rm_steps}", f"train.checkpoint_every={max(config.rm_steps // 2, 1)}",
                                        f"normalize.num_prompts={config.ppo_batch_size}", f"normalize.generation.max_new_tokens={config.max_new_tokens}", *common])  # fmt: skip
@@ -110,7 +137,7 @@ def run_pipeline(config: DemoConfig, out: Path) -> dict[str, Any]:
                                   f"train.batch_size={config.ppo_batch_size}", "train.mini_batch_size=4", f"train.ppo_epochs={config.ppo_epochs}",
                                   f"optim.learning_rate={config.ppo_learning_rate}", f"kl.coef={config.kl_coef}", f"generation.max_new_tokens={config.max_new_tokens}",
                                   f"train.checkpoint_every={max(config.ppo_steps // 4, 1)}", *common])  # fmt: skip
-    return {"generate": generated, "label": labelled, "rm": reward_model, "ppo": policy}
+    return {"generate": generated, "label": labelled, "heldout": heldout, "rm": reward_model, "ppo": policy}
 
 
 def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str, Any]:
@@ -267,7 +294,7 @@ Model `{config.model}`; gold judge `{config.judge}` (label noise T={config.label
 
 - Win rate of the tuned policy over the reference (gold judge, ties count half): **{evaluation['win_rate']:.1%}**
 - KL(π ‖ π_ref) per response on held-out prompts: **{evaluation['kl_final']:.2f}** nats
-- Reward model held-out accuracy: **{summary["reward_model_accuracy"]:.1%}** on {rm_summary["eval_pairs"]} pairs
+- Reward model held-out accuracy: **{summary["reward_model_accuracy"]:.1%}** on {rm_summary["eval_pairs"]} pairs of prompts it never saw, labelled by the judge without noise
 - Wall time: {wall_s / 60:.1f} min
 
 ![reward and gold score against step](reward_vs_step.png)
@@ -286,6 +313,7 @@ Model `{config.model}`; gold judge `{config.judge}` (label noise T={config.label
 | --- | --- |
 | candidates | `{stages['generate'].name}/candidates.jsonl` |
 | comparisons (synthetic human feedback) | `{stages['label'].name}/comparisons.jsonl` |
+| held-out comparisons (no noise) | `{stages['heldout'].name}/comparisons.jsonl` |
 | reward model | `{stages['rm'].name}/final/` (metrics in `{stages['rm'].name}/metrics.jsonl`) |
 | tuned policy | `{stages['ppo'].name}/final/` (metrics, samples, TensorBoard in `{stages['ppo'].name}/`) |
 | evaluation, all side-by-side samples | `5-evaluate/evaluation.json` |

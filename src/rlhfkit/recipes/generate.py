@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -74,12 +73,6 @@ def generate_candidates(model: torch.nn.Module, tokenizer: Any, records: list[di
     return answers
 
 
-def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
-    tmp.replace(path)
-
-
 def output_directory(out: str, command: str, filename: str) -> Path:
     """The output directory (default runs/<command>-<time>), refusing to overwrite an earlier result."""
     directory = Path(out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -96,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from rlhfkit.checkpoint import seed_everything
     from rlhfkit.data import load_records
     from rlhfkit.models import load_causal_lm, load_tokenizer
-    from rlhfkit.tracking import write_json_atomic
+    from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
     config = config_from_args(GenerateConfig, args)
     out = output_directory(config.out, "generate", "candidates.jsonl")

@@ -62,9 +62,10 @@ class RMTrainConfig:
     micro_batch_size: int = field(0, "records per forward pass; gradients accumulate up to batch_size (0: = batch_size)")
     eval_every: int = field(50, "evaluate every N steps (and at the end)")
     checkpoint_every: int = field(100, "save a checkpoint every N steps (and at the end)")
+    head_lr_scale: float = field(1.0, "the new scalar head learns at this multiple of optim.learning_rate")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "head_lr_scale"):
             if getattr(self, name) <= 0:
                 raise UserError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.micro_batch_size < 0 or self.batch_size % (self.micro_batch_size or self.batch_size):
@@ -242,22 +243,29 @@ def expected_calibration_error(bins: list[dict[str, float]]) -> float:
 
 @torch.no_grad()
 def evaluate_pairs(model: torch.nn.Module, records: list[dict[str, Any]], kind: str, loss_fn: Callable, pad_token_id: int, batch_size: int, dtype: str) -> tuple[dict[str, float], list]:
-    """Held-out loss, pair accuracy, mean margin r_w - r_l, ECE; and the calibration bins."""
+    """Held-out loss, pair accuracy, mean margin r_w - r_l, ECE; and the calibration bins.
+
+    `batch_size` counts sequences per forward pass here.
+    """
     from rlhfkit.algorithms import preference_accuracy
 
-    losses, winners, losers = [], [], []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        rewards = record_rewards(model, chunk, pad_token_id, dtype)
-        losses.append(loss_fn(rewards, targets_of(chunk)))
-        for row, record in enumerate(chunk):
-            for winner, loser in preference_pairs(record, kind):
-                winners.append(rewards[row, winner])
-                losers.append(rewards[row, loser])
+    # All pairs of a prompt share its responses: score each distinct sequence once.
+    sequences = list({tuple(item["input_ids"]): item for record in records for item in record["items"]}.values())
+    scores = torch.cat([score_items(model, sequences[s : s + batch_size], pad_token_id, dtype) for s in range(0, len(sequences), batch_size)])
+    score_of = {tuple(item["input_ids"]): score for item, score in zip(sequences, scores)}
+    width = max(len(record["items"]) for record in records)
+    rewards = torch.stack(
+        [torch.stack([score_of[tuple(item["input_ids"])] for item in record["items"]] + [scores.new_zeros(())] * (width - len(record["items"]))) for record in records]
+    )  # (N, K_max), as record_rewards lays them out
+    winners, losers = [], []
+    for row, record in enumerate(records):
+        for winner, loser in preference_pairs(record, kind):
+            winners.append(rewards[row, winner])
+            losers.append(rewards[row, loser])
     chosen, rejected = torch.stack(winners), torch.stack(losers)
     bins = calibration_bins(torch.sigmoid(chosen - rejected))
     metrics = {
-        "eval/loss": torch.cat(losses).mean().item(),
+        "eval/loss": loss_fn(rewards, targets_of(records)).mean().item(),
         "eval/accuracy": preference_accuracy(chosen, rejected).item(),
         "eval/margin": (chosen - rejected).mean().item(),
         "eval/ece": expected_calibration_error(bins),
@@ -349,18 +357,19 @@ class RewardModelRun:
         self.out, self.checkpoint = resolve_out_dir(config.out, "rm", resume)
         self.kind = preference_kind(data.train)
         train = load_records(data.train, self.kind)
-        held_out = None
-        if data.eval:
-            if preference_kind(data.eval) != self.kind:
-                raise UserError(f"{data.eval}: holds {preference_kind(data.eval)} but data.train holds {self.kind}; use one kind")
-            held_out = load_records(data.eval, self.kind)
+        # Held-out records may be of another preference kind (say noise-free comparisons to
+        # measure a model trained on rankings): accuracy counts the pairs each record asserts,
+        # and the held-out loss is that kind's own.
+        self.eval_kind = preference_kind(data.eval) if data.eval else self.kind
+        held_out = load_records(data.eval, self.eval_kind) if data.eval else None
         train, held_out = split_records(train, held_out, data.eval_fraction, data.train)
-        self.loss_name = check_loss_fields(train + held_out, self.kind, data.train)
+        self.loss_name = check_loss_fields(train, self.kind, data.train)
         self.loss_fn = preference_loss(self.loss_name)
+        self.eval_loss_fn = preference_loss(check_loss_fields(held_out, self.eval_kind, data.eval or data.train))
 
         self.tokenizer = load_tokenizer(config.model.name)
         self.train_records, cut = tokenize_preferences(self.tokenizer, train, self.kind, data.max_length)
-        self.eval_records, eval_cut = tokenize_preferences(self.tokenizer, held_out, self.kind, data.max_length)
+        self.eval_records, eval_cut = tokenize_preferences(self.tokenizer, held_out, self.eval_kind, data.max_length)
         if cut + eval_cut:
             print(f"rlhfkit rm: warning: {cut + eval_cut} response(s) longer than data.max_length={data.max_length} were cut at their end (no EOS)")
 
@@ -370,7 +379,9 @@ class RewardModelRun:
             backbone = apply_lora(backbone, config.model.lora)
         self.model = ScalarHeadModel(backbone)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = build_optimizer(self.params, config.optim, config.train.steps)
+        self.optimizer, self.scheduler = build_optimizer(
+            self.model.backbone.parameters(), config.optim, config.train.steps, self.model.head.parameters(), config.train.head_lr_scale
+        )
         self.step = 0
 
     def train_step(self) -> dict[str, float]:
@@ -387,7 +398,8 @@ class RewardModelRun:
 
     def evaluate(self) -> tuple[dict[str, float], list]:
         self.model.eval()
-        return evaluate_pairs(self.model, self.eval_records, self.kind, self.loss_fn, self.tokenizer.pad_token_id, self.config.micro_batch_size, self.config.model.dtype)
+        sequences_per_pass = self.config.micro_batch_size * len(self.eval_records[0]["items"])
+        return evaluate_pairs(self.model, self.eval_records, self.eval_kind, self.eval_loss_fn, self.tokenizer.pad_token_id, sequences_per_pass, self.config.model.dtype)
 
     def save_final(self, directory: Path, extra: dict[str, Any]) -> None:
         """final/: the merged backbone, tokenizer, head and reward.json (gain, bias and the run's figures)."""

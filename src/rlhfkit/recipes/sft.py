@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from rlhfkit.assets import DEMONSTRATIONS, EVAL_PROMPTS
-from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, config_from_args, field, save_config
+from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field, save_config
 from rlhfkit.errors import UserError
 from rlhfkit.training import OptimConfig
 
