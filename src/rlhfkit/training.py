@@ -66,21 +66,14 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(
-    params: Iterable[nn.Parameter], config: OptimConfig, total_steps: int, scaled_params: Iterable[nn.Parameter] = (), lr_scale: float = 1.0
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(params: Iterable[nn.Parameter], config: OptimConfig, total_steps: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the parameters that require grad, and its LambdaLR schedule over `total_steps`.
 
-    `scaled_params` (not repeated in `params`) learn at `lr_scale` times the rate: a freshly
-    initialised head next to a pretrained body. The fused kernel: one AdamW step over
-    SmolLM2-135M's parameters took 0.09 s fused against 0.53-0.69 s for the default
-    per-parameter loop on this CPU (benchmarks/RESULTS.md).
+    The fused kernel: one AdamW step over SmolLM2-135M's parameters took 0.09 s fused against
+    0.53-0.69 s for the default per-parameter loop on this CPU (benchmarks/RESULTS.md).
     """
-    groups = [{"params": [p for p in params if p.requires_grad], "lr": config.learning_rate}]
-    scaled = [p for p in scaled_params if p.requires_grad]
-    if scaled:
-        groups.append({"params": scaled, "lr": config.learning_rate * lr_scale})
-    optimizer = torch.optim.AdamW(groups, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=True)
+    trainable = [p for p in params if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, config.warmup_steps, total_steps, config.schedule)
     )

@@ -10,7 +10,7 @@ from rlhfkit.cli import main
 def test_quick_demo_writes_the_whole_report_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
-    for name in ("report.md", "summary.json", "config.yaml", "1-generate/candidates.jsonl", "2-label/comparisons.jsonl",
+    for name in ("report.md", "summary.json", "config.yaml", "1-generate/candidates.jsonl", "2-label/rankings.jsonl",
                  "2-label-heldout/comparisons.jsonl", "3-rm/final/reward.json", "4-ppo/final/config.json", "4-ppo/metrics.jsonl", "5-evaluate/evaluation.json"):  # fmt: skip
         assert (out / name).exists(), name
     for png in ("reward_vs_step.png", "kl_vs_step.png", "gold_vs_kl.png"):
@@ -24,11 +24,12 @@ def test_quick_demo_writes_the_whole_report_and_resumes(tmp_path, capsys):
     assert 0.0 <= summary["reward_model_accuracy"] <= 1.0
     assert summary["kl_final"] > -0.5 and summary["wall_s"] > 0
     # the reward model is measured on prompts it never trained on, against the judge's noise-free order
-    train = [json.loads(line) for line in (out / "2-label" / "comparisons.jsonl").read_text().splitlines()]
+    train = [json.loads(line) for line in (out / "2-label" / "rankings.jsonl").read_text().splitlines()]
     heldout = [json.loads(line) for line in (out / "2-label-heldout" / "comparisons.jsonl").read_text().splitlines()]
     assert heldout and not {r["prompt"] for r in heldout} & {r["prompt"] for r in train}
     assert all(r["meta"]["scores"][0] > r["meta"]["scores"][1] for r in heldout)
-    assert json.loads((out / "3-rm" / "summary.json").read_text())["eval_records"] == len(heldout)
+    rm = json.loads((out / "3-rm" / "summary.json").read_text())
+    assert rm["kind"] == "rankings" and rm["loss_function"] == "ranking" and rm["eval_records"] == len(heldout)
     report = (out / "report.md").read_text()
     assert "Win rate" in report and "gold_vs_kl.png" in report
     # a second run finds every stage finished and redoes none of them

@@ -1,12 +1,14 @@
 """`rlhfkit demo`: the whole RLHF loop of the papers on the embedded model, with a report.
 
     1 generate   K candidate responses per prompt from the initial policy        (rlhfkit generate)
-    2 label      pairs labelled by a gold judge with Bradley-Terry noise,       (rlhfkit label)
-                 standing in for people (Christiano et al. 2017's synthetic feedback);
+    2 label      each prompt's K candidates ranked by a gold judge with noise    (rlhfkit label)
+                 (Plackett-Luce; Bradley-Terry for a pair), standing in for people
+                 (Christiano et al. 2017's synthetic feedback);
                  the candidates of a share of the prompts are held out and labelled
                  without noise: the reward model's accuracy is measured on prompts it
                  never saw, against what the judge actually prefers
-    3 rm         a LoRA reward model trained on those comparisons                (rlhfkit rm)
+    3 rm         a LoRA reward model trained on those rankings with InstructGPT's (rlhfkit rm)
+                 K-way loss: C(K,2) comparisons from K forward passes
     4 ppo        PPO against the learned reward model, not the judge,            (rlhfkit ppo)
                  with the KL penalty to the frozen initial policy
     5 evaluate   held-out prompts: gold score, learned reward, KL, win rate of the tuned policy
@@ -40,16 +42,16 @@ class DemoConfig:
     eval_prompts: str = field(str(EVAL_PROMPTS), "held-out prompts for the before/after evaluation")
     judge: str = field("sentiment", "the gold judge that stands in for people: sentiment, length, rouge or function")
     judge_function: str = field("", "package.module:function when judge=function")
-    label_noise: float = field(0.2, "Bradley-Terry noise temperature of the synthetic labels")
-    num_prompts: int = field(64, "prompts answered for the comparison data")
-    num_candidates: int = field(4, "candidate responses per prompt (all pairs become comparisons)")
+    label_noise: float = field(0.05, "noise temperature T of the synthetic labels (Plackett-Luce rankings with weights exp(score/T))")
+    num_prompts: int = field(48, "prompts answered for the preference data")
+    num_candidates: int = field(8, "candidate responses per prompt, ranked as one K-way ranking")
     max_new_tokens: int = field(32, "response length cap, in every stage")
-    rm_steps: int = field(60, "reward-model optimiser steps")
-    rm_batch_size: int = field(8, "comparisons per reward-model step")
+    rm_steps: int = field(40, "reward-model optimiser steps")
+    rm_batch_size: int = field(2, "rankings per reward-model step (each gives C(K,2) comparisons from K forward passes)")
     rm_learning_rate: float = field(2e-4, "reward-model learning rate (LoRA)")
     rm_lora_top_layers: int = field(0, "LoRA on the reward model's last N layers only (0: all)")
     rm_heldout_fraction: float = field(0.2, "share of the prompts whose candidates are held out, labelled without noise, to measure the reward model")
-    ppo_steps: int = field(16, "PPO iterations")
+    ppo_steps: int = field(12, "PPO iterations")
     ppo_batch_size: int = field(16, "prompts per PPO iteration")
     ppo_epochs: int = field(2, "PPO epochs per iteration")
     ppo_learning_rate: float = field(1e-4, "PPO learning rate (LoRA)")
@@ -64,6 +66,8 @@ class DemoConfig:
             raise UserError(f"judge must be sentiment, length, rouge or function, got {self.judge!r}")
         if not 0 < self.rm_heldout_fraction < 1:
             raise UserError(f"rm_heldout_fraction must be in (0, 1), got {self.rm_heldout_fraction}")
+        if self.label_noise <= 0:
+            raise UserError(f"label_noise must be positive (noise-free rankings drop every prompt with tied scores), got {self.label_noise}")
         if self.num_candidates < 2:
             raise UserError(f"num_candidates must be at least 2 to form pairs, got {self.num_candidates}")
         if self.ppo_batch_size % 4:
@@ -123,12 +127,12 @@ def run_pipeline(config: DemoConfig, out: Path) -> dict[str, Any]:
     generated = stage("1-generate", out, ["generate", "--set", f"model.name={model}", f"data.prompts={config.prompts}", f"data.limit={config.num_prompts}",
                                           f"num_responses={config.num_candidates}", f"generation.max_new_tokens={config.max_new_tokens}", *common])  # fmt: skip
     train_candidates, heldout_candidates = split_candidates(generated / "candidates.jsonl", config.rm_heldout_fraction, out / "2-split")
-    labelled = stage("2-label", out, ["label", "--set", f"data.train={train_candidates}", f"noise.temperature={config.label_noise}",
+    labelled = stage("2-label", out, ["label", "--set", f"data.train={train_candidates}", "format=rankings", f"noise.temperature={config.label_noise}",
                                       f"seed={config.seed}", f"dtype={config.dtype}", *judge_settings(config)])  # fmt: skip
     heldout = stage("2-label-heldout", out, ["label", "--set", f"data.train={heldout_candidates}", "noise.temperature=0",
                                              f"dtype={config.dtype}", *judge_settings(config)])  # fmt: skip
     reward_model = stage("3-rm", out, ["rm", "--set", f"model.name={model}", "model.lora.enabled=true", f"model.lora.top_layers={config.rm_lora_top_layers}",
-                                       f"data.train={labelled / 'comparisons.jsonl'}", f"data.eval={heldout / 'comparisons.jsonl'}",
+                                       f"data.train={labelled / 'rankings.jsonl'}", f"data.eval={heldout / 'comparisons.jsonl'}",
                                        f"train.steps={config.rm_steps}", f"train.batch_size={config.rm_batch_size}", f"optim.learning_rate={config.rm_learning_rate}",
                                        f"train.eval_every={config.rm_steps}", f"train.checkpoint_every={max(config.rm_steps // 2, 1)}",
                                        f"normalize.num_prompts={config.ppo_batch_size}", f"normalize.generation.max_new_tokens={config.max_new_tokens}", *common])  # fmt: skip
@@ -312,7 +316,7 @@ Model `{config.model}`; gold judge `{config.judge}` (label noise T={config.label
 | what | where |
 | --- | --- |
 | candidates | `{stages['generate'].name}/candidates.jsonl` |
-| comparisons (synthetic human feedback) | `{stages['label'].name}/comparisons.jsonl` |
+| rankings (synthetic human feedback) | `{stages['label'].name}/rankings.jsonl` |
 | held-out comparisons (no noise) | `{stages['heldout'].name}/comparisons.jsonl` |
 | reward model | `{stages['rm'].name}/final/` (metrics in `{stages['rm'].name}/metrics.jsonl`) |
 | tuned policy | `{stages['ppo'].name}/final/` (metrics, samples, TensorBoard in `{stages['ppo'].name}/`) |

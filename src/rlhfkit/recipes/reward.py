@@ -62,10 +62,9 @@ class RMTrainConfig:
     micro_batch_size: int = field(0, "records per forward pass; gradients accumulate up to batch_size (0: = batch_size)")
     eval_every: int = field(50, "evaluate every N steps (and at the end)")
     checkpoint_every: int = field(100, "save a checkpoint every N steps (and at the end)")
-    head_lr_scale: float = field(1.0, "the new scalar head learns at this multiple of optim.learning_rate")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "head_lr_scale"):
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise UserError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.micro_batch_size < 0 or self.batch_size % (self.micro_batch_size or self.batch_size):
@@ -379,9 +378,7 @@ class RewardModelRun:
             backbone = apply_lora(backbone, config.model.lora)
         self.model = ScalarHeadModel(backbone)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = build_optimizer(
-            self.model.backbone.parameters(), config.optim, config.train.steps, self.model.head.parameters(), config.train.head_lr_scale
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.params, config.optim, config.train.steps)
         self.step = 0
 
     def train_step(self) -> dict[str, float]:
