@@ -25,7 +25,6 @@ import time
 
 def reward_model_dir() -> str:
     """The embedded backbone with a random scalar head, saved once: a 135M reward model to time (not to learn from)."""
-    from pathlib import Path
 
     from rlhfkit.config import EMBEDDED_MODEL
     from rlhfkit.models import ScalarHeadModel, load_backbone, load_tokenizer

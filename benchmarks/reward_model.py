@@ -2,9 +2,10 @@
 
     rlhfkit generate   K answers of the embedded SmolLM2-135M-Instruct to the shipped training prompts
                        and, separately, to the held-out eval prompts
-    rlhfkit label      sentiment (VADER) judge -> comparisons, ties skipped
-    rlhfkit rm         a reward model (embedded backbone) on the training comparisons, evaluated on
-                       the comparisons of prompts it never saw
+    rlhfkit label      sentiment (VADER) judge -> training rankings of each prompt's K answers, with
+                       Plackett-Luce label noise; held-out comparisons without noise, ties skipped
+    rlhfkit rm         a LoRA reward model (embedded backbone) on the training rankings (InstructGPT's
+                       K-way loss), evaluated on the comparisons of prompts it never saw
 
 Prints the figures and the exact commands as a Markdown section for benchmarks/RESULTS.md.
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reward_model.py [--out runs/bench-rm] [--steps 60]
@@ -39,12 +40,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-rm")
     parser.add_argument("--train-prompts", type=int, default=64)
     parser.add_argument("--eval-prompts", type=int, default=16)
-    parser.add_argument("--responses", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--responses", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--noise", type=float, default=0.05, help="label noise temperature of the training rankings")
     parser.add_argument("--reuse-data", action="store_true", help="keep candidates and labels already under --out (their time is taken from their summary.json)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--batch-size", type=int, default=2, help="rankings per step")
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--normalize-prompts", type=int, default=16)
     args = parser.parse_args()
 
@@ -54,12 +56,12 @@ def main() -> None:
     commands = {
         "generate (train prompts)": [rlhfkit, "generate", "--set", f"data.prompts={PROMPTS}", f"data.limit={args.train_prompts}", *sampling, f"out={out}/gen-train"],
         "generate (eval prompts)": [rlhfkit, "generate", "--set", f"data.prompts={EVAL_PROMPTS}", f"data.limit={args.eval_prompts}", "seed=1", *sampling, f"out={out}/gen-eval"],
-        "label (train)": [rlhfkit, "label", "--judge", "sentiment", "--set", f"data.train={out}/gen-train/candidates.jsonl", f"out={out}/label-train"],
+        "label (train)": [rlhfkit, "label", "--judge", "sentiment", "--format", "rankings", "--set", f"data.train={out}/gen-train/candidates.jsonl", f"noise.temperature={args.noise}", f"out={out}/label-train"],
         "label (eval)": [rlhfkit, "label", "--judge", "sentiment", "--set", f"data.train={out}/gen-eval/candidates.jsonl", f"out={out}/label-eval"],
         "rm": [
-            rlhfkit, "rm", "--set", f"data.train={out}/label-train/comparisons.jsonl", f"data.eval={out}/label-eval/comparisons.jsonl",
-            f"train.steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.eval_every={args.steps}", f"optim.learning_rate={args.learning_rate}",
-            "optim.warmup_steps=10", "model.dtype=float32", f"normalize.num_prompts={args.normalize_prompts}", f"normalize.generation.max_new_tokens={args.tokens}", f"out={out}/rm",
+            rlhfkit, "rm", "--set", f"data.train={out}/label-train/rankings.jsonl", f"data.eval={out}/label-eval/comparisons.jsonl", "model.lora.enabled=true",
+            f"train.steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.eval_every={max(1, args.steps // 3)}", f"optim.learning_rate={args.learning_rate}",
+            "model.dtype=float32", f"normalize.num_prompts={args.normalize_prompts}", f"normalize.generation.max_new_tokens={args.tokens}", f"out={out}/rm",
         ],
     }
     seconds = {}
@@ -82,8 +84,8 @@ def main() -> None:
         "| figure | value |",
         "| --- | --- |",
         f"| candidates | {args.train_prompts} train prompts + {args.eval_prompts} held-out prompts × {args.responses} answers of ≤ {args.tokens} tokens (embedded SmolLM2-135M-Instruct) |",
-        f"| comparisons (sentiment judge, all pairs, no noise) | {label_train['records']} train ({label_train['ties_skipped']} tied pairs skipped), {label_eval['records']} held-out ({label_eval['ties_skipped']} tied) |",
-        f"| reward model | embedded backbone, full fine-tune, {rm['steps']} steps × {args.batch_size} pairs, lr {args.learning_rate}, Bradley-Terry |",
+        f"| labels (sentiment judge) | {label_train['records']} training rankings of {args.responses} (Plackett-Luce noise T = {args.noise}); {label_eval['records']} held-out comparisons, all pairs, no noise ({label_eval['ties_skipped']} tied pairs skipped) |",
+        f"| reward model | embedded backbone, LoRA r 16, {rm['steps']} steps × {args.batch_size} rankings, lr {args.learning_rate}, K-way ranking loss |",
         f"| held-out accuracy (prompts never trained on) | **{rm['eval_accuracy']:.3f}** on {rm['eval_pairs']} pairs (chance 0.5) |",
         f"| held-out mean margin r_w − r_l / ECE | {rm['eval_margin']:.3f} / {rm['eval_ece']:.3f} |",
         f"| held-out accuracy during training (step: acc) | {curve} |",

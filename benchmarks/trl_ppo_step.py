@@ -8,8 +8,8 @@ rlhfkit's .venv:
     /tmp/trl-venv/bin/pip install "trl==1.12.*"
     /tmp/trl-venv/bin/python benchmarks/trl_ppo_step.py --iterations 4
 
-and compare with `.venv/bin/python benchmarks/ppo_step.py --max-new-tokens 32 --modes full` on
-the same machine.
+and compare with `.venv/bin/python benchmarks/ppo_step.py --max-new-tokens 32 --reward model
+--modes full,lora,full-separate` on the same machine.
 
 Workload: SmolLM2-135M-Instruct (the cached copy in ~/.cache/rlhfkit) as policy, reference, value
 and reward model (value and reward: AutoModelForSequenceClassification, num_labels=1, untrained

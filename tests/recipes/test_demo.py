@@ -39,6 +39,8 @@ def test_quick_demo_writes_the_whole_report_and_resumes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("already done, skipping") == 6
     assert (out / "4-ppo" / "final" / "model.safetensors").stat().st_mtime_ns == mtime
+    # the reported wall time covers both invocations, not only the second, short one
+    assert json.loads((out / "summary.json").read_text())["wall_s"] > summary["wall_s"]
 
 
 def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, capsys):

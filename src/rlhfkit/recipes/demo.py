@@ -256,10 +256,11 @@ def plot_demo(config: DemoConfig, stages: dict[str, Path], out: Path) -> list[Pa
     ax.grid(alpha=0.3)
     save(fig, "kl_vs_step.png")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.plot(kl, gold, marker="o", label="gold judge")
-    ax.plot(kl, learned, marker="o", alpha=0.6, label="learned reward")
+    points = ax.scatter(kl, gold, c=steps, cmap="viridis", marker="o", label="gold judge")
+    ax.scatter(kl, learned, c=steps, cmap="viridis", marker="^", alpha=0.6, label="learned reward")
+    fig.colorbar(points, ax=ax, label="PPO step")
     ax.set_xlabel("KL(π ‖ π_ref) per response")
-    ax.set_ylabel("mean score")
+    ax.set_ylabel("mean score of the batch")
     ax.set_title("proxy vs gold as the policy moves away")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -327,6 +328,16 @@ Model `{config.model}`; gold judge `{config.judge}` (label noise T={config.label
     return summary
 
 
+def accumulated_seconds(out: Path, seconds: float) -> float:
+    """Wall time over every invocation on this directory (an interrupted run and its continuation)."""
+    from rlhfkit.tracking import write_json_atomic
+
+    path = out / "wall_time.json"
+    total = (json.loads(path.read_text())["wall_s"] if path.exists() else 0.0) + seconds
+    write_json_atomic(path, {"wall_s": total})
+    return total
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, DemoConfig, resume=False)
     parser.add_argument("--quick", action="store_true", help="the same pipeline on a tiny random model in under two minutes")
@@ -349,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
     evaluation = evaluate(config, stages, out)
     rm_summary = json.loads((stages["rm"] / "summary.json").read_text())
     plot_demo(config, stages, out)
-    summary = write_report(config, stages, evaluation, rm_summary, out, time.time() - started)
+    summary = write_report(config, stages, evaluation, rm_summary, out, accumulated_seconds(out, time.time() - started))
     print(
         f"rlhfkit demo: gold {summary['gold_before']:+.3f} -> {summary['gold_after']:+.3f}, win rate {summary['win_rate']:.0%}, "
         f"KL {summary['kl_final']:.2f}, RM accuracy {summary['reward_model_accuracy']}; report in {out / 'report.md'}"

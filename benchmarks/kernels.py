@@ -1,0 +1,54 @@
+"""The two kernel figures behind rlhfkit's CPU choices: matmul speed by precision, and one AdamW step.
+
+    .venv/bin/python benchmarks/kernels.py
+
+1. fp32 vs bf16 matmul in the layouts a forward and a backward pass use, at a PPO minibatch's
+   shape (4 x 91 tokens = 364 rows, hidden 576, MLP 1536). Without AVX-512 (this VM's CPU
+   flags show only avx2) bf16 has no native kernel and falls far behind fp32.
+2. One AdamW step over all of SmolLM2-135M's parameters: the default per-parameter loop, the
+   foreach variant and the fused kernel (what `rlhfkit.training.build_optimizer` uses).
+"""
+
+import time
+
+import torch
+
+
+def seconds(fn, repeats: int = 5) -> float:
+    fn()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - started) / repeats
+
+
+def matmul() -> None:
+    rows, hidden, mlp = 364, 576, 1536
+    flops = 2 * rows * hidden * mlp
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w = torch.randn(rows, hidden, dtype=dtype), torch.randn(hidden, mlp, dtype=dtype)
+        w_t = torch.randn(mlp, hidden, dtype=dtype).t()  # nn.Linear keeps (out, in): the forward multiplies by its transpose
+        grad = torch.randn(rows, mlp, dtype=dtype)
+        layouts = {"x @ w": lambda: x @ w, "x @ W.t (forward)": lambda: x @ w_t, "grad.t @ x (weight grad)": lambda: grad.t() @ x}
+        for name, fn in layouts.items():
+            print(f"matmul {str(dtype).removeprefix('torch.'):>8} {name:<26} {flops / seconds(fn) / 1e9:7.1f} GFLOP/s")
+
+
+def adamw_step() -> None:
+    from rlhfkit.config import EMBEDDED_MODEL
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+
+    params = list(load_causal_lm(EMBEDDED_MODEL, load_tokenizer(EMBEDDED_MODEL)).parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    for variant in ({}, {"foreach": True}, {"fused": True}):
+        optimizer = torch.optim.AdamW(params, lr=1e-5, **variant)
+        print(f"AdamW step, {sum(p.numel() for p in params) / 1e6:.1f}M parameters, {variant or 'default'}: {seconds(optimizer.step, 3):.3f} s")
+
+
+if __name__ == "__main__":
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    print("CPU flags:", " ".join(sorted({f for f in flags.split() if f.startswith(("avx512", "amx", "avx2"))})) or "unknown")
+    print("torch threads:", torch.get_num_threads())
+    matmul()
+    adamw_step()
