@@ -78,7 +78,7 @@ def main() -> None:
     lines = [
         "## Reward models and SFT (issue 3)",
         "",
-        f"Reward model learns the sentiment judge from the embedded model's answers ({time.strftime('%Y-%m-%d')}, CPU: 2 cores shared with other jobs, "
+        f"Reward model learns the sentiment judge from the embedded model's answers ({time.strftime('%Y-%m-%d')}, CPU: 2 cores, "
         f"load average {os.getloadavg()[0]:.1f} at the end, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}).",
         "",
         "| figure | value |",
