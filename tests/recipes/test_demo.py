@@ -55,3 +55,14 @@ def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "stage 4-ppo (resuming)" in printed
     assert printed.count("already done, skipping") == 4
+
+
+def test_split_keeps_a_prompt_on_each_side(tmp_path):
+    from rlhfkit.recipes.demo import split_candidates
+
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text("".join(json.dumps({"prompt": f"p{i}", "responses": ["a", "b"]}) + "\n" for i in range(2)))
+    # 0.8 of 2 prompts rounds to 2: one must still be left to train on
+    train, heldout = split_candidates(candidates, 0.8, tmp_path / "split")
+    assert [json.loads(line)["prompt"] for line in train.read_text().splitlines()] == ["p0"]
+    assert [json.loads(line)["prompt"] for line in heldout.read_text().splitlines()] == ["p1"]

@@ -176,3 +176,14 @@ def test_a_failing_reward_function_stops_the_run_cleanly(tiny_model_dir, tmp_pat
     )  # fmt: skip
     assert message in error
     assert not (out / "final").exists() and not (out / "summary.json").exists()
+
+
+def test_entropy_is_a_statistic_only_without_an_entropy_bonus(tiny_model_dir, tmp_path):
+    """With ppo.entropy_coef = 0 the entropy's backward over the vocabulary is skipped, and its value is unchanged."""
+    trainer = PPOTrainer(tiny_config(tiny_model_dir, tmp_path, "train.steps=1"), reward=fraction_positive, prompts=PROMPTS)
+    s = trainer.rollout(PROMPTS)[0].samples
+    with_grad = trainer.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32")
+    statistic = trainer.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32", entropy_grad=False)
+    assert with_grad[1].grad_fn is not None and statistic[1].grad_fn is None
+    assert statistic[0].grad_fn is not None  # the log-probs still train
+    torch.testing.assert_close(statistic[1], with_grad[1].detach())

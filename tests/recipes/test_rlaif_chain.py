@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from rlhfkit.cli import main
 from rlhfkit.data import load_records

@@ -51,9 +51,13 @@ class ActorCritic(nn.Module):
         return isinstance(self.critic, ValueHead)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor, temperature: float, dtype: str
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor, temperature: float, dtype: str, entropy_grad: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, P + R) ids and mask, (B, R) response ids -> logprobs, entropy, values, each (B, R) fp32."""
+        """(B, P + R) ids and mask, (B, R) response ids -> logprobs, entropy, values, each (B, R) fp32.
+
+        entropy_grad=False (an entropy bonus of 0) computes the entropy as a statistic only: its
+        backward over the whole vocabulary at every response token is then skipped.
+        """
         response_length = response_ids.shape[1]
         with autocast(dtype):
             logits, hidden = response_logits(self.policy, input_ids, attention_mask, response_length, output_hidden_states=self.shares_trunk)
@@ -62,7 +66,8 @@ class ActorCritic(nn.Module):
             else:
                 values = self.critic.token_values(input_ids, attention_mask)[:, -response_length - 1 : -1]
         logprobs = logprobs_from_logits(logits, response_ids, temperature)
-        entropy = entropy_from_logits(logits if temperature == 1.0 else logits / temperature)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = entropy_from_logits(logits if temperature == 1.0 else logits / temperature)
         return logprobs, entropy, values.float()
 
     def reference_context(self):

@@ -148,9 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
     from rlhfkit.checkpoint import seed_everything
     from rlhfkit.models import load_causal_lm, load_tokenizer
-    from rlhfkit.tracking import write_jsonl_atomic
     from rlhfkit.rollout.generation import decode_responses, sample
-    from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic
+    from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic, write_jsonl_atomic
 
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model.name)
@@ -227,10 +226,9 @@ def run_ai_labels(args: argparse.Namespace) -> int:
 
     from rlhfkit.models import load_causal_lm, load_tokenizer
     from rlhfkit.recipes.generate import output_directory
-    from rlhfkit.tracking import write_jsonl_atomic
     from rlhfkit.recipes.label import distinct_responses
     from rlhfkit.rewards.ai_judge import ai_comparisons, option_token_ids
-    from rlhfkit.tracking import write_json_atomic
+    from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
     if getattr(args, "format", None) not in (None, "comparisons"):
         raise UserError(f"--judge ai writes comparisons (with soft labels), not {args.format}")

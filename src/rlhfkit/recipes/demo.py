@@ -49,7 +49,6 @@ class DemoConfig:
     rm_steps: int = field(40, "reward-model optimiser steps")
     rm_batch_size: int = field(2, "rankings per reward-model step (each gives C(K,2) comparisons from K forward passes)")
     rm_learning_rate: float = field(2e-4, "reward-model learning rate (LoRA)")
-    rm_lora_top_layers: int = field(0, "LoRA on the reward model's last N layers only (0: all)")
     rm_heldout_fraction: float = field(0.2, "share of the prompts whose candidates are held out, labelled without noise, to measure the reward model")
     ppo_steps: int = field(12, "PPO iterations")
     ppo_batch_size: int = field(16, "prompts per PPO iteration")
@@ -107,7 +106,8 @@ def split_candidates(candidates: Path, heldout_fraction: float, directory: Path)
         records = read_jsonl(candidates)
         if len(records) < 2:
             raise UserError(f"{candidates}: {len(records)} prompt(s) with candidates; the demo needs at least 2 to hold one out")
-        cut = len(records) - max(1, round(len(records) * heldout_fraction))
+        heldout_count = min(len(records) - 1, max(1, round(len(records) * heldout_fraction)))  # both sides keep a prompt
+        cut = len(records) - heldout_count
         directory.mkdir(parents=True, exist_ok=True)
         write_jsonl_atomic(train, records[:cut])
         write_jsonl_atomic(heldout, records[cut:])  # written last: its presence means the split is complete
@@ -131,7 +131,7 @@ def run_pipeline(config: DemoConfig, out: Path) -> dict[str, Any]:
                                       f"seed={config.seed}", f"dtype={config.dtype}", *judge_settings(config)])  # fmt: skip
     heldout = stage("2-label-heldout", out, ["label", "--set", f"data.train={heldout_candidates}", "noise.temperature=0",
                                              f"dtype={config.dtype}", *judge_settings(config)])  # fmt: skip
-    reward_model = stage("3-rm", out, ["rm", "--set", f"model.name={model}", "model.lora.enabled=true", f"model.lora.top_layers={config.rm_lora_top_layers}",
+    reward_model = stage("3-rm", out, ["rm", "--set", f"model.name={model}", "model.lora.enabled=true",
                                        f"data.train={labelled / 'rankings.jsonl'}", f"data.eval={heldout / 'comparisons.jsonl'}",
                                        f"train.steps={config.rm_steps}", f"train.batch_size={config.rm_batch_size}", f"optim.learning_rate={config.rm_learning_rate}",
                                        f"train.eval_every={config.rm_steps}", f"train.checkpoint_every={max(config.rm_steps // 2, 1)}",
@@ -215,14 +215,13 @@ def plot_demo(config: DemoConfig, stages: dict[str, Path], out: Path) -> list[Pa
     import matplotlib.pyplot as plt
 
     from rlhfkit.config import RewardConfig
+    from rlhfkit.data import load_records, prompt_text
     from rlhfkit.rewards import build_reward, checked_scores
     from rlhfkit.tracking import read_jsonl
 
     metrics = read_jsonl(stages["ppo"] / "metrics.jsonl")
     samples = read_jsonl(stages["ppo"] / "samples.jsonl")
     gold = build_reward(RewardConfig(kind=config.judge, function=config.judge_function), config.dtype)
-    from rlhfkit.data import load_records, prompt_text
-
     by_prompt = {prompt_text(r): r for r in load_records(config.prompts, "prompts")}  # fields such as `reference`
     records = [by_prompt.get(s["prompt"], {"prompt": s["prompt"]}) for s in samples]
     gold_scores = checked_scores(gold, [s["prompt"] for s in samples], [s["response"] for s in samples], records).tolist()

@@ -138,9 +138,8 @@ def run(args: argparse.Namespace) -> int:
         return run_ai_labels(args)
     from rlhfkit.data import load_records, prompt_text
     from rlhfkit.recipes.generate import output_directory
-    from rlhfkit.tracking import write_jsonl_atomic
     from rlhfkit.rewards import build_reward, checked_scores, validate_records_for_reward
-    from rlhfkit.tracking import write_json_atomic
+    from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
     args.set = [*([f"reward.kind={args.judge}"] if args.judge else []), *([f"format={args.format}"] if args.format else []), *args.set]
     config = config_from_args(LabelConfig, args)

@@ -354,7 +354,8 @@ class PPOTrainer:
             mask = micro.samples.response_mask
             weight = mask.sum() / token_normaliser
             logprobs, entropy, values = self.actor_critic(
-                micro.samples.input_ids, micro.samples.attention_mask, micro.samples.response_ids, config.generation.temperature, config.model.dtype
+                micro.samples.input_ids, micro.samples.attention_mask, micro.samples.response_ids, config.generation.temperature, config.model.dtype,
+                entropy_grad=config.ppo.entropy_coef != 0,
             )
             if config.ppo.objective == "clip":
                 pg_loss, pg_stats = clipped_policy_loss(logprobs, micro.logprobs, micro.advantages, mask, config.ppo.clip_range)

@@ -201,8 +201,12 @@ def record_rewards(model: torch.nn.Module, records: list[dict[str, Any]], pad_to
     Slots beyond a record's K hold 0; the losses take num_responses and ignore them.
     """
     scores = score_items(model, [item for record in records for item in record["items"]], pad_token_id, dtype)  # (sum K_n,)
-    width = max(len(record["items"]) for record in records)
-    rows = list(scores.split([len(record["items"]) for record in records]))
+    return padded_rows(list(scores.split([len(record["items"]) for record in records])))
+
+
+def padded_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """(N, K_max) from N rows of K_n rewards, zeros beyond each row's K_n."""
+    width = max(len(row) for row in rows)
     return torch.stack([torch.cat([row, row.new_zeros(width - len(row))]) for row in rows])
 
 
@@ -249,13 +253,19 @@ def evaluate_pairs(model: torch.nn.Module, records: list[dict[str, Any]], kind: 
     from rlhfkit.algorithms import preference_accuracy
 
     # All pairs of a prompt share its responses: score each distinct sequence once.
-    sequences = list({tuple(item["input_ids"]): item for record in records for item in record["items"]}.values())
+    sequences: list[dict[str, Any]] = []
+    index_of_record: list[list[int]] = []  # per record, the sequence index of each of its responses
+    position: dict[tuple[int, ...], int] = {}
+    for record in records:
+        index_of_record.append([])
+        for item in record["items"]:
+            key = tuple(item["input_ids"])
+            if key not in position:
+                position[key] = len(sequences)
+                sequences.append(item)
+            index_of_record[-1].append(position[key])
     scores = torch.cat([score_items(model, sequences[s : s + batch_size], pad_token_id, dtype) for s in range(0, len(sequences), batch_size)])
-    score_of = {tuple(item["input_ids"]): score for item, score in zip(sequences, scores)}
-    width = max(len(record["items"]) for record in records)
-    rewards = torch.stack(
-        [torch.stack([score_of[tuple(item["input_ids"])] for item in record["items"]] + [scores.new_zeros(())] * (width - len(record["items"]))) for record in records]
-    )  # (N, K_max), as record_rewards lays them out
+    rewards = padded_rows([scores[indices] for indices in index_of_record])  # (N, K_max), as record_rewards lays them out
     winners, losers = [], []
     for row, record in enumerate(records):
         for winner, loser in preference_pairs(record, kind):

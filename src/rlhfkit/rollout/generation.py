@@ -15,6 +15,7 @@ reads V(s_t).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -61,8 +62,6 @@ def decoding_precision(dtype: str):
     """
     if torch.cuda.is_available():
         return autocast(dtype)
-    import contextlib
-
     return contextlib.nullcontext()
 
 
