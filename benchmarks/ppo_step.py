@@ -5,6 +5,8 @@
         # TRL's workload (benchmarks/trl_ppo_step.py): a 135M reward model scores the responses;
         # full-separate also trains a separate 135M value model as TRL does (rlhfkit's default is
         # a value head on the policy, which shares its forward pass)
+    .venv/bin/python benchmarks/ppo_step.py --max-new-tokens 32 --reward model --modes lora,lora-top8
+        # LoRA on the last 8 of 30 layers: the update starts from the rollout's output of the 22 frozen ones
 
 Each configuration runs in its own process (so peak memory is its own), the configurations
 alternate, and every figure is the median over the measured iterations after one warm-up
@@ -45,10 +47,12 @@ def one_configuration(mode: str, max_new_tokens: int, steps: int, dtype: str, re
 
     reward_settings = ["reward.kind=model", f"reward.model={reward_model_dir()}"] if reward == "model" else [f"reward.kind={reward}"]
     critic = "separate" if mode.endswith("-separate") else "shared"
+    top_layers = int(mode.removeprefix("lora-top").removesuffix("-separate")) if mode.startswith("lora-top") else 0
     config = load_config(
         PPOConfig,
         overrides=[
-            f"model.lora.enabled={'true' if mode.startswith('lora') else 'false'}", f"model.dtype={dtype}", f"generation.max_new_tokens={max_new_tokens}",
+            f"model.lora.enabled={'true' if mode.startswith('lora') else 'false'}", f"model.lora.top_layers={top_layers}",
+            f"model.dtype={dtype}", f"generation.max_new_tokens={max_new_tokens}",
             "train.batch_size=16", "train.mini_batch_size=4", "train.ppo_epochs=4", f"train.steps={steps + 1}", f"critic.kind={critic}", *reward_settings,
         ],
     )  # fmt: skip
@@ -68,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--steps", type=int, default=3, help="measured iterations after one warm-up")
-    parser.add_argument("--modes", default="full,lora", help="comma-separated: full, lora, full-separate, lora-separate (-separate: a separate value model)")
+    parser.add_argument("--modes", default="full,lora", help="comma-separated: full, lora, lora-topN (LoRA on the last N layers), each optionally -separate (a separate value model)")
     parser.add_argument("--reward", default="sentiment", help="sentiment (VADER), or model (a 135M reward model with a random head, as TRL is timed with)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the configurations this many times")

@@ -187,3 +187,34 @@ def test_entropy_is_a_statistic_only_without_an_entropy_bonus(tiny_model_dir, tm
     assert with_grad[1].grad_fn is not None and statistic[1].grad_fn is None
     assert statistic[0].grad_fn is not None  # the log-probs still train
     torch.testing.assert_close(statistic[1], with_grad[1].detach())
+
+
+def test_lora_on_top_layers_reuses_the_frozen_layers_and_updates_exactly_as_a_full_forward(tiny_model_dir, tmp_path):
+    """With lora.top_layers the update starts from the rollout's output of the frozen layers below.
+
+    One iteration that way must give the same weights as one that recomputes every layer.
+    """
+    extra = ["train.steps=1", "train.checkpoint_every=0", "model.lora.enabled=true", "model.lora.r=4", "model.lora.top_layers=1", "optim.learning_rate=1e-2"]
+    reused = PPOTrainer(tiny_config(tiny_model_dir, tmp_path / "a", *extra), reward=fraction_positive, prompts=PROMPTS)
+    depth = reused.unwrapped.policy.config.num_hidden_layers
+    assert reused.unwrapped.frozen_layers == depth - 1 > 0
+    experience, _, _ = reused.rollout(PROMPTS)
+    s = experience.samples
+    assert experience.frozen_states.shape[:2] == s.input_ids.shape
+    with torch.no_grad():  # before the update the shortcut gives what the whole forward gives
+        shortcut = reused.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32", frozen_states=experience.frozen_states)
+        whole = reused.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32")
+    for a, b in zip(shortcut, whole):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert len(reused.unwrapped.policy.get_base_model().get_decoder().layers) == depth  # the layers are put back
+
+    reused = PPOTrainer(tiny_config(tiny_model_dir, tmp_path / "b", *extra), reward=fraction_positive, prompts=PROMPTS)
+    reused.train()
+    recomputed = PPOTrainer(tiny_config(tiny_model_dir, tmp_path / "c", *extra), reward=fraction_positive, prompts=PROMPTS)
+    recomputed.unwrapped.frozen_layers = 0  # the plain path: every layer, every minibatch
+    recomputed.train()
+    assert read_jsonl(tmp_path / "b" / "samples.jsonl") == read_jsonl(tmp_path / "c" / "samples.jsonl")
+    lora_b = [(n, p) for n, p in reused.unwrapped.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for _, p in lora_b), "the update did not move the adapters"
+    for (name, p), (_, q) in zip(reused.unwrapped.named_parameters(), recomputed.unwrapped.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)

@@ -18,26 +18,43 @@ from torch import nn
 from rlhfkit.algorithms import entropy_from_logits, logprobs_from_logits
 from rlhfkit.models.heads import ScalarHeadModel, ValueHead, position_ids_from_mask
 from rlhfkit.models.loading import autocast
+from rlhfkit.models.lora import decoder_from_layer, frozen_layer_count
 
 
-def response_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, output_hidden_states: bool = False):
+def response_logits(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_length: int,
+    output_hidden_states: bool = False,
+    frozen_states: torch.Tensor | None = None,
+    frozen_layers: int = 0,
+    keep_frozen_states: bool = False,
+):
     """Forward over (B, P + R); keep only the logits that predict the R response tokens.
 
-    Returns (logits (B, R, V), last hidden states (B, R, H) or None). Computing the
-    LM head only on the last R + 1 columns (`logits_to_keep`) skips the vocabulary
-    projection of the prompt, which is most of a chat prompt's columns.
+    Returns (logits (B, R, V), last hidden states (B, R, H) or None, frozen_states or None).
+    Computing the LM head only on the last R + 1 columns (`logits_to_keep`) skips the
+    vocabulary projection of the prompt, which is most of a chat prompt's columns.
+
+    `frozen_states` is the (B, P + R, H) output of the first `frozen_layers` layers. With
+    keep_frozen_states it is returned; given as `frozen_states`, the forward starts from it and runs
+    only the layers above, which is exact when those below are frozen.
     """
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask.long(),
-        position_ids=position_ids_from_mask(attention_mask),
-        logits_to_keep=response_length + 1,
-        output_hidden_states=output_hidden_states,
-        use_cache=False,
-    )
+    inputs = {"input_ids": input_ids} if frozen_states is None else {"inputs_embeds": frozen_states}
+    with decoder_from_layer(model, frozen_layers) if frozen_states is not None else contextlib.nullcontext():
+        out = model(
+            **inputs,
+            attention_mask=attention_mask.long(),
+            position_ids=position_ids_from_mask(attention_mask),
+            logits_to_keep=response_length + 1,
+            output_hidden_states=output_hidden_states or keep_frozen_states,
+            use_cache=False,
+        )
     logits = out.logits[:, :-1]  # column P-1+t predicts response token t
     hidden = out.hidden_states[-1][:, -response_length - 1 : -1] if output_hidden_states else None
-    return logits, hidden
+    kept = out.hidden_states[frozen_layers] if keep_frozen_states else None  # hidden_states[0] is the embedding output
+    return logits, hidden, kept
 
 
 class ActorCritic(nn.Module):
@@ -45,22 +62,33 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.policy = policy
         self.critic = critic
+        self.frozen_layers = frozen_layer_count(policy)
 
     @property
     def shares_trunk(self) -> bool:
         return isinstance(self.critic, ValueHead)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor, temperature: float, dtype: str, entropy_grad: bool = True
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        temperature: float,
+        dtype: str,
+        entropy_grad: bool = True,
+        frozen_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, P + R) ids and mask, (B, R) response ids -> logprobs, entropy, values, each (B, R) fp32.
 
         entropy_grad=False (an entropy bonus of 0) computes the entropy as a statistic only: its
-        backward over the whole vocabulary at every response token is then skipped.
+        backward over the whole vocabulary at every response token is then skipped. `frozen_states`, the
+        output of the frozen layers below the adapters (`frozen_layers`), skips recomputing them.
         """
         response_length = response_ids.shape[1]
         with autocast(dtype):
-            logits, hidden = response_logits(self.policy, input_ids, attention_mask, response_length, output_hidden_states=self.shares_trunk)
+            logits, hidden, _ = response_logits(
+                self.policy, input_ids, attention_mask, response_length, output_hidden_states=self.shares_trunk, frozen_states=frozen_states, frozen_layers=self.frozen_layers
+            )
             if self.shares_trunk:
                 values = self.critic(hidden)
             else:
@@ -78,9 +106,14 @@ class ActorCritic(nn.Module):
 
 @torch.no_grad()
 def reference_logprobs(
-    reference: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor, temperature: float, dtype: str
-) -> torch.Tensor:
-    """(B, R) log π_ref(a_t | s_t) under the same temperature as the policy."""
+    reference: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor, temperature: float, dtype: str, frozen_layers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, R) log π_ref(a_t | s_t) under the same temperature as the policy.
+
+    With frozen_layers > 0 (the reference is the policy with its adapter disabled, and the
+    adapters start at that layer), also the (B, P + R, H) output of the layers below it,
+    which the policy shares; else None.
+    """
     with autocast(dtype):
-        logits, _ = response_logits(reference, input_ids, attention_mask, response_ids.shape[1])
-    return logprobs_from_logits(logits, response_ids, temperature)
+        logits, _, frozen_states = response_logits(reference, input_ids, attention_mask, response_ids.shape[1], frozen_layers=frozen_layers, keep_frozen_states=frozen_layers > 0)
+    return logprobs_from_logits(logits, response_ids, temperature), frozen_states

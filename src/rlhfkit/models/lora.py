@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from torch import nn
 
 from rlhfkit.config import LoRAConfig
@@ -29,3 +31,33 @@ def is_lora(model: nn.Module) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
+
+
+def frozen_layer_count(model: nn.Module) -> int:
+    """How many transformer layers sit below the lowest LoRA adapter (0 without `lora.top_layers`).
+
+    Those layers are frozen and dropout is off, so their output for a sequence never changes
+    during training: it can be computed once and reused (`decoder_from_layer`).
+    """
+    peft_config = getattr(model, "peft_config", {}).get("default")
+    layers = getattr(peft_config, "layers_to_transform", None)
+    if isinstance(layers, int):
+        return layers
+    return min(layers) if layers else 0
+
+
+@contextlib.contextmanager
+def decoder_from_layer(model: nn.Module, first: int):
+    """Within the block, `model(inputs_embeds=h)` runs only the decoder layers from `first` up.
+
+    `h` must be the hidden states entering layer `first` (the output of the layers below it);
+    everything else of the forward (mask, rotary positions, final norm, head) is unchanged.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder()
+    all_layers = decoder.layers
+    decoder.layers = nn.ModuleList(list(all_layers)[first:])
+    try:
+        yield
+    finally:
+        decoder.layers = all_layers

@@ -176,7 +176,7 @@ def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str
         torch.manual_seed(config.seed + 1)
         samples = sample(model, tokenizer, texts, generation, config.dtype, keep_scores=True)
         responses = decode_responses(tokenizer, samples)
-        ref_logprobs = reference_logprobs(reference, samples.input_ids, samples.attention_mask, samples.response_ids, 1.0, config.dtype)
+        ref_logprobs, _ = reference_logprobs(reference, samples.input_ids, samples.attention_mask, samples.response_ids, 1.0, config.dtype)
         kl = sequence_kl(samples.logprobs, ref_logprobs.masked_fill(~samples.response_mask, 0.0), samples.response_mask)
         results[name] = {
             "responses": responses,

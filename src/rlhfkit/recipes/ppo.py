@@ -284,14 +284,14 @@ class PPOTrainer:
                 logprobs, _, values = model(ids, mask, response_ids, temperature, dtype)
             if self.reference is None:
                 with model.reference_context():
-                    ref_logprobs = reference_logprobs(model.policy, ids, mask, response_ids, temperature, dtype)
+                    ref_logprobs, frozen_states = reference_logprobs(model.policy, ids, mask, response_ids, temperature, dtype, model.frozen_layers)
             else:
-                ref_logprobs = reference_logprobs(self.reference, ids, mask, response_ids, temperature, dtype)
+                ref_logprobs, frozen_states = reference_logprobs(self.reference, ids, mask, response_ids, temperature, dtype)
         logprobs, ref_logprobs = logprobs.masked_fill(~samples.response_mask, 0.0), ref_logprobs.masked_fill(~samples.response_mask, 0.0)
         scores = shape_scores(raw_scores, samples.ended, config.score.no_eos_penalty, self.score_moments, config.score.clip)
         experience = build_experience(
             samples, logprobs, ref_logprobs, values, raw_scores, scores, self.kl_controller.value,
-            KL_ESTIMATORS[config.kl.estimator], config.ppo.gamma, config.ppo.lam, gather=self._gather,
+            KL_ESTIMATORS[config.kl.estimator], config.ppo.gamma, config.ppo.lam, gather=self._gather, frozen_states=frozen_states,
         )  # fmt: skip
         return experience, responses
 
@@ -355,7 +355,7 @@ class PPOTrainer:
             weight = mask.sum() / token_normaliser
             logprobs, entropy, values = self.actor_critic(
                 micro.samples.input_ids, micro.samples.attention_mask, micro.samples.response_ids, config.generation.temperature, config.model.dtype,
-                entropy_grad=config.ppo.entropy_coef != 0,
+                entropy_grad=config.ppo.entropy_coef != 0, frozen_states=micro.frozen_states,
             )
             if config.ppo.objective == "clip":
                 pg_loss, pg_stats = clipped_policy_loss(logprobs, micro.logprobs, micro.advantages, mask, config.ppo.clip_range)

@@ -31,11 +31,13 @@ class Experience:
     kl: torch.Tensor  # (B, R) per-token KL estimate that was penalised
     advantages: torch.Tensor  # (B, R) whitened
     returns: torch.Tensor  # (B, R)
+    frozen_states: torch.Tensor | None = None  # (B, P + R, H) output of the frozen layers below the adapters
 
     def select(self, index: torch.Tensor) -> "Experience":
         """The rows `index` of every tensor (a minibatch)."""
         samples = self.samples.select(index)
-        fields = {name: getattr(self, name)[index] for name in ("logprobs", "ref_logprobs", "values", "scores", "raw_scores", "rewards", "kl", "advantages", "returns")}
+        names = ("logprobs", "ref_logprobs", "values", "scores", "raw_scores", "rewards", "kl", "advantages", "returns", "frozen_states")
+        fields = {name: None if getattr(self, name) is None else getattr(self, name)[index] for name in names}
         return Experience(samples=samples, **fields)
 
 
@@ -95,13 +97,14 @@ def build_experience(
     gamma: float,
     lam: float,
     gather=lambda t: t,
+    frozen_states: torch.Tensor | None = None,
 ) -> Experience:
     mask = samples.response_mask
     values = values.masked_fill(~mask, 0.0)
     rewards, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator=kl_estimator)
     advantages, returns = masked_gae(rewards, values, mask, gamma, lam)
     advantages = whiten_across(advantages, mask, gather)
-    return Experience(samples, logprobs, ref_logprobs, values, scores, raw_scores, rewards, kl, advantages, returns)
+    return Experience(samples, logprobs, ref_logprobs, values, scores, raw_scores, rewards, kl, advantages, returns, frozen_states)
 
 
 def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
