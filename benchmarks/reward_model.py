@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="rankings per step")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--normalize-prompts", type=int, default=16)
+    parser.add_argument("--pooling", default="last", help="where the reward head reads: last (token) or mean (over the response)")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -61,7 +62,7 @@ def main() -> None:
         "rm": [
             rlhfkit, "rm", "--set", f"data.train={out}/label-train/rankings.jsonl", f"data.eval={out}/label-eval/comparisons.jsonl", "model.lora.enabled=true",
             f"train.steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.eval_every={max(1, args.steps // 3)}", f"optim.learning_rate={args.learning_rate}",
-            "model.dtype=float32", f"normalize.num_prompts={args.normalize_prompts}", f"normalize.generation.max_new_tokens={args.tokens}", f"out={out}/rm",
+            f"pooling={args.pooling}", "model.dtype=float32", f"normalize.num_prompts={args.normalize_prompts}", f"normalize.generation.max_new_tokens={args.tokens}", f"out={out}/rm",
         ],
     }
     seconds = {}
@@ -85,7 +86,7 @@ def main() -> None:
         "| --- | --- |",
         f"| candidates | {args.train_prompts} train prompts + {args.eval_prompts} held-out prompts × {args.responses} answers of ≤ {args.tokens} tokens (embedded SmolLM2-135M-Instruct) |",
         f"| labels (sentiment judge) | {label_train['records']} training rankings of {args.responses} (Plackett-Luce noise T = {args.noise}); {label_eval['records']} held-out comparisons, all pairs, no noise ({label_eval['ties_skipped']} tied pairs skipped) |",
-        f"| reward model | embedded backbone, LoRA r 16, {rm['steps']} steps × {args.batch_size} rankings, lr {args.learning_rate}, K-way ranking loss |",
+        f"| reward model | embedded backbone, LoRA r 16, {args.pooling} pooling, {rm['steps']} steps × {args.batch_size} rankings, lr {args.learning_rate}, K-way ranking loss |",
         f"| held-out accuracy (prompts never trained on) | **{rm['eval_accuracy']:.3f}** on {rm['eval_pairs']} pairs (chance 0.5) |",
         f"| held-out mean margin r_w − r_l / ECE | {rm['eval_margin']:.3f} / {rm['eval_ece']:.3f} |",
         f"| held-out accuracy during training (step: acc) | {curve} |",

@@ -75,6 +75,27 @@ def test_scores_are_read_at_the_last_real_token_with_either_padding(model_and_to
     assert len(set(round(e, 4) for e in expected)) == 3  # the rows really differ, so a wrong index would show
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_mean_pooling_averages_the_head_over_the_response_tokens(model_and_tokenizer, side):
+    backbone_model, tokenizer = model_and_tokenizer
+    model = ScalarHeadModel(backbone_model.backbone, gain=2.0, bias=0.5, pooling="mean")
+    model.head.load_state_dict(backbone_model.head.state_dict())
+    record = {"prompt": "tell me a good day"}
+    responses = ["good", "bad sad pain boring terrible", "the cat is happy"]
+    items = [tokenize_prompt_response(tokenizer, record, r, 64) for r in responses]
+    with torch.no_grad():
+        batched = score_items(model, items, tokenizer.pad_token_id, "float32", side=side)
+        expected = []
+        for item in items:  # by hand: the head at every token of the unpadded sequence, averaged over the response and EOS
+            ids = torch.tensor([item["input_ids"]])
+            per_token = model.token_values(ids, torch.ones_like(ids, dtype=torch.bool))[0]
+            response = torch.tensor(item["response_mask"])
+            expected.append(2.0 * per_token[response].mean().item() + 0.5)
+    assert batched.tolist() == pytest.approx(expected, abs=1e-5)
+    last = [alone(backbone_model, tokenizer, record, r) for r in responses]
+    assert expected != pytest.approx(last, abs=1e-3)  # a different reading than the last token's
+
+
 def test_recipe_losses_match_hand_computation_for_each_record_kind(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     p = {"prompt": "tell me about the dog"}
@@ -165,6 +186,7 @@ BAD = [
     ([{"prompt": "hi", "chosen": "good", "rejected": "bad"}] * 4, ["train.bogus=1"], "unknown config key 'train.bogus'"),
     ([{"prompt": "hi", "chosen": "good", "rejected": "bad"}] * 4, ["train.batch_size=4", "train.micro_batch_size=3"], "train.batch_size 4 is not divisible by train.micro_batch_size 3"),
     ([{"prompt": "hi"}], [], "a reward model trains on comparisons, rankings or choices"),
+    ([{"prompt": "hi", "chosen": "good", "rejected": "bad"}] * 4, ["pooling=max"], "pooling must be one of last, mean, got 'max'"),
 ]
 
 
@@ -217,3 +239,23 @@ def test_rankings_trained_model_is_measured_on_held_out_comparisons(tiny, compar
     assert summary["eval_accuracy"] >= 0.9
     # the held-out loss is the comparisons' Bradley-Terry loss: -log σ(margin) averaged, so it stays below log 2 once accuracy is high
     assert 0 < summary["eval_loss"] < math.log(2)
+
+
+def test_mean_pooled_reward_model_learns_and_scores_the_same_as_a_ppo_reward(tiny, comparisons, tmp_path):
+    from rlhfkit.data.records import load_records
+    from rlhfkit.rewards import model_reward
+
+    out = tmp_path / "mean"
+    settings = [f"data.train={comparisons}", "data.eval_fraction=0.25", "pooling=mean", "train.steps=25", "train.eval_every=25", "optim.learning_rate=0.003"]
+    assert main(["rm", *common(tiny, out, *settings)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_accuracy"] >= 0.9
+    assert json.loads((out / "final" / "reward.json").read_text())["pooling"] == "mean"
+    # PPO's reward source loads it with its pooling and scores prompt + response as training tokenised them
+    reward = model_reward(str(out / "final"), batch_size=3, dtype="float32")
+    assert reward.model.pooling == "mean"
+    held_out = load_records(comparisons, "comparisons")[-summary["eval_records"]:]
+    records = [{"prompt": r["prompt"]} for r in held_out for _ in range(2)]
+    responses = [text for r in held_out for text in (r["chosen"], r["rejected"])]
+    scores = torch.tensor(reward([r["prompt"] for r in records], responses, records)).view(-1, 2)
+    assert (scores[:, 0] > scores[:, 1]).float().mean().item() == pytest.approx(summary["eval_accuracy"])

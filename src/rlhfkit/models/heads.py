@@ -1,12 +1,13 @@
 """Scalar heads: the value head on a policy, and the reward model / separate critic.
 
 A reward model is a transformer backbone with one linear head, read at the
-last real token of each sequence; a separate critic is the same module read
-at every token. The reward model's `final/` directory holds:
+last real token of each sequence (pooling "last", as InstructGPT) or averaged
+over the response tokens (pooling "mean"); a separate critic is the same module
+read at every token. The reward model's `final/` directory holds:
 
     config.json, model.safetensors, tokenizer files   the backbone (save_pretrained)
     scalar_head.safetensors                           the head's weight and bias
-    reward.json                                       {"gain", "bias", ...}: score = gain * head + bias
+    reward.json                                       {"gain", "bias", "pooling", ...}: score = gain * head + bias
 """
 
 from __future__ import annotations
@@ -49,17 +50,23 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+POOLINGS = ("last", "mean")
+
+
 class ScalarHeadModel(nn.Module):
     """A transformer backbone (no LM head) with a scalar head: a reward model or a separate critic."""
 
-    def __init__(self, backbone: nn.Module, gain: float = 1.0, bias: float = 0.0):
+    def __init__(self, backbone: nn.Module, gain: float = 1.0, bias: float = 0.0, pooling: str = "last"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.backbone = backbone
         self.head = nn.Linear(backbone.config.hidden_size, 1)
         nn.init.normal_(self.head.weight, std=1.0 / (backbone.config.hidden_size + 1) ** 0.5)
         nn.init.zeros_(self.head.bias)
         self.gain = gain
         self.bias = bias
+        self.pooling = pooling
 
     def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, T) raw head outputs at every position, fp32."""
@@ -68,10 +75,22 @@ class ScalarHeadModel(nn.Module):
         ).last_hidden_state
         return self.head(hidden.float()).squeeze(-1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B,) normalised score read at the last real token: gain * head + bias."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) -> (B,) normalised score gain * head + bias, the head read as `pooling` says.
+
+        "mean" averages the head over the response tokens (`response_mask`, EOS included); the head
+        being linear, that is the head of the mean hidden state. A judge that adds up what each
+        word contributes (a sentiment lexicon, say) is then linear in the features; read at the last
+        token, the backbone must first learn to carry that sum there.
+        """
         values = self.token_values(input_ids, attention_mask)
-        raw = values.gather(-1, last_token_index(attention_mask).unsqueeze(-1)).squeeze(-1)
+        if self.pooling == "mean":
+            if response_mask is None:
+                raise ValueError("a reward model with mean pooling needs the response_mask of its inputs")
+            weights = response_mask.float()
+            raw = (values * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
+        else:
+            raw = values.gather(-1, last_token_index(attention_mask).unsqueeze(-1)).squeeze(-1)
         return self.gain * raw + self.bias
 
     def save(self, directory: str | Path, tokenizer=None, extra: dict | None = None) -> None:
@@ -84,7 +103,7 @@ class ScalarHeadModel(nn.Module):
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
         save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()}, str(directory / HEAD_FILE))
-        (directory / REWARD_FILE).write_text(json.dumps({"gain": self.gain, "bias": self.bias, **(extra or {})}, indent=2))
+        (directory / REWARD_FILE).write_text(json.dumps({"gain": self.gain, "bias": self.bias, "pooling": self.pooling, **(extra or {})}, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> "ScalarHeadModel":
@@ -94,6 +113,6 @@ class ScalarHeadModel(nn.Module):
         if not (directory / HEAD_FILE).is_file() or not (directory / REWARD_FILE).is_file():
             raise UserError(f"{directory} is not a reward model directory: expected {HEAD_FILE} and {REWARD_FILE} (the final/ of an `rlhfkit rm` run)")
         meta = json.loads((directory / REWARD_FILE).read_text())
-        model = cls(load_backbone(str(directory)), gain=float(meta.get("gain", 1.0)), bias=float(meta.get("bias", 0.0)))
+        model = cls(load_backbone(str(directory)), gain=float(meta.get("gain", 1.0)), bias=float(meta.get("bias", 0.0)), pooling=meta.get("pooling", "last"))
         model.head.load_state_dict(load_file(str(directory / HEAD_FILE)))
         return model

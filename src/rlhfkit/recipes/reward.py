@@ -36,6 +36,8 @@ import torch
 
 from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field
 from rlhfkit.errors import UserError
+from rlhfkit.models.heads import POOLINGS
+from rlhfkit.rewards import score_items
 from rlhfkit.training import OptimConfig
 
 PREFERENCE_KINDS = ("comparisons", "rankings", "choices")
@@ -90,9 +92,14 @@ class RMConfig:
     data: RMDataConfig = field(factory=RMDataConfig, doc="data")
     train: RMTrainConfig = field(factory=RMTrainConfig, doc="schedule")
     optim: OptimConfig = field(factory=lambda: OptimConfig(learning_rate=1e-5), doc="optimiser")
+    pooling: str = field("last", "where the head reads: last (the last token, EOS; InstructGPT) or mean (averaged over the response tokens)")
     normalize: NormalizeConfig = field(factory=NormalizeConfig, doc="reward normalisation after training")
     seed: int = field(0, "one seed for everything")
     out: str = field("", "output directory (default runs/rm-<time>)")
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
 
     @property
     def micro_batch_size(self) -> int:
@@ -183,16 +190,6 @@ def tokenize_preferences(tokenizer: Any, records: list[dict[str, Any]], kind: st
 # ---------------------------------------------------------------------------
 # Scoring, loss, metrics
 # ---------------------------------------------------------------------------
-
-
-def score_items(model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, dtype: str, side: str = "right") -> torch.Tensor:
-    """Tokenised sequences (N of them) -> (N,) scores read at each one's last real token."""
-    from rlhfkit.data.collate import pad_batch
-    from rlhfkit.models import autocast
-
-    input_ids, attention_mask, _ = pad_batch(items, pad_token_id, side=side)
-    with autocast(dtype):
-        return model(input_ids, attention_mask).float()
 
 
 def record_rewards(model: torch.nn.Module, records: list[dict[str, Any]], pad_token_id: int, dtype: str) -> torch.Tensor:
@@ -386,7 +383,7 @@ class RewardModelRun:
         backbone = load_backbone(config.model.name, self.tokenizer)
         if config.model.lora.enabled:
             backbone = apply_lora(backbone, config.model.lora)
-        self.model = ScalarHeadModel(backbone)
+        self.model = ScalarHeadModel(backbone, pooling=config.pooling)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_optimizer(self.params, config.optim, config.train.steps)
         self.step = 0
@@ -414,7 +411,7 @@ class RewardModelRun:
 
         model = self.model
         if hasattr(model.backbone, "merge_and_unload"):
-            model = ScalarHeadModel(copy.deepcopy(model.backbone).merge_and_unload(), gain=model.gain, bias=model.bias)
+            model = ScalarHeadModel(copy.deepcopy(model.backbone).merge_and_unload(), gain=model.gain, bias=model.bias, pooling=model.pooling)
             model.head.load_state_dict(self.model.head.state_dict())
         model.save(directory, self.tokenizer, extra)
 

@@ -67,22 +67,31 @@ def function_reward(spec: str) -> RewardFn:
     return function
 
 
+def score_items(model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, dtype: str, side: str = "right") -> torch.Tensor:
+    """Tokenised prompt + response sequences (N of them) -> (N,) reward-model scores."""
+    from rlhfkit.data.collate import pad_batch
+    from rlhfkit.models import autocast
+
+    input_ids, attention_mask, response_mask = pad_batch(items, pad_token_id, side=side)
+    with autocast(dtype):
+        return model(input_ids, attention_mask, response_mask).float()
+
+
 def model_reward(directory: str, batch_size: int, dtype: str) -> RewardFn:
-    """A reward model trained by `rlhfkit rm`: its normalised score of prompt + response + EOS."""
-    from rlhfkit.data import format_prompt
-    from rlhfkit.models import ScalarHeadModel, autocast, load_tokenizer
+    """A reward model trained by `rlhfkit rm`: its normalised score of prompt + response + EOS, tokenised as in training."""
+    from rlhfkit.data.collate import tokenize_prompt_response
+    from rlhfkit.models import ScalarHeadModel, load_tokenizer
 
     model = ScalarHeadModel.load(directory).eval()
     tokenizer = load_tokenizer(directory)
+    max_length = model.backbone.config.max_position_embeddings
 
     @torch.no_grad()
     def score(prompts: list[str], responses: list[str], records: list[dict[str, Any]]) -> list[float]:
-        texts = [format_prompt(tokenizer, record) + response + tokenizer.eos_token for record, response in zip(records, responses)]
+        items = [tokenize_prompt_response(tokenizer, record, response, max_length) for record, response in zip(records, responses)]
         scores: list[float] = []
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            with autocast(dtype):
-                scores += model(batch.input_ids, batch.attention_mask).float().tolist()
+        for start in range(0, len(items), batch_size):
+            scores += score_items(model, items[start : start + batch_size], tokenizer.pad_token_id, dtype).tolist()
         return scores
 
     score.model = model  # type: ignore[attr-defined]  # the critic may be initialised from it
