@@ -33,6 +33,7 @@ from typing import Any
 from rlhfkit.assets import EVAL_PROMPTS, PROMPTS
 from rlhfkit.config import EMBEDDED_MODEL, add_config_arguments, config_from_args, field, save_config
 from rlhfkit.errors import UserError
+from rlhfkit.models.heads import POOLINGS
 
 
 @dataclasses.dataclass
@@ -46,14 +47,16 @@ class DemoConfig:
     num_prompts: int = field(48, "prompts answered for the preference data")
     num_candidates: int = field(8, "candidate responses per prompt, ranked as one K-way ranking")
     max_new_tokens: int = field(32, "response length cap, in every stage")
-    rm_steps: int = field(40, "reward-model optimiser steps")
+    rm_steps: int = field(60, "reward-model optimiser steps")
     rm_batch_size: int = field(2, "rankings per reward-model step (each gives C(K,2) comparisons from K forward passes)")
     rm_learning_rate: float = field(2e-4, "reward-model learning rate (LoRA)")
+    rm_pooling: str = field("mean", "where the reward head reads: mean (over the response tokens; learns the sentiment judge faster) or last")
     rm_heldout_fraction: float = field(0.2, "share of the prompts whose candidates are held out, labelled without noise, to measure the reward model")
     ppo_steps: int = field(12, "PPO iterations")
     ppo_batch_size: int = field(16, "prompts per PPO iteration")
     ppo_epochs: int = field(2, "PPO epochs per iteration")
     ppo_learning_rate: float = field(1e-4, "PPO learning rate (LoRA)")
+    ppo_top_layers: int = field(8, "LoRA on the policy's last N layers (0: all); the update then skips the frozen layers below")
     kl_coef: float = field(0.05, "β of the KL penalty")
     num_eval_prompts: int = field(32, "held-out prompts in the evaluation")
     dtype: str = field("float32", "forward-pass precision (bfloat16 autocast measured 25x slower for training on this CPU)")
@@ -69,6 +72,10 @@ class DemoConfig:
             raise UserError(f"label_noise must be positive (noise-free rankings drop every prompt with tied scores), got {self.label_noise}")
         if self.num_candidates < 2:
             raise UserError(f"num_candidates must be at least 2 to form pairs, got {self.num_candidates}")
+        if self.rm_pooling not in POOLINGS:
+            raise UserError(f"rm_pooling must be one of {', '.join(POOLINGS)}, got {self.rm_pooling!r}")
+        if self.ppo_top_layers < 0:
+            raise UserError(f"ppo_top_layers must be >= 0 (0: LoRA on every layer), got {self.ppo_top_layers}")
         if self.ppo_batch_size % 4:
             raise UserError(f"ppo_batch_size {self.ppo_batch_size} must be divisible by the PPO minibatch of 4")
 
@@ -76,7 +83,7 @@ class DemoConfig:
 # A tiny random model and small stages: the same pipeline in well under two minutes (what the tests run).
 QUICK = {
     "num_prompts": 16, "num_candidates": 3, "max_new_tokens": 8, "rm_steps": 12, "rm_batch_size": 4,
-    "ppo_steps": 3, "ppo_batch_size": 8, "ppo_epochs": 1, "num_eval_prompts": 8,
+    "ppo_steps": 3, "ppo_batch_size": 8, "ppo_epochs": 1, "ppo_top_layers": 1, "num_eval_prompts": 8,
 }  # fmt: skip
 
 
@@ -133,10 +140,10 @@ def run_pipeline(config: DemoConfig, out: Path) -> dict[str, Any]:
                                              f"dtype={config.dtype}", *judge_settings(config)])  # fmt: skip
     reward_model = stage("3-rm", out, ["rm", "--set", f"model.name={model}", "model.lora.enabled=true",
                                        f"data.train={labelled / 'rankings.jsonl'}", f"data.eval={heldout / 'comparisons.jsonl'}",
-                                       f"train.steps={config.rm_steps}", f"train.batch_size={config.rm_batch_size}", f"optim.learning_rate={config.rm_learning_rate}",
+                                       f"train.steps={config.rm_steps}", f"train.batch_size={config.rm_batch_size}", f"optim.learning_rate={config.rm_learning_rate}", f"pooling={config.rm_pooling}",
                                        f"train.eval_every={config.rm_steps}", f"train.checkpoint_every={max(config.rm_steps // 2, 1)}",
                                        f"normalize.num_prompts={config.ppo_batch_size}", f"normalize.generation.max_new_tokens={config.max_new_tokens}", *common])  # fmt: skip
-    policy = stage("4-ppo", out, ["ppo", "--set", f"model.name={model}", "model.lora.enabled=true", f"data.prompts={config.prompts}",
+    policy = stage("4-ppo", out, ["ppo", "--set", f"model.name={model}", "model.lora.enabled=true", f"model.lora.top_layers={config.ppo_top_layers}", f"data.prompts={config.prompts}",
                                   "reward.kind=model", f"reward.model={reward_model / 'final'}", f"train.steps={config.ppo_steps}",
                                   f"train.batch_size={config.ppo_batch_size}", "train.mini_batch_size=4", f"train.ppo_epochs={config.ppo_epochs}",
                                   f"optim.learning_rate={config.ppo_learning_rate}", f"kl.coef={config.kl_coef}", f"generation.max_new_tokens={config.max_new_tokens}",
