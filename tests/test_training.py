@@ -105,3 +105,21 @@ def test_save_and_restore_resume_bitwise(tiny, tmp_path):
     for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
         assert torch.equal(a, b), name
     assert not torch.equal(straight.lm_head.weight, load_causal_lm(directory, tokenizer).lm_head.weight)
+
+
+def test_a_directory_written_atomically_survives_a_failed_rewrite(tmp_path):
+    from rlhfkit.checkpoint import write_directory_atomic
+
+    final = tmp_path / "final"
+    write_directory_atomic(final, lambda d: (d / "weights").write_text("first"))
+    assert (final / "weights").read_text() == "first"
+
+    def crash(d):
+        (d / "weights").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_directory_atomic(final, crash)
+    assert (final / "weights").read_text() == "first"  # the earlier directory is untouched
+    write_directory_atomic(final, lambda d: (d / "other").write_text("second"))
+    assert sorted(p.name for p in final.iterdir()) == ["other"]  # replaced whole, nothing left from before

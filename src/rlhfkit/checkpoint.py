@@ -13,7 +13,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -45,21 +45,31 @@ def save_checkpoint(out_dir: str | Path, step: int, tensors: dict[str, dict[str,
     state: everything else (optimiser and scheduler state dicts, RNG, counters), saved with torch.save.
     keep: how many of the newest checkpoints to keep (older ones are removed after the new one is in place).
     """
-    root = Path(out_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, state_dict in tensors.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / f"{name}.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+
+    def write(tmp: Path) -> None:
+        for name, state_dict in tensors.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / f"{name}.safetensors"))
+        torch.save(state, tmp / "state.pt")
+
+    final = write_directory_atomic(Path(out_dir) / "checkpoints" / f"step-{step}", write)
     for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_directory_atomic(directory: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill `directory` through `write(tmp)` on a fresh hidden sibling, then move it into place.
+
+    A crash inside `write` leaves any earlier `directory` untouched (`final/`, a checkpoint).
+    """
+    directory = Path(directory)
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    return directory
 
 
 def list_checkpoints(out_dir: str | Path) -> list[Path]:

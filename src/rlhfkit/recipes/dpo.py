@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +37,7 @@ from rlhfkit.algorithms import conservative_dpo_loss, dpo_loss, ipo_loss
 from rlhfkit.assets import EVAL_PROMPTS
 from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, add_config_arguments, field
 from rlhfkit.errors import UserError
+from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.training import OptimConfig
 
 LOSSES = ("dpo", "ipo", "conservative")
@@ -367,11 +367,7 @@ class DPORun:
                     save_training_state(out, self.step, self.model, self.optimizer, self.scheduler, {"initial": initial})
         finally:
             tracker.close()
-        tmp, final = out / ".final.tmp", out / "final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.save_final(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        final = write_directory_atomic(out / "final", self.save_final)
         keys = ["train/loss", "eval/reward_accuracy", "eval/reward_margin", "kl/mean", "eval/score_mean"]
         plot_metrics(out / "metrics.jsonl", keys, out / "training.png", f"rlhfkit dpo ({config.train.loss})")
         last_eval = next(h for h in reversed(read_jsonl(out / "metrics.jsonl")) if "eval/loss" in h)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +42,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from rlhfkit.algorithms import clipped_policy_loss, clipped_value_loss, explained_variance, generalized_advantage_estimation, whiten
-from rlhfkit.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from rlhfkit.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state, write_directory_atomic
 from rlhfkit.config import add_config_arguments, load_config, save_config
 from rlhfkit.errors import UserError
 from rlhfkit.gym.config import CONTINUOUS_DEFAULTS, GymConfig, PPOConfig
@@ -195,14 +194,13 @@ def _restore(out: Path, policy: ActorCritic, optimizer: torch.optim.Optimizer, r
 
 def _save_final(out: Path, policy: ActorCritic, obs_normalizer: ObservationNormalizer | None) -> None:
     """final/policy.safetensors (+ obs_normalizer.safetensors): what `--eval` loads, written atomically."""
-    final, tmp = out / "final", out / ".tmp-final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, str(tmp / "policy.safetensors"))
-    if obs_normalizer is not None:
-        save_file(obs_normalizer.stats.state_dict(), str(tmp / "obs_normalizer.safetensors"))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.detach().contiguous() for k, v in policy.state_dict().items()}, str(tmp / "policy.safetensors"))
+        if obs_normalizer is not None:
+            save_file(obs_normalizer.stats.state_dict(), str(tmp / "obs_normalizer.safetensors"))
+
+    write_directory_atomic(out / "final", write)
 
 
 def _eval_figures(results: list[Episode], deterministic: bool) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from rlhfkit.assets import PROMPTS
 from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, add_config_arguments, config_from_args, field, save_config
 from rlhfkit.errors import UserError
 from rlhfkit.rewards import RewardFn
+from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.training import OptimConfig
 
 # ---------------------------------------------------------------------------
@@ -509,14 +510,7 @@ class PPOTrainer:
                 tracker.close()
         summary: dict[str, Any] = {}
         if main:
-            final = out / "final"
-            tmp = out / ".final.tmp"
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.save_final(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            final = write_directory_atomic(out / "final", self.save_final)
             plot_metrics(out / "metrics.jsonl", ["reward/score_mean", "kl/mean", "policy/clipfrac", "value/explained_variance"], out / "training.png", "rlhfkit ppo")
             from rlhfkit.tracking import read_jsonl
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +37,7 @@ from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, 
 from rlhfkit.errors import UserError
 from rlhfkit.models.heads import POOLINGS
 from rlhfkit.rewards import score_items
+from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.training import OptimConfig
 
 PREFERENCE_KINDS = ("comparisons", "rankings", "choices")
@@ -462,11 +462,7 @@ class RewardModelRun:
             "eval_records": len(self.eval_records),
             **{key.replace("/", "_"): metrics[key] for key in ("eval/accuracy", "eval/margin", "eval/ece", "eval/loss", "eval/pairs")},
         }
-        tmp, final = out / ".final.tmp", out / "final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.save_final(tmp, {**normalization, "eval": figures})
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        final = write_directory_atomic(out / "final", lambda tmp: self.save_final(tmp, {**normalization, "eval": figures}))
         plot_metrics(out / "metrics.jsonl", ["train/loss", "eval/accuracy", "eval/ece"], out / "training.png", "rlhfkit rm")
         plot_reliability(bins, out / "reliability.png")
         summary = {**figures, **normalization, "gain": self.model.gain, "bias": self.model.bias, "steps": self.step, "train_s": trained_s, "wall_s": time.time() - started, "final": str(final)}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from rlhfkit.assets import DEMONSTRATIONS, EVAL_PROMPTS
 from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field, save_config
 from rlhfkit.errors import UserError
+from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.training import OptimConfig
 
 
@@ -242,11 +242,7 @@ class SFTRun:
                     save_training_state(out, self.step, self.model, self.optimizer, self.scheduler, {"eval_loss_initial": initial_eval})
         finally:
             tracker.close()
-        tmp, final = out / ".final.tmp", out / "final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.save_final(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        final = write_directory_atomic(out / "final", self.save_final)
         plot_metrics(out / "metrics.jsonl", ["train/loss", "eval/loss"], out / "training.png", "rlhfkit sft")
         history = read_jsonl(out / "metrics.jsonl")
         evals = [h["eval/loss"] for h in history if h.get("eval/loss") is not None]
