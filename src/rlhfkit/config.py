@@ -48,7 +48,7 @@ class LoRAConfig:
         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         doc="module names that get adapters",
     )
-    top_layers: int = field(0, "adapt only the last N transformer layers (0: all); backward then stops at the lowest adapted layer")
+    top_layers: int = field(0, "adapt only the last N transformer layers (0: all); backward stops below them, and PPO updates start from the frozen layers' output")
 
     def __post_init__(self) -> None:
         if self.r <= 0:
