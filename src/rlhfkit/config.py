@@ -57,15 +57,40 @@ class LoRAConfig:
             raise UserError(f"lora.top_layers must be >= 0 (0: all layers), got {self.top_layers}")
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def fastest_precision() -> str:
+    """bfloat16 where the hardware computes it natively, float32 elsewhere.
+
+    Native: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX (MEASURED.md: bf16 autocast
+    forward passes 1.75x faster than fp32 on such a Zen 4). Without them bf16 matmuls fall back to
+    slow kernels: on this project's AVX2-only VM 1-17 GFLOP/s against ~100 in fp32, and PPO 14-25x
+    slower (benchmarks/RESULTS.md).
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return "bfloat16" if any(check() for check in native) else "float32"
+
+
+def resolve_precision(value: str, key: str) -> str:
+    """`auto` -> what `fastest_precision` finds; float32 and bfloat16 as given; anything else refused."""
+    if value not in PRECISIONS:
+        raise UserError(f"{key} must be auto, float32 or bfloat16, got {value!r}")
+    return fastest_precision() if value == "auto" else value
+
+
 @dataclasses.dataclass
 class ModelConfig:
     name: str = field(EMBEDDED_MODEL, "embedded:smollm2-135m-instruct, a local directory, a hub id or a .gguf path")
-    dtype: str = field("float32", "compute precision of forward passes: float32, or bfloat16 (autocast over fp32 weights; for GPUs: on this CPU it measured 25x slower in training)")
+    dtype: str = field("auto", "compute precision of forward passes: auto (bfloat16 where the GPU or CPU has native bf16, else float32), float32, or bfloat16 (autocast over fp32 weights; log-probs and losses stay fp32)")
     lora: LoRAConfig = field(factory=LoRAConfig, doc="LoRA adapters")
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("bfloat16", "float32"):
-            raise UserError(f"model.dtype must be bfloat16 or float32, got {self.dtype!r}")
+        self.dtype = resolve_precision(self.dtype, "model.dtype")
 
 
 @dataclasses.dataclass

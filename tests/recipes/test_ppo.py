@@ -99,6 +99,22 @@ def test_rollout_log_probs_equal_a_fresh_forward_in_float32(tiny_model_dir, tmp_
     torch.testing.assert_close(experience.ref_logprobs, experience.logprobs, rtol=0, atol=1e-5)
 
 
+def test_under_bf16_on_a_cpu_the_rollout_log_probs_are_the_updates_own(tiny_model_dir, tmp_path):
+    # a CPU decodes in fp32; under bf16 autocast the old log-probs must come from a bf16 forward, so that
+    # PPO's ratio starts at exactly 1 (fp32 sampling log-probs differ from a bf16 pass by ~1e-4 to 1e-2)
+    trainer = PPOTrainer(tiny_config(tiny_model_dir, tmp_path, "train.steps=1", "model.dtype=bfloat16"), reward=fraction_positive, prompts=PROMPTS)
+    experience, _, _ = trainer.rollout(PROMPTS)
+    s = experience.samples
+    assert s.logprobs is None  # the fp32 sampling pass's log-probs were not kept
+    with torch.no_grad():
+        logprobs, _, values = trainer.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "bfloat16")
+        fp32_logprobs, _, _ = trainer.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32")
+    mask = s.response_mask
+    torch.testing.assert_close(logprobs * mask, experience.logprobs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(values * mask, experience.values, rtol=0, atol=1e-6)
+    assert ((fp32_logprobs - logprobs).abs() * mask).max() > 1e-5  # the two precisions really differ here
+
+
 def test_cli_writes_the_output_contract(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     code = main(["ppo", "--set", f"model.name={tiny_model_dir}", "train.steps=2", "train.batch_size=4", "train.mini_batch_size=2",

@@ -25,7 +25,7 @@ import random
 import time
 from typing import Any
 
-from rlhfkit.config import REWARD_KINDS, RewardConfig, add_config_arguments, config_from_args, field, save_config
+from rlhfkit.config import REWARD_KINDS, RewardConfig, add_config_arguments, config_from_args, field, resolve_precision, save_config
 from rlhfkit.errors import UserError
 
 FORMATS = ("comparisons", "rankings", "choices")
@@ -51,15 +51,14 @@ class LabelConfig:
     reward: RewardConfig = field(factory=RewardConfig, doc="the judge (also --judge KIND)")
     format: str = field("comparisons", "records to write: comparisons (all pairs), rankings or choices (also --format)")
     noise: NoiseConfig = field(factory=NoiseConfig, doc="label noise")
-    dtype: str = field("float32", "precision of a reward-model judge: float32 or bfloat16")
+    dtype: str = field("auto", "precision of a reward-model judge: auto, float32 or bfloat16 (as model.dtype)")
     seed: int = field(0, "seed of the label noise")
     out: str = field("", "output directory (default runs/label-<time>)")
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise UserError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.dtype not in ("bfloat16", "float32"):
-            raise UserError(f"dtype must be bfloat16 or float32, got {self.dtype!r}")
+        self.dtype = resolve_precision(self.dtype, "dtype")
 
 
 # ---------------------------------------------------------------------------

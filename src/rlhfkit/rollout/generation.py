@@ -60,9 +60,14 @@ def decoding_precision(dtype: str):
     16 prompts x 8 new tokens, 1 thread): fp32 11.6 new tok/s, bf16 autocast 2.2, bf16
     weights 2.2. So a CPU decodes in fp32, a GPU in the configured precision.
     """
-    if torch.cuda.is_available():
+    if decodes_in(dtype):
         return autocast(dtype)
     return contextlib.nullcontext()
+
+
+def decodes_in(dtype: str) -> bool:
+    """Whether decoding runs in `dtype` itself (then its log-probs are those a forward pass in `dtype` gives)."""
+    return dtype == "float32" or torch.cuda.is_available()
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
