@@ -6,7 +6,7 @@ import torch
 from rlhfkit.config import EMBEDDED_MODEL, GenerationConfig
 from rlhfkit.data import format_prompt
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.models.actor_critic import reference_logprobs
+from rlhfkit.models.actor_critic import response_logprobs
 from rlhfkit.rollout.generation import decode_responses, sample
 
 pytestmark = pytest.mark.slow
@@ -24,5 +24,5 @@ def test_embedded_model_loads_pads_apart_from_eos_and_scores_its_own_samples():
     samples = sample(model, tokenizer, [text, format_prompt(tokenizer, {"prompt": "Name a colour."})], GenerationConfig(max_new_tokens=12), "float32", keep_scores=True)
     assert all(response.strip() for response in decode_responses(tokenizer, samples))
     # the log-probs kept from sampling are those of a fresh forward pass (here the reference is the policy)
-    fresh, _ = reference_logprobs(model, samples.input_ids, samples.attention_mask, samples.response_ids, 1.0, "float32")
+    fresh, _ = response_logprobs(model, samples.input_ids, samples.attention_mask, samples.response_ids, 1.0, "float32")
     torch.testing.assert_close(fresh.masked_fill(~samples.response_mask, 0.0), samples.logprobs, rtol=0, atol=2e-4)

@@ -105,15 +105,15 @@ class ActorCritic(nn.Module):
 
 
 @torch.no_grad()
-def reference_logprobs(
-    reference: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor, temperature: float, dtype: str, frozen_layers: int = 0
+def response_logprobs(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor, temperature: float, dtype: str, frozen_layers: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, R) log π_ref(a_t | s_t) under the same temperature as the policy.
+    """(B, R) log π(a_t | s_t) of a causal LM (the reference, mostly) under the given temperature.
 
     With frozen_layers > 0 (the reference is the policy with its adapter disabled, and the
     adapters start at that layer), also the (B, P + R, H) output of the layers below it,
     which the policy shares; else None.
     """
     with autocast(dtype):
-        logits, _, frozen_states = response_logits(reference, input_ids, attention_mask, response_ids.shape[1], frozen_layers=frozen_layers, keep_frozen_states=frozen_layers > 0)
+        logits, _, frozen_states = response_logits(model, input_ids, attention_mask, response_ids.shape[1], frozen_layers=frozen_layers, keep_frozen_states=frozen_layers > 0)
     return logprobs_from_logits(logits, response_ids, temperature), frozen_states

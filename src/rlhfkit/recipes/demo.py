@@ -159,10 +159,10 @@ def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str
     from rlhfkit.config import GenerationConfig, RewardConfig
     from rlhfkit.data import format_prompt, load_records, prompt_text
     from rlhfkit.models import load_causal_lm, load_tokenizer
-    from rlhfkit.models.actor_critic import reference_logprobs
+    from rlhfkit.models.actor_critic import response_logprobs
     from rlhfkit.rewards import build_reward, checked_scores
     from rlhfkit.rollout.experience import sequence_kl
-    from rlhfkit.rollout.generation import decode_responses, sample
+    from rlhfkit.rollout.generation import decode_responses, decodes_in, sample
     from rlhfkit.tracking import write_json_atomic
 
     path = out / "5-evaluate" / "evaluation.json"
@@ -182,10 +182,12 @@ def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str
     results: dict[str, dict[str, Any]] = {}
     for name, model in (("reference", reference), ("tuned", tuned)):
         torch.manual_seed(config.seed + 1)
-        samples = sample(model, tokenizer, texts, generation, config.dtype, keep_scores=True)
+        samples = sample(model, tokenizer, texts, generation, config.dtype, keep_scores=decodes_in(config.dtype))
         responses = decode_responses(tokenizer, samples)
-        ref_logprobs, _ = reference_logprobs(reference, samples.input_ids, samples.attention_mask, samples.response_ids, 1.0, config.dtype)
-        kl = sequence_kl(samples.logprobs, ref_logprobs.masked_fill(~samples.response_mask, 0.0), samples.response_mask)
+        batch = (samples.input_ids, samples.attention_mask, samples.response_ids, 1.0, config.dtype)
+        ref_logprobs, _ = response_logprobs(reference, *batch)
+        logprobs = samples.logprobs if samples.logprobs is not None else response_logprobs(model, *batch)[0]  # both in one precision
+        kl = sequence_kl(logprobs.masked_fill(~samples.response_mask, 0.0), ref_logprobs.masked_fill(~samples.response_mask, 0.0), samples.response_mask)
         results[name] = {
             "responses": responses,
             "gold": checked_scores(gold, prompts, responses, records),

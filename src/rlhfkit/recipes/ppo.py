@@ -271,7 +271,7 @@ class PPOTrainer:
     def score(self, samples, records: list[dict[str, Any]]):
         """Steps 2-4 on sampled responses: scores, reference log-probs, shaped rewards, advantages."""
         from rlhfkit.data import prompt_text
-        from rlhfkit.models.actor_critic import reference_logprobs
+        from rlhfkit.models.actor_critic import response_logprobs
         from rlhfkit.rewards import checked_scores
         from rlhfkit.rollout.experience import build_experience, shape_scores
         from rlhfkit.rollout.generation import decode_responses
@@ -284,9 +284,9 @@ class PPOTrainer:
         with torch.no_grad():
             if self.reference is None:
                 with model.reference_context():
-                    ref_logprobs, frozen_states = reference_logprobs(model.policy, ids, mask, response_ids, temperature, dtype, model.frozen_layers)
+                    ref_logprobs, frozen_states = response_logprobs(model.policy, ids, mask, response_ids, temperature, dtype, model.frozen_layers)
             else:
-                ref_logprobs, frozen_states = reference_logprobs(self.reference, ids, mask, response_ids, temperature, dtype)
+                ref_logprobs, frozen_states = response_logprobs(self.reference, ids, mask, response_ids, temperature, dtype)
             if samples.logprobs is not None:
                 logprobs, values = samples.logprobs, model.critic(samples.hidden)
             else:  # a separate critic, or sampling ran in another precision: the policy's own pass
