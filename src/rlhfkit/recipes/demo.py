@@ -372,6 +372,6 @@ def run(args: argparse.Namespace) -> int:
     summary = write_report(config, stages, evaluation, rm_summary, out, accumulated_seconds(out, time.time() - started))
     print(
         f"rlhfkit demo: gold {summary['gold_before']:+.3f} -> {summary['gold_after']:+.3f}, win rate {summary['win_rate']:.0%}, "
-        f"KL {summary['kl_final']:.2f}, RM accuracy {summary['reward_model_accuracy']}; report in {out / 'report.md'}"
+        f"KL {summary['kl_final']:.2f}, RM accuracy {summary['reward_model_accuracy']:.1%}; report in {out / 'report.md'}"
     )
     return 0
