@@ -35,9 +35,9 @@ import torch
 
 from rlhfkit.algorithms import conservative_dpo_loss, dpo_loss, ipo_loss
 from rlhfkit.assets import EVAL_PROMPTS
+from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, add_config_arguments, field
 from rlhfkit.errors import UserError
-from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.training import OptimConfig
 
 LOSSES = ("dpo", "ipo", "conservative")

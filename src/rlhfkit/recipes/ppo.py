@@ -45,10 +45,10 @@ from rlhfkit.algorithms import (
     update_kl_penalty_beta,
 )
 from rlhfkit.assets import PROMPTS
+from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, add_config_arguments, config_from_args, field, save_config
 from rlhfkit.errors import UserError
 from rlhfkit.rewards import RewardFn
-from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.training import OptimConfig
 
 # ---------------------------------------------------------------------------

@@ -33,11 +33,11 @@ from typing import Any, Callable
 
 import torch
 
+from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field
 from rlhfkit.errors import UserError
 from rlhfkit.models.heads import POOLINGS
 from rlhfkit.rewards import score_items
-from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.training import OptimConfig
 
 PREFERENCE_KINDS = ("comparisons", "rankings", "choices")

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from rlhfkit.assets import DEMONSTRATIONS, EVAL_PROMPTS
+from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field, save_config
 from rlhfkit.errors import UserError
-from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.training import OptimConfig
 
 
