@@ -17,9 +17,9 @@ def reward(prompts, responses, records):
     return [len(r.split()) / 10 for r in responses]
 
 
-def main(model_dir: str, out_file: str) -> None:
+def main(model_dir: str, out_file: str, *overrides: str) -> None:
     config = load_config(PPOConfig, overrides=[f"model.name={model_dir}", "model.dtype=float32", "train.batch_size=4", "train.mini_batch_size=4",
-                                               "train.ppo_epochs=1", "train.steps=1", "generation.max_new_tokens=6", "optim.learning_rate=1e-2"])  # fmt: skip
+                                               "train.ppo_epochs=1", "train.steps=1", "generation.max_new_tokens=6", "optim.learning_rate=1e-2", *overrides])  # fmt: skip
     prompts = [{"prompt": p} for p in ["tell me a day", "write a book", "how is the weather", "say what you think"]]
     trainer = PPOTrainer(config, reward=reward, prompts=prompts)
     torch.manual_seed(1234)
@@ -47,4 +47,4 @@ def main(model_dir: str, out_file: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])
