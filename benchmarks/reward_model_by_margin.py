@@ -14,8 +14,7 @@ import torch
 
 from rlhfkit.data.collate import tokenize_prompt_response
 from rlhfkit.models import ScalarHeadModel, load_tokenizer
-from rlhfkit.rewards import score_items
-from rlhfkit.rewards import sentiment_reward
+from rlhfkit.rewards import score_items, sentiment_reward
 from rlhfkit.tracking import read_jsonl
 
 

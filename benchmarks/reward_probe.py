@@ -12,21 +12,19 @@ backbone moves: this shows which reading of the hidden states a reward head can 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from rlhfkit.algorithms import bradley_terry_loss, preference_accuracy
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.models import last_token_index, load_backbone, load_tokenizer, position_ids_from_mask
+from rlhfkit.recipes.reward import preference_pairs, responses_best_first
+from rlhfkit.tracking import read_jsonl
 
 LAYERS = (10, 20, 30)
 PENALTIES = (1e-3, 1e-2, 1e-1)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @torch.no_grad()
@@ -52,7 +50,7 @@ def fit_probe(x: torch.Tensor, pairs: torch.Tensor, penalty: float) -> torch.Ten
     def closure():
         optimizer.zero_grad()
         scores = x @ w
-        loss = torch.nn.functional.softplus(scores[pairs[:, 1]] - scores[pairs[:, 0]]).mean() + penalty * w.square().sum()
+        loss = bradley_terry_loss(scores[pairs[:, 0]], scores[pairs[:, 1]]).mean() + penalty * w.square().sum()
         loss.backward()
         return loss
 
@@ -61,7 +59,16 @@ def fit_probe(x: torch.Tensor, pairs: torch.Tensor, penalty: float) -> torch.Ten
 
 
 def accuracy(scores: torch.Tensor, pairs: torch.Tensor) -> float:
-    return (scores[pairs[:, 0]] > scores[pairs[:, 1]]).float().mean().item()
+    return preference_accuracy(scores[pairs[:, 0]], scores[pairs[:, 1]]).item()
+
+
+def sequence_pairs(records: list[dict], kind: str, index: dict[tuple[str, str], int]) -> torch.Tensor:
+    """(N, 2) (winner, loser) sequence indices of every pair the records assert."""
+    pairs = []
+    for record in records:
+        responses = responses_best_first(record, kind)
+        pairs += [(index[(record["prompt"], responses[w])], index[(record["prompt"], responses[l])]) for w, l in preference_pairs(record, kind)]
+    return torch.tensor(pairs)
 
 
 def main() -> None:
@@ -73,10 +80,10 @@ def main() -> None:
     rankings = read_jsonl(data / "label-train" / "rankings.jsonl")
     comparisons = read_jsonl(data / "label-eval" / "comparisons.jsonl")
 
-    sequences = list(dict.fromkeys([(r["prompt"], x) for r in rankings for x in r["responses"]] + [(c["prompt"], x) for c in comparisons for x in (c["chosen"], c["rejected"])]))
+    labelled = [(rankings, "rankings"), (comparisons, "comparisons")]
+    sequences = list(dict.fromkeys((r["prompt"], x) for records, kind in labelled for r in records for x in responses_best_first(r, kind)))
     index = {sequence: i for i, sequence in enumerate(sequences)}
-    train_pairs = torch.tensor([(index[(r["prompt"], r["responses"][i])], index[(r["prompt"], r["responses"][j])]) for r in rankings for i in range(len(r["responses"])) for j in range(i + 1, len(r["responses"]))])
-    eval_pairs = torch.tensor([(index[(c["prompt"], c["chosen"])], index[(c["prompt"], c["rejected"])]) for c in comparisons])
+    train_pairs, eval_pairs = (sequence_pairs(records, kind, index) for records, kind in labelled)
 
     tokenizer = load_tokenizer(args.model)
     model = load_backbone(args.model, tokenizer).eval()

@@ -53,20 +53,24 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 POOLINGS = ("last", "mean")
 
 
+def check_pooling(value: str, key: str = "pooling") -> str:
+    if value not in POOLINGS:
+        raise UserError(f"{key} must be one of {', '.join(POOLINGS)}, got {value!r}")
+    return value
+
+
 class ScalarHeadModel(nn.Module):
     """A transformer backbone (no LM head) with a scalar head: a reward model or a separate critic."""
 
     def __init__(self, backbone: nn.Module, gain: float = 1.0, bias: float = 0.0, pooling: str = "last"):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.pooling = check_pooling(pooling)
         self.backbone = backbone
         self.head = nn.Linear(backbone.config.hidden_size, 1)
         nn.init.normal_(self.head.weight, std=1.0 / (backbone.config.hidden_size + 1) ** 0.5)
         nn.init.zeros_(self.head.bias)
         self.gain = gain
         self.bias = bias
-        self.pooling = pooling
 
     def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, T) raw head outputs at every position, fp32."""

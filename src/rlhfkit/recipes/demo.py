@@ -33,7 +33,7 @@ from typing import Any
 from rlhfkit.assets import EVAL_PROMPTS, PROMPTS
 from rlhfkit.config import EMBEDDED_MODEL, add_config_arguments, config_from_args, field, resolve_precision, save_config
 from rlhfkit.errors import UserError
-from rlhfkit.models.heads import POOLINGS
+from rlhfkit.models.heads import check_pooling
 
 
 @dataclasses.dataclass
@@ -73,8 +73,7 @@ class DemoConfig:
             raise UserError(f"label_noise must be positive (noise-free rankings drop every prompt with tied scores), got {self.label_noise}")
         if self.num_candidates < 2:
             raise UserError(f"num_candidates must be at least 2 to form pairs, got {self.num_candidates}")
-        if self.rm_pooling not in POOLINGS:
-            raise UserError(f"rm_pooling must be one of {', '.join(POOLINGS)}, got {self.rm_pooling!r}")
+        check_pooling(self.rm_pooling, "rm_pooling")
         if self.ppo_top_layers < 0:
             raise UserError(f"ppo_top_layers must be >= 0 (0: LoRA on every layer), got {self.ppo_top_layers}")
         if self.ppo_batch_size % 4:
@@ -162,7 +161,7 @@ def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str
     from rlhfkit.models.actor_critic import response_logprobs
     from rlhfkit.rewards import build_reward, checked_scores
     from rlhfkit.rollout.experience import sequence_kl
-    from rlhfkit.rollout.generation import decode_responses, decodes_in, sample
+    from rlhfkit.rollout.generation import decode_responses, sample
     from rlhfkit.tracking import write_json_atomic
 
     path = out / "5-evaluate" / "evaluation.json"
@@ -182,7 +181,7 @@ def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str
     results: dict[str, dict[str, Any]] = {}
     for name, model in (("reference", reference), ("tuned", tuned)):
         torch.manual_seed(config.seed + 1)
-        samples = sample(model, tokenizer, texts, generation, config.dtype, keep_scores=decodes_in(config.dtype))
+        samples = sample(model, tokenizer, texts, generation, config.dtype, keep_scores=True)
         responses = decode_responses(tokenizer, samples)
         batch = (samples.input_ids, samples.attention_mask, samples.response_ids, 1.0, config.dtype)
         ref_logprobs, _ = response_logprobs(reference, *batch)

@@ -258,15 +258,13 @@ class PPOTrainer:
     def generate(self, records: list[dict[str, Any]]):
         """Step 1: one sampled response per prompt record."""
         from rlhfkit.data import format_prompt
-        from rlhfkit.rollout.generation import decodes_in, sample
+        from rlhfkit.rollout.generation import sample
 
         model = self.unwrapped
         texts = [self._truncated_prompt(format_prompt(self.tokenizer, r)) for r in records]
         model.eval()
-        # Keep the sampling pass's log-probs and hidden states only when it ran in the update's precision:
-        # a CPU decodes in fp32, and PPO's first ratio must be exactly 1 under bf16 too.
-        keep = model.shares_trunk and decodes_in(self.config.model.dtype)
-        return sample(model.policy, self.tokenizer, texts, self.config.generation, self.config.model.dtype, keep_scores=keep)
+        # with a value head, the sampling pass's log-probs and hidden states save a forward (when it ran in model.dtype)
+        return sample(model.policy, self.tokenizer, texts, self.config.generation, self.config.model.dtype, keep_scores=model.shares_trunk)
 
     def score(self, samples, records: list[dict[str, Any]]):
         """Steps 2-4 on sampled responses: scores, reference log-probs, shaped rewards, advantages."""
@@ -289,7 +287,7 @@ class PPOTrainer:
                 ref_logprobs, frozen_states = response_logprobs(self.reference, ids, mask, response_ids, temperature, dtype)
             if samples.logprobs is not None:
                 logprobs, values = samples.logprobs, model.critic(samples.hidden)
-            else:  # a separate critic, or sampling ran in another precision: the policy's own pass
+            else:  # a separate critic, or sampling ran in another precision than model.dtype: the policy's own pass
                 logprobs, _, values = model(ids, mask, response_ids, temperature, dtype, frozen_states=frozen_states)
         logprobs, ref_logprobs = logprobs.masked_fill(~samples.response_mask, 0.0), ref_logprobs.masked_fill(~samples.response_mask, 0.0)
         scores = shape_scores(raw_scores, samples.ended, config.score.no_eos_penalty, self.score_moments, config.score.clip)

@@ -36,7 +36,7 @@ import torch
 from rlhfkit.checkpoint import write_directory_atomic
 from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field
 from rlhfkit.errors import UserError
-from rlhfkit.models.heads import POOLINGS
+from rlhfkit.models.heads import check_pooling
 from rlhfkit.rewards import score_items
 from rlhfkit.training import OptimConfig
 
@@ -98,8 +98,7 @@ class RMConfig:
     out: str = field("", "output directory (default runs/rm-<time>)")
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        check_pooling(self.pooling)
 
     @property
     def micro_batch_size(self) -> int:

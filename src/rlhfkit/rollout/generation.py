@@ -66,7 +66,7 @@ def decoding_precision(dtype: str):
 
 
 def decodes_in(dtype: str) -> bool:
-    """Whether decoding runs in `dtype` itself (then its log-probs are those a forward pass in `dtype` gives)."""
+    """Whether decoding runs in `dtype` itself."""
     return dtype == "float32" or torch.cuda.is_available()
 
 
@@ -87,7 +87,13 @@ def tokenize_prompts(tokenizer, prompt_texts: list[str], device: torch.device | 
 
 @torch.no_grad()
 def sample(model, tokenizer, prompt_texts: list[str], config: GenerationConfig, dtype: str = "float32", keep_scores: bool = False) -> Samples:
-    """Sample one response per prompt text. With keep_scores, also keep log-probs and last hidden states."""
+    """Sample one response per prompt text. With keep_scores, also keep log-probs and last hidden states.
+
+    They are kept only when decoding ran in `dtype` itself, so that they are what a forward pass in
+    `dtype` gives (a CPU decodes in fp32 under bf16 too); otherwise `logprobs` and `hidden` are None
+    and the caller runs that forward pass.
+    """
+    keep_scores = keep_scores and decodes_in(dtype)
     from transformers import GenerationConfig as HFGenerationConfig
 
     device = next(model.parameters()).device
