@@ -41,7 +41,10 @@ def heldout_candidates(model, tokenizer, prompts: int, max_new_tokens: int) -> l
     texts = [format_prompt(tokenizer, r) for r in records for _ in range(2)]
     responses: list[str] = []
     for start in range(0, len(texts), 32):
-        responses += decode_responses(tokenizer, sample(model, tokenizer, texts[start : start + 32], GenerationConfig(max_new_tokens=max_new_tokens), DTYPE))
+        responses += decode_responses(
+            tokenizer,
+            sample(model, tokenizer, texts[start : start + 32], GenerationConfig(max_new_tokens=max_new_tokens), DTYPE),
+        )
     return [{"prompt": r["prompt"], "responses": responses[2 * i : 2 * i + 2]} for i, r in enumerate(records)]
 
 
@@ -53,10 +56,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench-ai-judge")
     parser.add_argument("--judge", default=EMBEDDED_MODEL, help="the judge model")
-    parser.add_argument("--candidates", default="", help="candidates (prompt + two responses); empty: sample them from the judge model")
-    parser.add_argument("--prompts", type=int, default=64, help="held-out prompts to sample pairs for (without --candidates)")
+    parser.add_argument(
+        "--candidates", default="", help="candidates (prompt + two responses); empty: sample them from the judge model"
+    )
+    parser.add_argument(
+        "--prompts", type=int, default=64, help="held-out prompts to sample pairs for (without --candidates)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--principle", default="positive", help="a principle name of the shipped constitution, or 'sampled'")
+    parser.add_argument(
+        "--principle", default="positive", help="a principle name of the shipped constitution, or 'sampled'"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = Path(args.out)
@@ -66,7 +75,11 @@ def main() -> None:
     model = load_causal_lm(args.judge, tokenizer).eval()
 
     # 1-2. pairs and the sentiment judge's verdicts
-    candidates = load_records(args.candidates, "candidates") if args.candidates else heldout_candidates(model, tokenizer, args.prompts, args.max_new_tokens)
+    candidates = (
+        load_records(args.candidates, "candidates")
+        if args.candidates
+        else heldout_candidates(model, tokenizer, args.prompts, args.max_new_tokens)
+    )
     gold = sentiment_reward()
     pairs = []
     for record in candidates:
@@ -84,7 +97,17 @@ def main() -> None:
         preferences = [principles[args.principle].preference] * len(pairs)
     started = time.time()
     with torch.no_grad():
-        verdict = judge_pairs(model, tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs], preferences, ["A", "B"], DTYPE, 8)
+        verdict = judge_pairs(
+            model,
+            tokenizer,
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+            [p[2] for p in pairs],
+            preferences,
+            ["A", "B"],
+            DTYPE,
+            8,
+        )
     judge_s = time.time() - started
 
     # 4. agreement
@@ -94,7 +117,9 @@ def main() -> None:
     def agreement(prob_x: torch.Tensor) -> float:
         return ((prob_x >= 0.5) == x_better).float().mean().item()
 
-    first_shown_wins = (((verdict.shown_first >= 0.5).float().sum() + (verdict.shown_second < 0.5).float().sum()) / (2 * n)).item()
+    first_shown_wins = (
+        ((verdict.shown_first >= 0.5).float().sum() + (verdict.shown_second < 0.5).float().sum()) / (2 * n)
+    ).item()
     results = {
         "judge": args.judge,
         "principle": args.principle,
@@ -110,7 +135,14 @@ def main() -> None:
         "judge_s": judge_s,
     }
     rows = [
-        {"prompt": r["prompt"], "x": x, "y": y, "vader_prefers_x": bool(b), "p_x_shown_first": float(a1), "p_x_shown_second": float(a2)}
+        {
+            "prompt": r["prompt"],
+            "x": x,
+            "y": y,
+            "vader_prefers_x": bool(b),
+            "p_x_shown_first": float(a1),
+            "p_x_shown_second": float(a2),
+        }
         for (r, x, y, b), a1, a2 in zip(pairs, verdict.shown_first, verdict.shown_second)
     ]
     (out / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))

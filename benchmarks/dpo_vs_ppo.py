@@ -43,7 +43,10 @@ def answers(model, tokenizer, records, per_prompt: int, generation: GenerationCo
     """[(record, samples batch)] with `per_prompt` answers per record, sampled in batches."""
     texts = [format_prompt(tokenizer, r) for r in records for _ in range(per_prompt)]
     expanded = [r for r in records for _ in range(per_prompt)]
-    return [(expanded[s : s + batch_size], sample(model, tokenizer, texts[s : s + batch_size], generation, DTYPE)) for s in range(0, len(texts), batch_size)]
+    return [
+        (expanded[s : s + batch_size], sample(model, tokenizer, texts[s : s + batch_size], generation, DTYPE))
+        for s in range(0, len(texts), batch_size)
+    ]
 
 
 @torch.no_grad()
@@ -101,7 +104,14 @@ def main() -> None:
                     (a, sa), (b, sb) = (texts[i], scores[i]), (texts[i + 1], scores[i + 1])
                     if sa != sb and a.strip() and b.strip() and a != b:
                         chosen, rejected = (a, b) if sa > sb else (b, a)
-                        rows.append({"prompt": batch_records[i]["prompt"], "chosen": chosen, "rejected": rejected, "margin": abs(sa - sb)})
+                        rows.append(
+                            {
+                                "prompt": batch_records[i]["prompt"],
+                                "chosen": chosen,
+                                "rejected": rejected,
+                                "margin": abs(sa - sb),
+                            }
+                        )
         comparisons_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     results["comparisons"] = sum(1 for _ in comparisons_path.open())
     results["candidates_s"] = time.time() - started
@@ -111,10 +121,19 @@ def main() -> None:
     started = time.time()
     if not (dpo_out / "final").exists():
         sets = [
-            f"model.name={args.model}", f"model.dtype={DTYPE}", f"data.train={comparisons_path}", f"train.steps={args.steps}",
-            f"train.batch_size={args.batch_size}", f"train.beta={args.beta}", f"optim.learning_rate={args.learning_rate}",
-            f"train.eval_every={max(1, args.steps // 4)}", "train.kl_prompts=16", f"generation.max_new_tokens={args.max_new_tokens}",
-            "train.score_answers=true", "reward.kind=sentiment", f"seed={args.seed}",
+            f"model.name={args.model}",
+            f"model.dtype={DTYPE}",
+            f"data.train={comparisons_path}",
+            f"train.steps={args.steps}",
+            f"train.batch_size={args.batch_size}",
+            f"train.beta={args.beta}",
+            f"optim.learning_rate={args.learning_rate}",
+            f"train.eval_every={max(1, args.steps // 4)}",
+            "train.kl_prompts=16",
+            f"generation.max_new_tokens={args.max_new_tokens}",
+            "train.score_answers=true",
+            "reward.kind=sentiment",
+            f"seed={args.seed}",
         ]
         code = rlhfkit(["dpo", "--out", str(dpo_out), *sum((["--set", s] for s in sets), [])])
         assert code == 0, f"rlhfkit dpo exited {code}"
@@ -132,7 +151,10 @@ def main() -> None:
         results[name] = metrics
         print(json.dumps({"policy": name, **metrics}), flush=True)
         if name == "base":
-            candidates = [{"prompt": rows[i]["prompt"], "responses": [rows[i]["response"], rows[i + 1]["response"]]} for i in range(0, len(rows) - 1, args.per_prompt)]
+            candidates = [
+                {"prompt": rows[i]["prompt"], "responses": [rows[i]["response"], rows[i + 1]["response"]]}
+                for i in range(0, len(rows) - 1, args.per_prompt)
+            ]
             (out / "heldout_candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in candidates))
         (out / f"heldout_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

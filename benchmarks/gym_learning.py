@@ -23,14 +23,19 @@ BUDGETS = {"CartPole-v1": 100_000, "Pendulum-v1": 200_000}
 # Pendulum's reward is dense and its swing-up short, so the tuned PPO settings of
 # rl-baselines3-zoo use gamma 0.9 for it; everything else is the Box defaults.
 SETTINGS = {"CartPole-v1": [], "Pendulum-v1": ["ppo.gamma=0.9"]}
-TARGETS = {"CartPole-v1": ("reaches the 500 cap", lambda r: r >= 500.0), "Pendulum-v1": ("better than -400", lambda r: r > -400.0)}
+TARGETS = {
+    "CartPole-v1": ("reaches the 500 cap", lambda r: r >= 500.0),
+    "Pendulum-v1": ("better than -400", lambda r: r > -400.0),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=list(BUDGETS), action="append", help="run only this environment (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override for every run")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override for every run"
+    )
     parser.add_argument("--out", default="runs/bench-gym-learning")
     args = parser.parse_args()
 
@@ -38,7 +43,14 @@ def main() -> None:
     for env_id in args.only or list(BUDGETS):
         for seed in args.seeds:
             out = Path(args.out) / f"{env_id}-seed{seed}"
-            overrides = [f"env.id={env_id}", f"train.total_timesteps={BUDGETS[env_id]}", f"seed={seed}", f"out={out}", *SETTINGS[env_id], *args.set]
+            overrides = [
+                f"env.id={env_id}",
+                f"train.total_timesteps={BUDGETS[env_id]}",
+                f"seed={seed}",
+                f"out={out}",
+                *SETTINGS[env_id],
+                *args.set,
+            ]
             cfg = resolve_config(None, overrides)
             out.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
@@ -46,7 +58,16 @@ def main() -> None:
             wall = time.perf_counter() - started
             target, reached = TARGETS[env_id]
             settings = " ".join([*SETTINGS[env_id], *args.set]) or "defaults"
-            rows.append({**summary, "seed": seed, "settings": settings, "wall_seconds": round(wall, 1), "target": target, "reached": reached(summary["eval_return_mean"])})
+            rows.append(
+                {
+                    **summary,
+                    "seed": seed,
+                    "settings": settings,
+                    "wall_seconds": round(wall, 1),
+                    "target": target,
+                    "reached": reached(summary["eval_return_mean"]),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
 
     print("\n| env | settings | seed | env steps | eval return (mean ± std) | target met | wall s | train steps/s |")

@@ -50,7 +50,15 @@ def train_sb3(cfg: GymConfig) -> tuple[float, list[float]]:
     venv = make_vec_env(cfg.env.id, n_envs=cfg.env.num_envs, seed=cfg.seed)
     normalizer = None
     if cfg.env.normalize_observation or cfg.env.normalize_reward:
-        venv = normalizer = VecNormalize(venv, norm_obs=cfg.env.normalize_observation, norm_reward=cfg.env.normalize_reward, clip_obs=10.0, clip_reward=10.0, gamma=cfg.ppo.gamma, epsilon=1e-8)
+        venv = normalizer = VecNormalize(
+            venv,
+            norm_obs=cfg.env.normalize_observation,
+            norm_reward=cfg.env.normalize_reward,
+            clip_obs=10.0,
+            clip_reward=10.0,
+            gamma=cfg.ppo.gamma,
+            epsilon=1e-8,
+        )
     lr = cfg.ppo.learning_rate
     model = PPO(
         "MlpPolicy",
@@ -106,7 +114,13 @@ def main() -> None:
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="rlhfkit config override (translated for SB3 too)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="rlhfkit config override (translated for SB3 too)",
+    )
     parser.add_argument("--out", default="runs/bench-gym-vs-sb3")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -114,16 +128,32 @@ def main() -> None:
     rows = []
     for i, seed in enumerate(args.seeds):
         out = Path(args.out) / f"{args.env}-seed{seed}"
-        cfg = resolve_config(None, [f"env.id={args.env}", f"train.total_timesteps={args.timesteps}", f"seed={seed}", f"out={out}", *args.set])
+        cfg = resolve_config(
+            None,
+            [f"env.id={args.env}", f"train.total_timesteps={args.timesteps}", f"seed={seed}", f"out={out}", *args.set],
+        )
         out.mkdir(parents=True, exist_ok=True)
-        row: dict = {"env_id": args.env, "seed": seed, "env_steps": cfg.num_updates * cfg.batch_size, "order": "rlhfkit, sb3" if i % 2 == 0 else "sb3, rlhfkit"}
+        row: dict = {
+            "env_id": args.env,
+            "seed": seed,
+            "env_steps": cfg.num_updates * cfg.batch_size,
+            "order": "rlhfkit, sb3" if i % 2 == 0 else "sb3, rlhfkit",
+        }
         for library in row["order"].split(", "):
             if library == "rlhfkit":
                 wall, summary = train_rlhfkit(cfg, out)
-                row.update(rlhfkit_return=summary["eval_return_mean"], rlhfkit_return_std=summary["eval_return_std"], rlhfkit_seconds=round(wall, 1))
+                row.update(
+                    rlhfkit_return=summary["eval_return_mean"],
+                    rlhfkit_return_std=summary["eval_return_std"],
+                    rlhfkit_seconds=round(wall, 1),
+                )
             else:
                 wall, returns = train_sb3(cfg)
-                row.update(sb3_return=float(np.mean(returns)), sb3_return_std=float(np.std(returns)), sb3_seconds=round(wall, 1))
+                row.update(
+                    sb3_return=float(np.mean(returns)),
+                    sb3_return_std=float(np.std(returns)),
+                    sb3_seconds=round(wall, 1),
+                )
         row["time_ratio"] = round(row["rlhfkit_seconds"] / row["sb3_seconds"], 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -136,7 +166,10 @@ def main() -> None:
             f"| {r['seed']} | {r['rlhfkit_return']:.1f} ± {r['rlhfkit_return_std']:.1f} | {r['sb3_return']:.1f} ± {r['sb3_return_std']:.1f} | "
             f"{r['rlhfkit_seconds']:.0f} | {r['sb3_seconds']:.0f} | {r['time_ratio']:.2f} |"
         )
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("rlhfkit_return", "sb3_return", "rlhfkit_seconds", "sb3_seconds")}
+    mean = {
+        k: float(np.mean([r[k] for r in rows]))
+        for k in ("rlhfkit_return", "sb3_return", "rlhfkit_seconds", "sb3_seconds")
+    }
     print(
         f"| mean | {mean['rlhfkit_return']:.1f} | {mean['sb3_return']:.1f} | {mean['rlhfkit_seconds']:.0f} | {mean['sb3_seconds']:.0f} | "
         f"{mean['rlhfkit_seconds'] / mean['sb3_seconds']:.2f} |"

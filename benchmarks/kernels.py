@@ -27,9 +27,15 @@ def matmul() -> None:
     flops = 2 * rows * hidden * mlp
     for dtype in (torch.float32, torch.bfloat16):
         x, w = torch.randn(rows, hidden, dtype=dtype), torch.randn(hidden, mlp, dtype=dtype)
-        w_t = torch.randn(mlp, hidden, dtype=dtype).t()  # nn.Linear keeps (out, in): the forward multiplies by its transpose
+        w_t = torch.randn(
+            mlp, hidden, dtype=dtype
+        ).t()  # nn.Linear keeps (out, in): the forward multiplies by its transpose
         grad = torch.randn(rows, mlp, dtype=dtype)
-        layouts = {"x @ w": lambda: x @ w, "x @ W.t (forward)": lambda: x @ w_t, "grad.t @ x (weight grad)": lambda: grad.t() @ x}
+        layouts = {
+            "x @ w": lambda: x @ w,
+            "x @ W.t (forward)": lambda: x @ w_t,
+            "grad.t @ x (weight grad)": lambda: grad.t() @ x,
+        }
         for name, fn in layouts.items():
             print(f"matmul {str(dtype).removeprefix('torch.'):>8} {name:<26} {flops / seconds(fn) / 1e9:7.1f} GFLOP/s")
 
@@ -43,12 +49,17 @@ def adamw_step() -> None:
         p.grad = torch.randn_like(p) * 1e-3
     for variant in ({}, {"foreach": True}, {"fused": True}):
         optimizer = torch.optim.AdamW(params, lr=1e-5, **variant)
-        print(f"AdamW step, {sum(p.numel() for p in params) / 1e6:.1f}M parameters, {variant or 'default'}: {seconds(optimizer.step, 3):.3f} s")
+        print(
+            f"AdamW step, {sum(p.numel() for p in params) / 1e6:.1f}M parameters, {variant or 'default'}: {seconds(optimizer.step, 3):.3f} s"
+        )
 
 
 if __name__ == "__main__":
     flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
-    print("CPU flags:", " ".join(sorted({f for f in flags.split() if f.startswith(("avx512", "amx", "avx2"))})) or "unknown")
+    print(
+        "CPU flags:",
+        " ".join(sorted({f for f in flags.split() if f.startswith(("avx512", "amx", "avx2"))})) or "unknown",
+    )
     print("torch threads:", torch.get_num_threads())
     matmul()
     adamw_step()

@@ -27,7 +27,14 @@ from playwright.sync_api import sync_playwright
 from rlhfkit.cli import main as rlhfkit
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 SAMPLES = [
     {
@@ -42,7 +49,10 @@ SAMPLES = [
     },
     {
         "prompt": "Write a haiku about autumn rain.",
-        "responses": ["Cold rain on maples\nred leaves loosen, one by one\nthe gutter fills gold", "Rain falls in autumn. It is wet and it is cold. I like the season."],
+        "responses": [
+            "Cold rain on maples\nred leaves loosen, one by one\nthe gutter fills gold",
+            "Rain falls in autumn. It is wet and it is cold. I like the season.",
+        ],
     },
     {
         "prompt": "What is 17 * 23?",
@@ -98,7 +108,9 @@ def _answer(url: str, token: str, tasks: int, contrary: set[int]) -> None:
         if number in contrary:
             by_length.reverse()
         answer = {"choice": "AB"[by_length[0]]} if len(by_length) == 2 else {"ranking": by_length}
-        httpx.post(f"{url}/api/judgements", headers=headers, json={"task_id": task["task_id"], **answer}).raise_for_status()
+        httpx.post(
+            f"{url}/api/judgements", headers=headers, json={"task_id": task["task_id"], **answer}
+        ).raise_for_status()
 
 
 def take_screenshots(out_dir: Path) -> None:
@@ -111,7 +123,21 @@ def take_screenshots(out_dir: Path) -> None:
         ben, chloe = _add_labeler(db, "ben", admin=False), _add_labeler(db, "chloe", admin=False)
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "rlhfkit", "label", "serve", "--tasks", str(tasks), "--db", str(db), "--port", str(port), "--judgements-per-task", "2"]
+        command = [
+            sys.executable,
+            "-m",
+            "rlhfkit",
+            "label",
+            "serve",
+            "--tasks",
+            str(tasks),
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+            "--judgements-per-task",
+            "2",
+        ]
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_until_up(url, server)

@@ -45,7 +45,9 @@ def one_configuration(mode: str, max_new_tokens: int, steps: int, dtype: str, re
     from rlhfkit.config import load_config
     from rlhfkit.recipes.ppo import PPOConfig, PPOTrainer
 
-    reward_settings = ["reward.kind=model", f"reward.model={reward_model_dir()}"] if reward == "model" else [f"reward.kind={reward}"]
+    reward_settings = (
+        ["reward.kind=model", f"reward.model={reward_model_dir()}"] if reward == "model" else [f"reward.kind={reward}"]
+    )
     critic = "separate" if mode.endswith("-separate") else "shared"
     top_layers = int(mode.removeprefix("lora-top").removesuffix("-separate")) if mode.startswith("lora-top") else 0
     config = load_config(
@@ -62,9 +64,22 @@ def one_configuration(mode: str, max_new_tokens: int, steps: int, dtype: str, re
         metrics, *_ = trainer.train_step()
         rows.append(metrics)
     measured = rows[1:]
-    keys = ["time/generate_s", "time/score_s", "time/update_s", "time/step_s", "throughput/tokens_per_s", "response/length_mean"]
+    keys = [
+        "time/generate_s",
+        "time/score_s",
+        "time/update_s",
+        "time/step_s",
+        "throughput/tokens_per_s",
+        "response/length_mean",
+    ]
     result = {key: statistics.median(r[key] for r in measured) for key in keys}
-    result.update(mode=mode, dtype=dtype, max_new_tokens=max_new_tokens, threads=torch.get_num_threads(), peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    result.update(
+        mode=mode,
+        dtype=dtype,
+        max_new_tokens=max_new_tokens,
+        threads=torch.get_num_threads(),
+        peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    )
     return result
 
 
@@ -72,8 +87,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--steps", type=int, default=3, help="measured iterations after one warm-up")
-    parser.add_argument("--modes", default="full,lora", help="comma-separated: full, lora, lora-topN (LoRA on the last N layers), each optionally -separate (a separate value model)")
-    parser.add_argument("--reward", default="sentiment", help="sentiment (VADER), or model (a 135M reward model with a random head, as TRL is timed with)")
+    parser.add_argument(
+        "--modes",
+        default="full,lora",
+        help="comma-separated: full, lora, lora-topN (LoRA on the last N layers), each optionally -separate (a separate value model)",
+    )
+    parser.add_argument(
+        "--reward",
+        default="sentiment",
+        help="sentiment (VADER), or model (a 135M reward model with a random head, as TRL is timed with)",
+    )
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the configurations this many times")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -92,7 +115,9 @@ def main() -> None:
             result = json.loads(out.stdout.strip().splitlines()[-1])
             result["process_wall_s"] = time.time() - started
             results.setdefault(mode, []).append(result)
-    print(f"PPO iteration: 16 prompts x {args.max_new_tokens} new tokens, 4 epochs, minibatch 4, {args.dtype}, reward {args.reward}; medians of {args.steps} iterations")
+    print(
+        f"PPO iteration: 16 prompts x {args.max_new_tokens} new tokens, 4 epochs, minibatch 4, {args.dtype}, reward {args.reward}; medians of {args.steps} iterations"
+    )
     print("mode            generate_s  score_s  update_s  step_s  new_tok/s  resp_len  peak_RSS_GiB")
     for mode, runs in results.items():
         for r in runs:

@@ -22,7 +22,11 @@ def decoding(tokenizer) -> None:
     torch.set_num_threads(1)
     model = load_causal_lm(EMBEDDED_MODEL, tokenizer).eval()
     texts = [format_prompt(tokenizer, {"prompt": f"Tell me about topic number {i}."}) for i in range(16)]
-    for name, context, weights in (("fp32", None, torch.float32), ("bf16 autocast", "bfloat16", torch.float32), ("bf16 weights", None, torch.bfloat16)):
+    for name, context, weights in (
+        ("fp32", None, torch.float32),
+        ("bf16 autocast", "bfloat16", torch.float32),
+        ("bf16 weights", None, torch.bfloat16),
+    ):
         model = model.to(weights)
         torch.manual_seed(0)
         started = time.perf_counter()

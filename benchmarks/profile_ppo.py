@@ -31,7 +31,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
-    settings = ["generation.max_new_tokens=48", "train.batch_size=16", "train.mini_batch_size=4", "train.ppo_epochs=1", "train.steps=2", f"model.dtype={args.dtype}"]
+    settings = [
+        "generation.max_new_tokens=48",
+        "train.batch_size=16",
+        "train.mini_batch_size=4",
+        "train.ppo_epochs=1",
+        "train.steps=2",
+        f"model.dtype={args.dtype}",
+    ]
     trainer = PPOTrainer(load_config(PPOConfig, overrides=settings))
     records = trainer.prompt_batch(0)
     experience, _, timings = trainer.rollout(records)
@@ -40,7 +47,9 @@ def main() -> None:
     tokens = experience.samples.response_mask[:4].sum().float()
     trainer._minibatch_step(experience.select(torch.arange(0, 4)), 4, tokens)  # warm-up
     seconds = table(lambda: trainer._minibatch_step(experience.select(torch.arange(4, 8)), 4, tokens))
-    print(f"one minibatch step ({args.dtype}, 4 x {experience.samples.input_ids.shape[1]} tokens): {seconds:.2f} s under the profiler")
+    print(
+        f"one minibatch step ({args.dtype}, 4 x {experience.samples.input_ids.shape[1]} tokens): {seconds:.2f} s under the profiler"
+    )
 
     trainer.config.generation.max_new_tokens = 32
     seconds = table(lambda: trainer.generate(records))

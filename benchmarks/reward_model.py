@@ -44,25 +44,84 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--noise", type=float, default=0.05, help="label noise temperature of the training rankings")
-    parser.add_argument("--reuse-data", action="store_true", help="keep candidates and labels already under --out (their time is taken from their summary.json)")
+    parser.add_argument(
+        "--reuse-data",
+        action="store_true",
+        help="keep candidates and labels already under --out (their time is taken from their summary.json)",
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="rankings per step")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--normalize-prompts", type=int, default=16)
-    parser.add_argument("--pooling", default="last", help="where the reward head reads: last (token) or mean (over the response)")
+    parser.add_argument(
+        "--pooling", default="last", help="where the reward head reads: last (token) or mean (over the response)"
+    )
     args = parser.parse_args()
 
     out = Path(args.out)
     rlhfkit = str(Path(sys.executable).with_name("rlhfkit"))
-    sampling = [f"num_responses={args.responses}", "batch_size=16", f"generation.max_new_tokens={args.tokens}", "model.dtype=float32"]
+    sampling = [
+        f"num_responses={args.responses}",
+        "batch_size=16",
+        f"generation.max_new_tokens={args.tokens}",
+        "model.dtype=float32",
+    ]
     commands = {
-        "generate (train prompts)": [rlhfkit, "generate", "--set", f"data.prompts={PROMPTS}", f"data.limit={args.train_prompts}", *sampling, f"out={out}/gen-train"],
-        "generate (eval prompts)": [rlhfkit, "generate", "--set", f"data.prompts={EVAL_PROMPTS}", f"data.limit={args.eval_prompts}", "seed=1", *sampling, f"out={out}/gen-eval"],
-        "label (train)": [rlhfkit, "label", "--judge", "sentiment", "--format", "rankings", "--set", f"data.train={out}/gen-train/candidates.jsonl", f"noise.temperature={args.noise}", f"out={out}/label-train"],
-        "label (eval)": [rlhfkit, "label", "--judge", "sentiment", "--set", f"data.train={out}/gen-eval/candidates.jsonl", f"out={out}/label-eval"],
+        "generate (train prompts)": [
+            rlhfkit,
+            "generate",
+            "--set",
+            f"data.prompts={PROMPTS}",
+            f"data.limit={args.train_prompts}",
+            *sampling,
+            f"out={out}/gen-train",
+        ],
+        "generate (eval prompts)": [
+            rlhfkit,
+            "generate",
+            "--set",
+            f"data.prompts={EVAL_PROMPTS}",
+            f"data.limit={args.eval_prompts}",
+            "seed=1",
+            *sampling,
+            f"out={out}/gen-eval",
+        ],
+        "label (train)": [
+            rlhfkit,
+            "label",
+            "--judge",
+            "sentiment",
+            "--format",
+            "rankings",
+            "--set",
+            f"data.train={out}/gen-train/candidates.jsonl",
+            f"noise.temperature={args.noise}",
+            f"out={out}/label-train",
+        ],
+        "label (eval)": [
+            rlhfkit,
+            "label",
+            "--judge",
+            "sentiment",
+            "--set",
+            f"data.train={out}/gen-eval/candidates.jsonl",
+            f"out={out}/label-eval",
+        ],
         "rm": [
-            rlhfkit, "rm", "--set", f"data.train={out}/label-train/rankings.jsonl", f"data.eval={out}/label-eval/comparisons.jsonl", "model.lora.enabled=true",
-            f"train.steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.eval_every={max(1, args.steps // 3)}", f"optim.learning_rate={args.learning_rate}",
-            f"pooling={args.pooling}", "model.dtype=float32", f"normalize.num_prompts={args.normalize_prompts}", f"normalize.generation.max_new_tokens={args.tokens}", f"out={out}/rm",
+            rlhfkit,
+            "rm",
+            "--set",
+            f"data.train={out}/label-train/rankings.jsonl",
+            f"data.eval={out}/label-eval/comparisons.jsonl",
+            "model.lora.enabled=true",
+            f"train.steps={args.steps}",
+            f"train.batch_size={args.batch_size}",
+            f"train.eval_every={max(1, args.steps // 3)}",
+            f"optim.learning_rate={args.learning_rate}",
+            f"pooling={args.pooling}",
+            "model.dtype=float32",
+            f"normalize.num_prompts={args.normalize_prompts}",
+            f"normalize.generation.max_new_tokens={args.tokens}",
+            f"out={out}/rm",
         ],
     }
     seconds = {}
@@ -91,7 +150,9 @@ def main() -> None:
         f"| held-out mean margin r_w − r_l / ECE | {rm['eval_margin']:.3f} / {rm['eval_ece']:.3f} |",
         f"| held-out accuracy during training (step: acc) | {curve} |",
         f"| normalisation (reference = embedded model, {rm['reference_responses']} answers) | raw mean {rm['reference_raw_mean']:.3f}, std {rm['reference_raw_std']:.3f} → gain {rm['gain']:.3f}, bias {rm['bias']:.3f} |",
-        "| time | " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()) + f"; total {sum(seconds.values()) / 60:.1f} min |",
+        "| time | "
+        + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
+        + f"; total {sum(seconds.values()) / 60:.1f} min |",
         "",
         "Commands (`benchmarks/reward_model.py` runs them in order):",
         "",

@@ -32,9 +32,15 @@ def main() -> None:
     answers = [(i, record, response) for i, record in enumerate(records) for response in record["responses"]]
     items = [tokenize_prompt_response(tokenizer, record, response, 256) for _, record, response in answers]
     with torch.no_grad():
-        reward = torch.cat([score_items(model, items[s : s + 16], tokenizer.pad_token_id, "float32") for s in range(0, len(items), 16)])
-    gold = torch.tensor(sentiment_reward()([], [response for _, _, response in answers], [record for _, record, _ in answers]))
-    print(f"{len(answers)} answers to {len(records)} prompts; Spearman(reward, VADER) {torch.corrcoef(torch.stack([ranks(reward), ranks(gold)]))[0, 1]:.3f}")
+        reward = torch.cat(
+            [score_items(model, items[s : s + 16], tokenizer.pad_token_id, "float32") for s in range(0, len(items), 16)]
+        )
+    gold = torch.tensor(
+        sentiment_reward()([], [response for _, _, response in answers], [record for _, record, _ in answers])
+    )
+    print(
+        f"{len(answers)} answers to {len(records)} prompts; Spearman(reward, VADER) {torch.corrcoef(torch.stack([ranks(reward), ranks(gold)]))[0, 1]:.3f}"
+    )
     buckets: dict[str, list[bool]] = {"< 0.2": [], "0.2-0.5": [], ">= 0.5": []}
     for a in range(len(answers)):
         for b in range(a + 1, len(answers)):
@@ -44,7 +50,9 @@ def main() -> None:
             key = "< 0.2" if gap < 0.2 else "0.2-0.5" if gap < 0.5 else ">= 0.5"
             buckets[key].append(bool((reward[a] - reward[b]) * (gold[a] - gold[b]) > 0))
     for key, right in buckets.items():
-        print(f"VADER gap {key:>8}: {len(right):4d} pairs, reward model agrees on {sum(right) / max(len(right), 1):.3f}")
+        print(
+            f"VADER gap {key:>8}: {len(right):4d} pairs, reward model agrees on {sum(right) / max(len(right), 1):.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,13 @@ def features(model, tokenizer, sequences: list[tuple[str, str]], batch_size: int
     """{"last10": (N, H), "mean10": (N, H), ...} for every (prompt, response)."""
     found: dict[str, list[torch.Tensor]] = {f"{reading}{layer}": [] for reading in ("last", "mean") for layer in LAYERS}
     for start in range(0, len(sequences), batch_size):
-        items = [tokenize_prompt_response(tokenizer, {"prompt": p}, r, 256) for p, r in sequences[start : start + batch_size]]
+        items = [
+            tokenize_prompt_response(tokenizer, {"prompt": p}, r, 256) for p, r in sequences[start : start + batch_size]
+        ]
         ids, mask, response = pad_batch(items, tokenizer.pad_token_id)
-        hidden = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), output_hidden_states=True).hidden_states
+        hidden = model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), output_hidden_states=True
+        ).hidden_states
         last, weights = last_token_index(mask), response.float().unsqueeze(-1)
         for layer in LAYERS:
             found[f"last{layer}"].append(hidden[layer][torch.arange(len(items)), last])
@@ -67,7 +71,10 @@ def sequence_pairs(records: list[dict], kind: str, index: dict[tuple[str, str], 
     pairs = []
     for record in records:
         responses = responses_best_first(record, kind)
-        pairs += [(index[(record["prompt"], responses[w])], index[(record["prompt"], responses[l])]) for w, l in preference_pairs(record, kind)]
+        pairs += [
+            (index[(record["prompt"], responses[w])], index[(record["prompt"], responses[l])])
+            for w, l in preference_pairs(record, kind)
+        ]
     return torch.tensor(pairs)
 
 
@@ -81,7 +88,11 @@ def main() -> None:
     comparisons = read_jsonl(data / "label-eval" / "comparisons.jsonl")
 
     labelled = [(rankings, "rankings"), (comparisons, "comparisons")]
-    sequences = list(dict.fromkeys((r["prompt"], x) for records, kind in labelled for r in records for x in responses_best_first(r, kind)))
+    sequences = list(
+        dict.fromkeys(
+            (r["prompt"], x) for records, kind in labelled for r in records for x in responses_best_first(r, kind)
+        )
+    )
     index = {sequence: i for i, sequence in enumerate(sequences)}
     train_pairs, eval_pairs = (sequence_pairs(records, kind, index) for records, kind in labelled)
 
@@ -89,7 +100,9 @@ def main() -> None:
     model = load_backbone(args.model, tokenizer).eval()
     started = time.time()
     found = features(model, tokenizer, sequences)
-    print(f"{len(sequences)} sequences, features in {time.time() - started:.0f} s; {len(train_pairs)} training pairs (noisy ranking order), {len(eval_pairs)} held-out pairs")
+    print(
+        f"{len(sequences)} sequences, features in {time.time() - started:.0f} s; {len(train_pairs)} training pairs (noisy ranking order), {len(eval_pairs)} held-out pairs"
+    )
     print("| features | " + " | ".join(f"held-out acc (train acc), L2 {p:g}" for p in PENALTIES) + " |")
     print("| --- | " + " | ".join("---" for _ in PENALTIES) + " |")
     for name, x in found.items():

@@ -43,7 +43,13 @@ from pathlib import Path
 import torch
 import trl
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback, TrainerCallback
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PrinterCallback,
+    TrainerCallback,
+)
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 MODEL = Path.home() / ".cache/rlhfkit/smollm2-135m-instruct"
@@ -84,7 +90,12 @@ def main() -> None:
     n_prompts = BATCH * args.iterations
     with open(PROMPTS) as f:
         records = [json.loads(line) for line in f if line.strip()][:n_prompts]
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True) for r in records]
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True
+        )
+        for r in records
+    ]
     dataset = Dataset.from_dict({"input_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]})
 
     policy = load(AutoModelForCausalLM, tokenizer.pad_token_id)

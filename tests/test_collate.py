@@ -10,7 +10,18 @@ from rlhfkit.models.tiny import build_tiny_model
 
 # Tiny word-level vocabulary: <|im_start|>=1, <|im_end|>=2 (EOS), pad=0, user=106, tell=92, me=105,
 # a=5, good=31, day=57, assistant=107.
-PROMPT_IDS = [1, 106, 92, 105, 5, 31, 57, 2, 1, 107]  # "<|im_start|>user tell me a good day<|im_end|><|im_start|>assistant "
+PROMPT_IDS = [
+    1,
+    106,
+    92,
+    105,
+    5,
+    31,
+    57,
+    2,
+    1,
+    107,
+]  # "<|im_start|>user tell me a good day<|im_end|><|im_start|>assistant "
 RECORD = {"prompt": "tell me a good day"}
 
 
@@ -51,7 +62,10 @@ def test_an_empty_response_is_eos_alone_or_refused(tokenizer):
 
 
 def test_pad_batch_right_and_left():
-    items = [{"input_ids": [5, 6, 7], "response_mask": [False, True, True]}, {"input_ids": [8], "response_mask": [True]}]
+    items = [
+        {"input_ids": [5, 6, 7], "response_mask": [False, True, True]},
+        {"input_ids": [8], "response_mask": [True]},
+    ]
     ids, attention, response = pad_batch(items, pad_token_id=0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
     assert attention.tolist() == [[True, True, True], [True, False, False]]

@@ -21,7 +21,14 @@ def test_embedded_model_loads_pads_apart_from_eos_and_scores_its_own_samples():
     text = format_prompt(tokenizer, {"prompt": "Say hello."})
     assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
     torch.manual_seed(0)
-    samples = sample(model, tokenizer, [text, format_prompt(tokenizer, {"prompt": "Name a colour."})], GenerationConfig(max_new_tokens=12), "float32", keep_scores=True)
+    samples = sample(
+        model,
+        tokenizer,
+        [text, format_prompt(tokenizer, {"prompt": "Name a colour."})],
+        GenerationConfig(max_new_tokens=12),
+        "float32",
+        keep_scores=True,
+    )
     assert all(response.strip() for response in decode_responses(tokenizer, samples))
     # the log-probs kept from sampling are those of a fresh forward pass (here the reference is the policy)
     fresh, _ = response_logprobs(model, samples.input_ids, samples.attention_mask, samples.response_ids, 1.0, "float32")

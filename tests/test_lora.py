@@ -10,7 +10,11 @@ from rlhfkit.models.lora import apply_lora
 
 
 def adapted_layers(model) -> set[int]:
-    return {int(name.split("layers.")[1].split(".")[0]) for name, p in model.named_parameters() if "lora_" in name and p.requires_grad}
+    return {
+        int(name.split("layers.")[1].split(".")[0])
+        for name, p in model.named_parameters()
+        if "lora_" in name and p.requires_grad
+    }
 
 
 def test_top_layers_adapts_only_the_last_layers(tiny_model_dir):
@@ -23,12 +27,16 @@ def test_top_layers_adapts_only_the_last_layers(tiny_model_dir):
     assert adapted_layers(everywhere) == set(range(count))
     assert adapted_layers(top) == {count - 1}
     # a reward model's backbone (no LM head, no "model." prefix) too
-    assert adapted_layers(apply_lora(load_backbone(tiny_model_dir, tokenizer), LoRAConfig(enabled=True, top_layers=1))) == {count - 1}
+    assert adapted_layers(
+        apply_lora(load_backbone(tiny_model_dir, tokenizer), LoRAConfig(enabled=True, top_layers=1))
+    ) == {count - 1}
 
     # backward records nothing below the adapted layer: the first layer's output has no grad_fn
     seen = {}
     first_layer = top.base_model.model.model.layers[0]
-    handle = first_layer.register_forward_hook(lambda module, args, output: seen.setdefault("out", output[0] if isinstance(output, tuple) else output))
+    handle = first_layer.register_forward_hook(
+        lambda module, args, output: seen.setdefault("out", output[0] if isinstance(output, tuple) else output)
+    )
     ids = torch.tensor([[3, 4, 5, 6]])
     top(input_ids=ids).logits.sum().backward()
     handle.remove()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint(out_dir: str | Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(
+    out_dir: str | Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any], keep: int = 2
+) -> Path:
     """Write `checkpoints/step-{step}/` atomically.
 
     tensors: name -> state dict, each saved as `<name>.safetensors` (model weights, value head, adapters).
@@ -48,7 +51,9 @@ def save_checkpoint(out_dir: str | Path, step: int, tensors: dict[str, dict[str,
 
     def write(tmp: Path) -> None:
         for name, state_dict in tensors.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / f"{name}.safetensors"))
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / f"{name}.safetensors")
+            )
         torch.save(state, tmp / "state.pt")
 
     final = write_directory_atomic(Path(out_dir) / "checkpoints" / f"step-{step}", write)
@@ -76,7 +81,9 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.pt").exists()]
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.pt").exists()
+    ]
     return [p for _, p in sorted(found)]
 
 

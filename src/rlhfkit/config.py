@@ -40,7 +40,9 @@ def field(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = d
 
 @dataclasses.dataclass
 class LoRAConfig:
-    enabled: bool = field(False, "train LoRA adapters instead of all weights (the reference is then the base, adapter off)")
+    enabled: bool = field(
+        False, "train LoRA adapters instead of all weights (the reference is then the base, adapter off)"
+    )
     r: int = field(16, "LoRA rank")
     alpha: int = field(32, "LoRA scaling numerator (scale = alpha / r)")
     dropout: float = field(0.0, "dropout on the adapter input (kept 0 for RL: dropout breaks the PPO ratio)")
@@ -48,7 +50,10 @@ class LoRAConfig:
         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         doc="module names that get adapters",
     )
-    top_layers: int = field(0, "adapt only the last N transformer layers (0: all); backward stops below them, and PPO updates start from the frozen layers' output")
+    top_layers: int = field(
+        0,
+        "adapt only the last N transformer layers (0: all); backward stops below them, and PPO updates start from the frozen layers' output",
+    )
 
     def __post_init__(self) -> None:
         if self.r <= 0:
@@ -72,7 +77,9 @@ def fastest_precision() -> str:
 
     if torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    native = [
+        getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
     return "bfloat16" if any(check() for check in native) else "float32"
 
 
@@ -86,7 +93,10 @@ def resolve_precision(value: str, key: str) -> str:
 @dataclasses.dataclass
 class ModelConfig:
     name: str = field(EMBEDDED_MODEL, "embedded:smollm2-135m-instruct, a local directory, a hub id or a .gguf path")
-    dtype: str = field("auto", "compute precision of forward passes: auto (bfloat16 where the GPU or CPU has native bf16, else float32), float32, or bfloat16 (autocast over fp32 weights; log-probs and losses stay fp32)")
+    dtype: str = field(
+        "auto",
+        "compute precision of forward passes: auto (bfloat16 where the GPU or CPU has native bf16, else float32), float32, or bfloat16 (autocast over fp32 weights; log-probs and losses stay fp32)",
+    )
     lora: LoRAConfig = field(factory=LoRAConfig, doc="LoRA adapters")
 
     def __post_init__(self) -> None:
@@ -119,7 +129,9 @@ class RewardConfig:
     kind: str = field("sentiment", "reward source: sentiment, rouge, length, function or model")
     model: str = field("", "reward-model directory (an `rlhfkit rm` final/), for kind=model")
     function: str = field("", "package.module:function with signature (prompts, responses, records) -> scores")
-    target_length: int = field(20, "for kind=length: the response length in words that scores 0; each word away costs 1/target")
+    target_length: int = field(
+        20, "for kind=length: the response length in words that scores 0; each word away costs 1/target"
+    )
     batch_size: int = field(16, "responses per reward-model forward pass")
 
     def __post_init__(self) -> None:
@@ -231,7 +243,10 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict[str, Any] | None = None
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict[str, Any] | None = None,
 ) -> T:
     """Build `cls` from defaults, then `base`, then the YAML file at `path`, then `key.sub=value` overrides."""
     values: dict[str, Any] = dict(base or {})
@@ -244,7 +259,9 @@ def load_config(
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""
-            raise UserError(f"config file {path}{where} is not valid YAML: {getattr(error, 'problem', error)}") from None
+            raise UserError(
+                f"config file {path}{where} is not valid YAML: {getattr(error, 'problem', error)}"
+            ) from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
         values = _merge(values, loaded)
@@ -286,10 +303,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, resume: 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "configuration keys (--set key=value):\n" + keys
     parser.add_argument("--config", help="a YAML file of configuration keys")
-    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help="override keys, e.g. --set train.steps=20 seed=1")
+    parser.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override keys, e.g. --set train.steps=20 seed=1",
+    )
     parser.add_argument("--out", help="output directory (same as --set out=DIR)")
     if resume:
-        parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output directory")
+        parser.add_argument(
+            "--resume", action="store_true", help="continue from the latest checkpoint in the output directory"
+        )
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, base: dict[str, Any] | None = None) -> T:

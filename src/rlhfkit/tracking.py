@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -28,14 +29,20 @@ def _jsonable(value: Any) -> Any:
 def _truncate_jsonl(path: Path, keep_before_step: int) -> None:
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) < keep_before_step]
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) < keep_before_step
+    ]
     path.write_text("".join(line + "\n" for line in kept))
 
 
 class Tracker:
     """Writes the run's metrics and samples; `start_step` > 0 means a resumed run."""
 
-    def __init__(self, out_dir: str | Path, total_steps: int, description: str, start_step: int = 0, tensorboard: bool = True):
+    def __init__(
+        self, out_dir: str | Path, total_steps: int, description: str, start_step: int = 0, tensorboard: bool = True
+    ):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.out_dir / "metrics.jsonl"
@@ -52,7 +59,9 @@ class Tracker:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+            self._writer = SummaryWriter(
+                log_dir=str(self.out_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None
+            )
         self.progress = tqdm(total=total_steps, initial=start_step, desc=description, dynamic_ncols=True, unit="step")
         self.started = time.time()
 
@@ -65,7 +74,11 @@ class Tracker:
                 if key != "step" and isinstance(value, (int, float)):
                     self._writer.add_scalar(key, value, step)
         self.progress.update(1)
-        shown = {k.split("/")[-1]: record[k] for k in ("reward/score_mean", "kl/mean", "loss", "train/loss", "charts/episodic_return") if k in record}
+        shown = {
+            k.split("/")[-1]: record[k]
+            for k in ("reward/score_mean", "kl/mean", "loss", "train/loss", "charts/episodic_return")
+            if k in record
+        }
         if shown:
             self.progress.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if isinstance(v, (int, float))})
 

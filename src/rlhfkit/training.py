@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,21 +67,27 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(params: Iterable[nn.Parameter], config: OptimConfig, total_steps: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(
+    params: Iterable[nn.Parameter], config: OptimConfig, total_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the parameters that require grad, and its LambdaLR schedule over `total_steps`.
 
     The fused kernel: one AdamW step over SmolLM2-135M's parameters took about 0.1 s fused
     against 0.5-0.95 s for the default per-parameter loop on this CPU (benchmarks/kernels.py).
     """
     trainable = [p for p in params if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(
+        trainable, lr=config.learning_rate, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=True
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, config.warmup_steps, total_steps, config.schedule)
     )
     return optimizer, scheduler
 
 
-def optimizer_step(params: list[nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float) -> float:
+def optimizer_step(
+    params: list[nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float
+) -> float:
     """Clip (if max_grad_norm > 0), step, advance the schedule, zero the grads; returns the pre-clip grad norm."""
     if max_grad_norm > 0:
         norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
@@ -98,7 +105,11 @@ def optimizer_step(params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
 
 
 def response_token_logprobs(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, dtype: str = "float32"
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    dtype: str = "float32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of every next token and where it is a response token.
 
@@ -108,13 +119,19 @@ def response_token_logprobs(
     mask[:, t] = response_mask[:, t + 1].
     """
     with autocast(dtype):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)).logits
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+        ).logits
     logprobs = logprobs_from_logits(logits[:, :-1], input_ids[:, 1:])  # (B, T-1)
     return logprobs, response_mask[:, 1:].bool()
 
 
 def sequence_logprobs(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, dtype: str = "float32"
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    dtype: str = "float32",
 ) -> torch.Tensor:
     """(B, T) batch -> (B,) summed log-probs of each row's response tokens (EOS included), fp32."""
     logprobs, mask = response_token_logprobs(model, input_ids, attention_mask, response_mask, dtype)
@@ -122,7 +139,11 @@ def sequence_logprobs(
 
 
 def response_token_nll(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, dtype: str = "float32"
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    dtype: str = "float32",
 ) -> torch.Tensor:
     """(B, T) batch -> 0-dim mean negative log-likelihood over all response tokens of the batch (the SFT loss)."""
     logprobs, mask = response_token_logprobs(model, input_ids, attention_mask, response_mask, dtype)
@@ -156,9 +177,22 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_training_state(out_dir: str | Path, step: int, model: nn.Module, optimizer: Any, scheduler: Any, extra: dict[str, Any] | None = None) -> Path:
+def save_training_state(
+    out_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write `checkpoints/step-{step}/` atomically: trainable weights, optimiser, scheduler, RNG, `extra`."""
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra or {}}
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+        "extra": extra or {},
+    }
     return save_checkpoint(out_dir, step, {"trainable": trainable_state(model)}, state)
 
 
@@ -169,7 +203,9 @@ def restore_training_state(checkpoint: str | Path, model: nn.Module, optimizer: 
     saved = tensors["trainable"]
     if set(saved) != expected:
         missing = sorted(expected ^ set(saved))[:3]
-        raise UserError(f"{checkpoint}: its weights do not match this model (e.g. {missing}); resume with the configuration the run started with")
+        raise UserError(
+            f"{checkpoint}: its weights do not match this model (e.g. {missing}); resume with the configuration the run started with"
+        )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name in saved:

@@ -105,7 +105,9 @@ def test_general_gae_matches_naive_loop_with_random_terminations_and_truncations
     expected = naive_gae_episodes(
         rewards.tolist(), values.tolist(), next_values.tolist(), terminated.tolist(), episode_end.tolist(), 0.99, 0.95
     )
-    advantages, returns = generalized_advantage_estimation(rewards, values, next_values, terminated, episode_end, 0.99, 0.95)
+    advantages, returns = generalized_advantage_estimation(
+        rewards, values, next_values, terminated, episode_end, 0.99, 0.95
+    )
     torch.testing.assert_close(advantages, torch.tensor(expected), rtol=0, atol=1e-5)
     torch.testing.assert_close(returns, advantages + values)
 
@@ -122,8 +124,12 @@ def test_truncation_bootstraps_from_final_observation_value():
     # A3 = 0.5 ; A2 = 0.45 + 0.72*0.5 = 0.81 (no carry across the end at step 1)
     # truncated:  d1 = 1 + 0.9*4 - 3 = 1.6 ; A1 = 1.6 ; A0 = 1.7 + 0.72*1.6 = 2.852
     # terminated: d1 = 1 - 3 = -2       ; A1 = -2  ; A0 = 1.7 - 0.72*2  = 0.26
-    adv_truncated, _ = generalized_advantage_estimation(rewards, values, next_values, truncated_at_1, episode_end, GAMMA, LAM)
-    adv_terminated, ret = generalized_advantage_estimation(rewards, values, next_values, terminated_at_1, episode_end, GAMMA, LAM)
+    adv_truncated, _ = generalized_advantage_estimation(
+        rewards, values, next_values, truncated_at_1, episode_end, GAMMA, LAM
+    )
+    adv_terminated, ret = generalized_advantage_estimation(
+        rewards, values, next_values, terminated_at_1, episode_end, GAMMA, LAM
+    )
     assert adv_truncated[0].tolist() == pytest.approx([2.852, 1.6, 0.81, 0.5], abs=1e-6)
     assert adv_terminated[0].tolist() == pytest.approx([0.26, -2.0, 0.81, 0.5], abs=1e-6)
     assert ret[0].tolist() == pytest.approx([2.26, 1.0, 1.81, 1.0], abs=1e-6)

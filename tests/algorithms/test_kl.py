@@ -59,13 +59,20 @@ def test_kl_shaped_rewards_by_hand():
     rewards, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=0.1)
     expected = torch.tensor([[-0.05, 0.02, -0.01, 1.97], [-0.1, -1.04, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     torch.testing.assert_close(rewards, expected, rtol=0, atol=1e-6)
-    torch.testing.assert_close(kl, torch.tensor([[0.5, -0.2, 0.1, 0.3], [1.0, 0.4, 0.0, 0.0], [0.0] * 4]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        kl, torch.tensor([[0.5, -0.2, 0.1, 0.3], [1.0, 0.4, 0.0, 0.0], [0.0] * 4]), rtol=0, atol=1e-6
+    )
 
 
 def test_kl_shaped_rewards_with_k3():
     # one token, pi = 0.5, ref = 0.25: k3 = 0.1931472 ; reward = -0.5 * k3 + 1
     rewards, kl = kl_shaped_rewards(
-        torch.tensor([1.0]), torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(0.25)]]), torch.tensor([[True]]), 0.5, kl_k3
+        torch.tensor([1.0]),
+        torch.tensor([[math.log(0.5)]]),
+        torch.tensor([[math.log(0.25)]]),
+        torch.tensor([[True]]),
+        0.5,
+        kl_k3,
     )
     assert kl.item() == pytest.approx(0.1931472, abs=1e-6)
     assert rewards.item() == pytest.approx(1.0 - 0.5 * 0.1931472, abs=1e-6)

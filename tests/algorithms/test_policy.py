@@ -9,9 +9,9 @@ from rlhfkit.algorithms import (
     entropy_from_logits,
     kl_penalty_policy_loss,
     logprobs_from_logits,
+    policy,
     update_kl_penalty_beta,
 )
-from rlhfkit.algorithms import policy
 
 # Four real tokens and one padded one (garbage values that must not count).
 RATIOS = [1.5, 0.5, 0.5, 1.0, 50.0]
@@ -113,7 +113,9 @@ def test_entropy_matches_torch_categorical():
     bf16 = logits.bfloat16()
     out = entropy_from_logits(bf16)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, torch.distributions.Categorical(logits=bf16.float()).entropy(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out, torch.distributions.Categorical(logits=bf16.float()).entropy(), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -25,22 +25,26 @@ def test_bradley_terry_margin():
     # margin 0.5: -log sigmoid(1 - 0.5) = log(1 + e^-0.5) = 0.4740770 ; margin 0 changes nothing
     losses = bradley_terry_loss(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]), margin=torch.tensor([0.5, 0.0]))
     assert losses.tolist() == pytest.approx([0.4740770, LOG_1P_EXP_M1], abs=1e-6)
-    assert bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0]), margin=0.5).item() == pytest.approx(0.4740770, abs=1e-6)
+    assert bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0]), margin=0.5).item() == pytest.approx(
+        0.4740770, abs=1e-6
+    )
 
 
 def test_soft_bradley_terry():
     chosen, rejected = torch.tensor([1.0, -0.3]), torch.tensor([0.0, 0.4])
     torch.testing.assert_close(soft_bradley_terry_loss(chosen, rejected, 1.0), bradley_terry_loss(chosen, rejected))
     # p = 0.5, d = 1: 0.5 * (log(1 + e^-1) + log(1 + e)) = 0.8132617
-    assert soft_bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.5])).item() == pytest.approx(
-        0.8132617, abs=1e-6
-    )
+    assert soft_bradley_terry_loss(
+        torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.5])
+    ).item() == pytest.approx(0.8132617, abs=1e-6)
 
 
 def test_ranking_loss_with_two_responses_is_bradley_terry():
     g = torch.Generator().manual_seed(9)
     rewards = torch.randn(5, 2, generator=g)
-    torch.testing.assert_close(ranking_loss(rewards, torch.full((5,), 2)), bradley_terry_loss(rewards[:, 0], rewards[:, 1]))
+    torch.testing.assert_close(
+        ranking_loss(rewards, torch.full((5,), 2)), bradley_terry_loss(rewards[:, 0], rewards[:, 1])
+    )
 
 
 def test_ranking_loss_three_responses_by_hand_and_padding_ignored():

@@ -30,8 +30,17 @@ def test_training_writes_every_file_of_the_contract(cartpole_run):
     records = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2]
     for key in (
-        "charts/episodic_return", "charts/episodic_length", "charts/env_steps", "policy/loss", "value/loss", "policy/entropy",
-        "policy/clipfrac", "policy/approx_kl", "value/explained_variance", "optim/learning_rate", "time/steps_per_second",
+        "charts/episodic_return",
+        "charts/episodic_length",
+        "charts/env_steps",
+        "policy/loss",
+        "value/loss",
+        "policy/entropy",
+        "policy/clipfrac",
+        "policy/approx_kl",
+        "value/explained_variance",
+        "optim/learning_rate",
+        "time/steps_per_second",
     ):
         assert records[-1][key] is not None, key
     assert [r["charts/env_steps"] for r in records] == [256, 512]
@@ -61,7 +70,22 @@ def test_eval_dir_records_a_video(cartpole_run, tmp_path, capsys):
     pytest.importorskip("pygame")
     from PIL import Image
 
-    assert main(["gym", "--eval", str(cartpole_run), "--set", "eval.episodes=1", "--set", "eval.video=true", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "gym",
+                "--eval",
+                str(cartpole_run),
+                "--set",
+                "eval.episodes=1",
+                "--set",
+                "eval.video=true",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     length = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval_length_mean"]
     with Image.open(tmp_path / "eval.gif") as gif:
         assert gif.size == (600, 400)
@@ -78,7 +102,10 @@ def test_eval_dir_records_a_video(cartpole_run, tmp_path, capsys):
     [
         (["--env", "NoSuchEnv-v0"], "env.id 'NoSuchEnv-v0': Environment `NoSuchEnv` doesn't exist."),
         (["--env", "RlhfkitTest/MultiDiscreteAction-v0"], "supports Discrete (categorical policy) and float Box"),
-        (["--set", "ppo.num_minibatches=3"], "ppo.num_minibatches 3 does not divide the batch env.num_envs * ppo.rollout_steps = 4 * 128 = 512"),
+        (
+            ["--set", "ppo.num_minibatches=3"],
+            "ppo.num_minibatches 3 does not divide the batch env.num_envs * ppo.rollout_steps = 4 * 128 = 512",
+        ),
         (["--set", "ppo.gamma=1.5"], "ppo.gamma must be in [0, 1], got 1.5"),
         (["--set", "ppo.nonsense=1"], "unknown config key 'ppo.nonsense'"),
         (["--resume"], "--resume needs the run to continue: --out DIR"),

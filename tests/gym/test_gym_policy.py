@@ -57,4 +57,6 @@ def test_orthogonal_initialisation_gains_and_zero_biases():
     torch.testing.assert_close(hidden.weight.T @ hidden.weight, 2.0 * torch.eye(4), atol=1e-5, rtol=0)
     value_out = policy.critic[-1]
     torch.testing.assert_close(value_out.weight @ value_out.weight.T, torch.eye(1))
-    assert all(torch.count_nonzero(m.bias) == 0 for m in [*policy.actor, *policy.critic] if isinstance(m, torch.nn.Linear))
+    assert all(
+        torch.count_nonzero(m.bias) == 0 for m in [*policy.actor, *policy.critic] if isinstance(m, torch.nn.Linear)
+    )

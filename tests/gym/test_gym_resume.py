@@ -60,7 +60,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(env_id, tmp_path, 
     assert main(["gym", "--resume", "--out", str(resumed)]) == 0
 
     assert (straight / "final/policy.safetensors").read_bytes() == (resumed / "final/policy.safetensors").read_bytes()
-    assert _without_timing(read_jsonl(straight / "metrics.jsonl")) == _without_timing(read_jsonl(resumed / "metrics.jsonl"))
+    assert _without_timing(read_jsonl(straight / "metrics.jsonl")) == _without_timing(
+        read_jsonl(resumed / "metrics.jsonl")
+    )
     _, straight_state = recipe.load_checkpoint(straight / f"checkpoints/step-{UPDATES}")
     _, resumed_state = recipe.load_checkpoint(resumed / f"checkpoints/step-{UPDATES}")
     for key, moments in straight_state["optimizer"]["state"].items():

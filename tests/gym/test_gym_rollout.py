@@ -49,7 +49,13 @@ def test_rollout_arrays_at_truncation_and_termination_are_the_hand_worked_ones()
 def test_truncated_step_keeps_its_bootstrap_in_the_advantage():
     rollout, _ = _runner().collect(ClockValuePolicy(), steps=7)
     advantages, returns = generalized_advantage_estimation(
-        rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.episode_end, gamma=0.5, lam=1.0
+        rollout.rewards,
+        rollout.values,
+        rollout.next_values,
+        rollout.terminated,
+        rollout.episode_end,
+        gamma=0.5,
+        lam=1.0,
     )
     # Sub-env 0, delta_t = 1 + 0.5 * next_value * (1 - terminated) - value:
     #   1.5, 1, 0.5 (truncation: 1 + 0.5*3 - 2), -3.5, -10 (termination: 1 - 11), -8.5, -9

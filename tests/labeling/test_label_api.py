@@ -24,7 +24,12 @@ def db(tmp_path):
 def test_a_labeller_works_through_the_queue_until_204(db):
     with LiveServer(db.path) as server, httpx.Client(base_url=server.url, headers=db.headers("ann")) as ann:
         assert ann.get("/api/me").json() | {"csrf_token": None} == {
-            "name": "ann", "admin": False, "csrf_token": None, "judged": 0, "skipped": 0, "remaining": 3
+            "name": "ann",
+            "admin": False,
+            "csrf_token": None,
+            "judged": 0,
+            "skipped": 0,
+            "remaining": 3,
         }
         first = ann.get("/api/tasks/next")
         assert first.status_code == 200
@@ -94,7 +99,12 @@ def test_admin_progress_agreement_and_export(db, tmp_path):
         assert isinstance(labeler.pop("last_judged_at"), float)
     # ann and bob took task 1 (two per task); boss got task 2
     assert progress == {
-        "tasks": 3, "complete": 1, "judgements_per_task": 2, "judgements": 3, "skips": 0, "in_progress": 0,
+        "tasks": 3,
+        "complete": 1,
+        "judgements_per_task": 2,
+        "judgements": 3,
+        "skips": 0,
+        "in_progress": 0,
         "labelers": [
             {"name": "ann", "admin": False, "judged": 1, "skipped": 0, "ties": 0, "both_bad": 0},
             {"name": "bob", "admin": False, "judged": 1, "skipped": 0, "ties": 0, "both_bad": 0},
@@ -102,7 +112,9 @@ def test_admin_progress_agreement_and_export(db, tmp_path):
         ],
     }
     shown = dict(db.query("SELECT labeler_id, display_order FROM assignments WHERE task_id = 1"))
-    same = json.loads(shown[2])[0] == json.loads(shown[3])[0]  # ann (id 2) and bob (id 3) both chose "A" as shown to them
+    same = (
+        json.loads(shown[2])[0] == json.loads(shown[3])[0]
+    )  # ann (id 2) and bob (id 3) both chose "A" as shown to them
     assert (agreement["tasks"], agreement["compared"], agreement["agreed"]) == (1, 1, int(same))
     assert exported.headers["content-type"] == "application/x-ndjson"
     assert exported.headers["content-disposition"] == 'attachment; filename="comparisons.jsonl"'

@@ -20,7 +20,10 @@ pytestmark = pytest.mark.browser
 PAIRS = [
     {"prompt": "Say hello.", "responses": ["Hello!", "Go away."]},
     {"prompt": "2 + 2?", "responses": ["4", "5"]},
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}], "responses": ["Paris", "Lyon"]},
+    {
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
+        "responses": ["Paris", "Lyon"],
+    },
     {"prompt": "Name a colour.", "responses": ["Blue", "Red"]},
     {"prompt": "Skip me.", "responses": ["meh", "bleh"]},
 ]
@@ -80,7 +83,13 @@ def test_label_with_mouse_and_keyboard_then_export_exactly(tmp_path, page):
             if label is not None:
                 entry["label"] = label
             order = [record["responses"].index(text) for text in shown[task_id][2]]
-            entry["meta"] = {"task_id": task_id, "labeler": "ann", "choice": choice, "shown_order": order, "comment": comment}
+            entry["meta"] = {
+                "task_id": task_id,
+                "labeler": "ann",
+                "choice": choice,
+                "shown_order": order,
+                "comment": comment,
+            }
             expected.append(entry)
 
         shown = {}
@@ -201,7 +210,9 @@ def test_a_forged_cross_site_form_post_is_refused_in_a_real_browser(tmp_path, pa
                 page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
             response = posted.value
             assert response.status == 403
-            assert "cross-site request refused" in response.text()  # the cookie came along; the missing header stopped it
+            assert (
+                "cross-site request refused" in response.text()
+            )  # the cookie came along; the missing header stopped it
         finally:
             evil.shutdown()
             evil.server_close()
@@ -213,7 +224,14 @@ def test_admin_page_shows_progress_and_agreement(tmp_path, page):
     with LiveServer(db.path) as server:
         ann = page.context.request
         task = ann.get(server.url + "/api/tasks/next", headers=db.headers("ann")).json()
-        assert ann.post(server.url + "/api/judgements", headers=db.headers("ann"), data={"task_id": task["task_id"], "choice": "tie"}).status == 201
+        assert (
+            ann.post(
+                server.url + "/api/judgements",
+                headers=db.headers("ann"),
+                data={"task_id": task["task_id"], "choice": "tie"},
+            ).status
+            == 201
+        )
         sign_in(page, server.url, db.tokens["boss"])
         page.click("#admin-link")
         expect(page.locator("#labelers tbody tr")).to_have_count(2)

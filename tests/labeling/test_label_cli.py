@@ -56,7 +56,9 @@ def test_add_labeler_refuses_a_taken_name(tmp_path, capsys):
 )
 def test_serve_refuses_a_bad_tasks_file_naming_file_and_line_and_creates_nothing(tmp_path, capsys, line, message):
     tasks = tmp_path / "candidates.jsonl"
-    tasks.write_text('{"prompt": "p", "responses": ["a", "b"]}\n{"prompt": "q", "responses": ["c", "d"]}\n' + line + "\n")
+    tasks.write_text(
+        '{"prompt": "p", "responses": ["a", "b"]}\n{"prompt": "q", "responses": ["c", "d"]}\n' + line + "\n"
+    )
     db = tmp_path / "labels.sqlite"
     assert main(["label", "serve", "--tasks", str(tasks), "--db", str(db)]) == 2
     err = capsys.readouterr().err
@@ -115,17 +117,27 @@ def test_export_writes_comparisons_and_rankings_exactly(tmp_path, capsys):
     )
     s1, s3 = shown[1], shown[3]
     assert _read(out) == [
-        {"prompt": "p1", "chosen": records[0]["responses"][s1[1]], "rejected": records[0]["responses"][s1[0]],
-         "meta": {"task_id": 1, "labeler": "ann", "choice": "B", "shown_order": s1, "comment": "meh"}},
+        {
+            "prompt": "p1",
+            "chosen": records[0]["responses"][s1[1]],
+            "rejected": records[0]["responses"][s1[0]],
+            "meta": {"task_id": 1, "labeler": "ann", "choice": "B", "shown_order": s1, "comment": "meh"},
+        },
     ]
     assert _read(rankings_out) == [
-        {"messages": records[2]["messages"], "responses": [records[2]["responses"][s3[p]] for p in (2, 0, 1)],
-         "meta": {"task_id": 3, "labeler": "ann", "choice": "ranking", "shown_order": s3, "comment": ""}},
+        {
+            "messages": records[2]["messages"],
+            "responses": [records[2]["responses"][s3[p]] for p in (2, 0, 1)],
+            "meta": {"task_id": 3, "labeler": "ann", "choice": "ranking", "shown_order": s3, "comment": ""},
+        },
     ]
 
     assert main(["label", "export", "--db", str(db.path), "--out", str(out), "--keep-ties", "--keep-both-bad"]) == 0
     captured = capsys.readouterr()
-    assert "warning: 1 ranking(s) of tasks with more than two responses not written; pass --rankings-out FILE" in captured.err
+    assert (
+        "warning: 1 ranking(s) of tasks with more than two responses not written; pass --rankings-out FILE"
+        in captured.err
+    )
     assert [(r["meta"]["task_id"], r.get("label"), r["chosen"], r["rejected"]) for r in _read(out)] == [
         (1, None, records[0]["responses"][s1[1]], records[0]["responses"][s1[0]]),
         (2, 0.5, "a2", "b2"),

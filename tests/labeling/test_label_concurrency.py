@@ -52,7 +52,9 @@ def test_twenty_labellers_at_once_never_share_a_task_and_lose_no_judgement(tmp_p
     start = threading.Barrier(LABELLERS)
     with LiveServer(db.path, ServeSettings(judgements_per_task=1)) as server:
         threads = [
-            threading.Thread(target=_label_until_done, args=(server.url, db.tokens[name], start, results[name], failures))
+            threading.Thread(
+                target=_label_until_done, args=(server.url, db.tokens[name], start, results[name], failures)
+            )
             for name in names
         ]
         for thread in threads:
@@ -62,7 +64,9 @@ def test_twenty_labellers_at_once_never_share_a_task_and_lose_no_judgement(tmp_p
     assert failures == []
     handed_out = [task_id for name in names for task_id, _ in results[name]]
     assert sorted(handed_out) == list(range(1, TASKS + 1))  # each task to exactly one labeller
-    stored = db.query("SELECT j.id, j.task_id, l.name FROM judgements j JOIN labelers l ON l.id = j.labeler_id ORDER BY j.id")
+    stored = db.query(
+        "SELECT j.id, j.task_id, l.name FROM judgements j JOIN labelers l ON l.id = j.labeler_id ORDER BY j.id"
+    )
     acknowledged = sorted((judgement_id, task_id, name) for name in names for task_id, judgement_id in results[name])
     assert stored == acknowledged  # every 201 is in the database, and nothing else is
     assert sum(1 for name in names if results[name]) > 1  # the work really was shared
@@ -75,8 +79,22 @@ def _free_port() -> int:
 
 
 def _start(tasks: Path, db: Path, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "rlhfkit", "label", "serve", "--tasks", str(tasks), "--db", str(db), "--port", str(port)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "rlhfkit",
+        "label",
+        "serve",
+        "--tasks",
+        str(tasks),
+        "--db",
+        str(db),
+        "--port",
+        str(port),
+    ]
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert server.poll() is None, server.stderr.read().decode()
@@ -98,7 +116,9 @@ def test_a_server_killed_mid_session_keeps_every_saved_judgement(tmp_path):
         with httpx.Client(base_url=url, headers=db.headers("ann")) as ann:
             for choice in ("A", "B", "tie"):
                 task = ann.get("/api/tasks/next").json()
-                assert ann.post("/api/judgements", json={"task_id": task["task_id"], "choice": choice}).status_code == 201
+                assert (
+                    ann.post("/api/judgements", json={"task_id": task["task_id"], "choice": choice}).status_code == 201
+                )
         with httpx.Client(base_url=url, headers=db.headers("bob")) as bob:
             held = bob.get("/api/tasks/next").json()  # shown, not yet answered
         server.send_signal(signal.SIGKILL)
@@ -121,5 +141,8 @@ def test_a_server_killed_mid_session_keeps_every_saved_judgement(tmp_path):
         assert main(["label", "export", "--db", str(db.path), "--out", str(out), "--keep-ties"]) == 0
     exported = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["meta"]["task_id"], r["meta"]["labeler"], r["meta"]["choice"]) for r in exported] == [
-        (1, "ann", "A"), (2, "ann", "B"), (3, "ann", "tie"), (4, "bob", "A")
+        (1, "ann", "A"),
+        (2, "ann", "B"),
+        (3, "ann", "tie"),
+        (4, "bob", "A"),
     ]

@@ -20,8 +20,15 @@ def row(id, record, choice, ranking, order, labeler="ann", comment=""):
 
 
 def meta(id, choice, order, labeler="ann", comment="", **extra):
-    return {"task_id": id, "labeler": labeler, "choice": choice, "shown_order": order, "comment": comment,
-            "judged_at": f"2023-11-14T22:13:{20 + id}Z", **extra}
+    return {
+        "task_id": id,
+        "labeler": labeler,
+        "choice": choice,
+        "shown_order": order,
+        "comment": comment,
+        "judged_at": f"2023-11-14T22:13:{20 + id}Z",
+        **extra,
+    }
 
 
 ROWS = [
@@ -37,11 +44,19 @@ ROWS = [
 def test_by_default_ties_and_both_bad_are_left_out():
     export = build_export(ROWS, keep_ties=False, keep_both_bad=False)
     assert export.comparisons == [
-        {"prompt": "Say hi", "chosen": "Hello there.", "rejected": "Hi!",
-         "meta": meta(1, "B", [0, 1], comment="friendlier", extra={"source": "gen-3"})},
+        {
+            "prompt": "Say hi",
+            "chosen": "Hello there.",
+            "rejected": "Hi!",
+            "meta": meta(1, "B", [0, 1], comment="friendlier", extra={"source": "gen-3"}),
+        },
     ]
     assert export.rankings == [
-        {"messages": [{"role": "user", "content": "Rank"}], "responses": ["three", "one", "two"], "meta": meta(4, "ranking", [1, 2, 0])},
+        {
+            "messages": [{"role": "user", "content": "Rank"}],
+            "responses": ["three", "one", "two"],
+            "meta": meta(4, "ranking", [1, 2, 0]),
+        },
     ]
     assert dict(export.left_out) == {"tie": 1, "both_bad": 1, "all_bad": 1, "skip": 1}
 
@@ -49,9 +64,20 @@ def test_by_default_ties_and_both_bad_are_left_out():
 def test_kept_ties_and_both_bad_are_comparisons_with_label_one_half():
     export = build_export(ROWS, keep_ties=True, keep_both_bad=True)
     assert export.comparisons[1:] == [
-        {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Hello there.", "label": 0.5, "meta": meta(2, "tie", [1, 0], extra={"source": "gen-3"})},
-        {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Hello there.", "label": 0.5,
-         "meta": meta(3, "both_bad", [0, 1], labeler="bob", extra={"source": "gen-3"})},
+        {
+            "prompt": "Say hi",
+            "chosen": "Hi!",
+            "rejected": "Hello there.",
+            "label": 0.5,
+            "meta": meta(2, "tie", [1, 0], extra={"source": "gen-3"}),
+        },
+        {
+            "prompt": "Say hi",
+            "chosen": "Hi!",
+            "rejected": "Hello there.",
+            "label": 0.5,
+            "meta": meta(3, "both_bad", [0, 1], labeler="bob", extra={"source": "gen-3"}),
+        },
     ]
     assert dict(export.left_out) == {"all_bad": 1, "skip": 1}  # "all bad" on three responses has no record form
     only_ties = build_export(ROWS, keep_ties=True, keep_both_bad=False)

@@ -36,7 +36,10 @@ def _call(client, method, path):
     return client.request(method, path, json={"task_id": 1, "choice": "A"} if method == "POST" else None)
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic YW5uOmFubg=="}, {"Authorization": "Bearer"}])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic YW5uOmFubg=="}, {"Authorization": "Bearer"}],
+)
 def test_api_without_a_valid_token_is_401(db, server, headers):
     with httpx.Client(base_url=server.url, headers=headers) as client:
         for method, path in API:
@@ -72,7 +75,9 @@ def test_sign_in_sets_a_strict_httponly_cookie_only_for_a_known_token(db, server
         refused = client.post("/api/session", json={"token": "guess"})
         assert refused.status_code == 401 and "set-cookie" not in refused.headers
         # a cross-site form can only send form or text/plain bodies: not a sign-in
-        plain = client.post("/api/session", content=f'{{"token": "{db.tokens["ann"]}"}}', headers={"Content-Type": "text/plain"})
+        plain = client.post(
+            "/api/session", content=f'{{"token": "{db.tokens["ann"]}"}}', headers={"Content-Type": "text/plain"}
+        )
         assert plain.status_code == 422 and "set-cookie" not in plain.headers
         accepted = client.post("/api/session", json={"token": db.tokens["ann"]})
         assert accepted.status_code == 204
@@ -80,7 +85,12 @@ def test_sign_in_sets_a_strict_httponly_cookie_only_for_a_known_token(db, server
         assert cookie.startswith(f"rlhfkit_token={db.tokens['ann']}".lower())
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
         assert client.get("/").status_code == 200
-        assert client.delete("/api/session", headers={"X-CSRF-Token": client.get("/api/me").json()["csrf_token"]}).status_code == 204
+        assert (
+            client.delete(
+                "/api/session", headers={"X-CSRF-Token": client.get("/api/me").json()["csrf_token"]}
+            ).status_code
+            == 204
+        )
         assert client.get("/").status_code == 401
 
 
@@ -95,17 +105,29 @@ def test_a_cookie_signed_in_post_needs_the_csrf_header(db, server):
             headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
         )
         assert forged.status_code == 403 and "cross-site request refused" in forged.json()["detail"]
-        wrong = client.post("/api/judgements", json={"task_id": task_id, "choice": "A"}, headers={"X-CSRF-Token": "0" * 64})
+        wrong = client.post(
+            "/api/judgements", json={"task_id": task_id, "choice": "A"}, headers={"X-CSRF-Token": "0" * 64}
+        )
         assert wrong.status_code == 403
         assert db.query("SELECT count(*) FROM judgements") == [(0,)]
         csrf = client.get("/api/me").json()["csrf_token"]
-        assert client.post("/api/judgements", json={"task_id": task_id, "choice": "A"}, headers={"X-CSRF-Token": csrf}).status_code == 201
+        assert (
+            client.post(
+                "/api/judgements", json={"task_id": task_id, "choice": "A"}, headers={"X-CSRF-Token": csrf}
+            ).status_code
+            == 201
+        )
     assert db.query("SELECT task_id, choice FROM judgements") == [(task_id, "A")]
 
 
 def test_every_response_carries_the_security_headers_and_no_cors(db, server):
     with httpx.Client(base_url=server.url, headers=db.headers("ann")) as client:
-        responses = [client.get("/"), client.get("/api/me"), client.get("/static/label.js"), client.get("/api/tasks/next")]
+        responses = [
+            client.get("/"),
+            client.get("/api/me"),
+            client.get("/static/label.js"),
+            client.get("/api/tasks/next"),
+        ]
         with httpx.Client(base_url=server.url) as anonymous:
             responses.append(anonymous.get("/"))
             preflight = anonymous.options(

@@ -60,7 +60,9 @@ def test_records_are_kept_as_given_with_their_source_line(tmp_path):
 def test_loading_the_same_file_again_adds_no_task(tmp_path):
     first = write_jsonl(tmp_path / "a.jsonl", [GOOD, {"prompt": "q", "responses": ["c", "d"]}])
     # the same record with its keys in another order is the same task
-    overlapping = write_jsonl(tmp_path / "b.jsonl", [{"responses": ["a", "b"], "prompt": "p"}, {"prompt": "r", "responses": ["e", "f"]}])
+    overlapping = write_jsonl(
+        tmp_path / "b.jsonl", [{"responses": ["a", "b"], "prompt": "p"}, {"prompt": "r", "responses": ["e", "f"]}]
+    )
     conn = open_db(tmp_path / "labels.sqlite")
     try:
         assert add_tasks(conn, read_candidates(first)) == 2

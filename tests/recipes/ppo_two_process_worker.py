@@ -36,7 +36,9 @@ def main(model_dir: str, out_file: str, *overrides: str) -> None:
     step = trainer.optimizer.step
 
     def capture_then_step(*args, **kwargs):
-        gradients.update({name: p.grad.detach().clone() for name, p in trainer.unwrapped.named_parameters() if p.grad is not None})
+        gradients.update(
+            {name: p.grad.detach().clone() for name, p in trainer.unwrapped.named_parameters() if p.grad is not None}
+        )
         return step(*args, **kwargs)
 
     trainer.optimizer.step = capture_then_step

@@ -64,7 +64,17 @@ def test_both_orders_cancel_a_pure_position_bias(tiny):
             logits[:, -1, self.second] = 0.0
             return SimpleNamespace(logits=logits)
 
-    verdict = judge_pairs(AlwaysFirst(tokenizer), tokenizer, [{"prompt": "say"}], ["good day"], ["bad day"], ["positive"], LABELS, "float32", 4)
+    verdict = judge_pairs(
+        AlwaysFirst(tokenizer),
+        tokenizer,
+        [{"prompt": "say"}],
+        ["good day"],
+        ["bad day"],
+        ["positive"],
+        LABELS,
+        "float32",
+        4,
+    )
     # shown first: x is option 1, P = 0.75; shown second: x is option 2, P(x) = 1 - 0.75 = 0.25; average 0.5
     assert verdict.shown_first.tolist() == pytest.approx([0.75], abs=1e-6)
     assert verdict.shown_second.tolist() == pytest.approx([0.25], abs=1e-6)
@@ -76,7 +86,9 @@ def test_ai_comparisons_soft_labels_by_hand(tiny):
     judge = GoodBeforeBadJudge(tokenizer)
     records = [{"prompt": "tell me"}, {"prompt": "tell me"}]
     firsts, seconds = ["good day", "bad day"], ["bad day", "good day"]
-    comparisons = ai_comparisons(judge, tokenizer, records, firsts, seconds, [PRINCIPLE], JudgeConfig(labels=LABELS), "float32", random.Random(0))
+    comparisons = ai_comparisons(
+        judge, tokenizer, records, firsts, seconds, [PRINCIPLE], JudgeConfig(labels=LABELS), "float32", random.Random(0)
+    )
     # pair 0 (x = good): shown first logit 1 + 0.5 -> sigmoid(1.5) = 0.8175745; shown second: the
     # first option is 'bad', logit -1 + 0.5 -> P(option 1) = sigmoid(-0.5), so P(x) = sigmoid(0.5) = 0.6224593.
     # average 0.7200169: 'good day' is chosen with label 0.7200169. Pair 1 (x = bad) is the mirror
@@ -91,7 +103,11 @@ def test_ai_comparisons_soft_labels_by_hand(tiny):
 
 def test_batched_probabilities_equal_one_text_at_a_time(tiny):
     model, tokenizer = tiny
-    records = [{"prompt": "tell me about the cat"}, {"prompt": "a dog"}, {"prompt": "what do you think of the city today"}]
+    records = [
+        {"prompt": "tell me about the cat"},
+        {"prompt": "a dog"},
+        {"prompt": "what do you think of the city today"},
+    ]
     texts = [choice_prompt(tokenizer, r, "good fun", "sad day and bad", "kind", LABELS) for r in records]
     ids = option_token_ids(tokenizer, LABELS)
     batched = first_option_probabilities(model, tokenizer, texts, ids, "float32", batch_size=2)
@@ -126,8 +142,19 @@ def test_label_judge_ai_command_compares_every_pair(tiny, tmp_path, capsys):
 
     model_dir = build_tiny_model(tmp_path / "tiny")
     candidates = tmp_path / "candidates.jsonl"
-    candidates.write_text('{"prompt": "tell me", "responses": ["good day", "bad day", "the cat", "good day"]}\n{"prompt": "say", "responses": ["a", "b"]}\n')
-    sets = ["--set", f"data.train={candidates}", "--set", f"model.name={model_dir}", "--set", "model.dtype=float32", "--set", "judge.labels=this,that"]
+    candidates.write_text(
+        '{"prompt": "tell me", "responses": ["good day", "bad day", "the cat", "good day"]}\n{"prompt": "say", "responses": ["a", "b"]}\n'
+    )
+    sets = [
+        "--set",
+        f"data.train={candidates}",
+        "--set",
+        f"model.name={model_dir}",
+        "--set",
+        "model.dtype=float32",
+        "--set",
+        "judge.labels=this,that",
+    ]
     assert main(["label", "--judge", "ai", "--format", "rankings", "--out", str(tmp_path / "x"), *sets]) == 2
     assert "writes comparisons" in capsys.readouterr().err
     out = tmp_path / "label"
@@ -135,7 +162,9 @@ def test_label_judge_ai_command_compares_every_pair(tiny, tmp_path, capsys):
     comparisons = load_records(out / "comparisons.jsonl", "comparisons")
     # 3 distinct responses -> 3 pairs, plus 1 pair: 4 comparisons, each with P(chosen) >= 0.5
     assert len(comparisons) == 4
-    assert {frozenset((c["chosen"], c["rejected"])) for c in comparisons[:3]} == {frozenset(p) for p in [("good day", "bad day"), ("good day", "the cat"), ("bad day", "the cat")]}
+    assert {frozenset((c["chosen"], c["rejected"])) for c in comparisons[:3]} == {
+        frozenset(p) for p in [("good day", "bad day"), ("good day", "the cat"), ("bad day", "the cat")]
+    }
     for c in comparisons:
         p_first = (c["meta"]["p_first_shown_first"] + c["meta"]["p_first_shown_second"]) / 2
         assert c["label"] == pytest.approx(max(p_first, 1 - p_first), abs=1e-6)

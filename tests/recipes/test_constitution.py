@@ -25,7 +25,9 @@ def test_shipped_constitution():
 
 def test_missing_field_names_file_and_principle_index(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("principles:\n  - {name: a, critique: c, revision: r, preference: p}\n  - {name: b, critique: c, preference: p}\n")
+    path.write_text(
+        "principles:\n  - {name: a, critique: c, revision: r, preference: p}\n  - {name: b, critique: c, preference: p}\n"
+    )
     with pytest.raises(UserError) as error:
         load_constitution(path)
     assert str(path) in str(error.value) and "principle 1" in str(error.value) and "'revision'" in str(error.value)
@@ -47,14 +49,19 @@ def fake_generator(calls):
 def test_chain_rounds_are_batched_and_revise_the_last_revision():
     calls = []
     records = [{"prompt": "q0"}, {"prompt": "q1"}]
-    chains = critique_and_revise(records, PRINCIPLES, 2, fake_generator(calls), lambda messages: json.dumps(messages), random.Random(7))
+    chains = critique_and_revise(
+        records, PRINCIPLES, 2, fake_generator(calls), lambda messages: json.dumps(messages), random.Random(7)
+    )
     # 1 response call + 2 rounds x (critique, revision) = 5 calls, each over both prompts at once
     assert [len(c) for c in calls] == [2, 2, 2, 2, 2]
     expected = random.Random(7)
     round_principles = [[expected.choice(PRINCIPLES) for _ in records] for _ in range(2)]
     for row, chain in enumerate(chains):
         assert chain["response"] == f"out1.{row}"
-        assert [r["principle"] for r in chain["rounds"]] == [round_principles[0][row].name, round_principles[1][row].name]
+        assert [r["principle"] for r in chain["rounds"]] == [
+            round_principles[0][row].name,
+            round_principles[1][row].name,
+        ]
         assert [r["critique"] for r in chain["rounds"]] == [f"out2.{row}", f"out4.{row}"]
         assert chain["final"] == f"out5.{row}" == chain["rounds"][-1]["revision"]
         # round 2's critique request critiques round 1's revision, under round 2's principle
@@ -64,7 +71,10 @@ def test_chain_rounds_are_batched_and_revise_the_last_revision():
         assert critique_input[2] == {"role": "user", "content": round_principles[1][row].critique}
         # the revision request follows that critique
         revision_input = json.loads(calls[4][row])
-        assert revision_input[3:] == [{"role": "assistant", "content": f"out4.{row}"}, {"role": "user", "content": round_principles[1][row].revision}]
+        assert revision_input[3:] == [
+            {"role": "assistant", "content": f"out4.{row}"},
+            {"role": "user", "content": round_principles[1][row].revision},
+        ]
 
 
 def test_empty_final_revision_falls_back_to_last_non_empty_text():
@@ -80,7 +90,14 @@ def tiny(tmp_path_factory):
 
 def test_command_writes_demonstrations_for_sft(tiny, tmp_path):
     out = tmp_path / "run"
-    sets = [f"model.name={tiny}", "model.dtype=float32", "data.limit=5", "critique.batch_size=2", "critique.revisions=2", "generation.max_new_tokens=6"]
+    sets = [
+        f"model.name={tiny}",
+        "model.dtype=float32",
+        "data.limit=5",
+        "critique.batch_size=2",
+        "critique.revisions=2",
+        "generation.max_new_tokens=6",
+    ]
     assert main(["constitution", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 0
     chains = [json.loads(line) for line in (out / "chains.jsonl").read_text().splitlines()]
     demonstrations = load_records(out / "demonstrations.jsonl", "demonstrations")
@@ -98,7 +115,9 @@ def test_bad_constitution_exits_2_and_writes_nothing(tiny, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("principles:\n  - {name: a, critique: c, revision: r}\n")
     out = tmp_path / "run"
-    code = main(["constitution", "--out", str(out), "--set", f"model.name={tiny}", "--set", f"critique.constitution={bad}"])
+    code = main(
+        ["constitution", "--out", str(out), "--set", f"model.name={tiny}", "--set", f"critique.constitution={bad}"]
+    )
     assert code == 2
     assert f"{bad}: principle 0" in capsys.readouterr().err
     assert not out.exists()

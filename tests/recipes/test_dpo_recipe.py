@@ -33,7 +33,14 @@ def comparisons(tmp_path_factory):
 
 
 def make_config(tiny, comparisons, out, *sets):
-    base = [f"model.name={tiny}", "model.dtype=float32", f"data.train={comparisons}", f"out={out}", "train.kl_prompts=3", "generation.max_new_tokens=5"]
+    base = [
+        f"model.name={tiny}",
+        "model.dtype=float32",
+        f"data.train={comparisons}",
+        f"out={out}",
+        "train.kl_prompts=3",
+        "generation.max_new_tokens=5",
+    ]
     return load_config(DPOConfig, None, [*base, *sets])
 
 
@@ -48,7 +55,11 @@ def naive_logprob(model, tokenizer, record, response):
 
 
 def test_cached_reference_equals_a_fresh_computation_and_is_never_recomputed(tiny, comparisons, tmp_path):
-    run = DPORun(make_config(tiny, comparisons, tmp_path / "run", "train.steps=3", "train.batch_size=4", "optim.learning_rate=1e-2"))
+    run = DPORun(
+        make_config(
+            tiny, comparisons, tmp_path / "run", "train.steps=3", "train.batch_size=4", "optim.learning_rate=1e-2"
+        )
+    )
     run.out.mkdir(parents=True)
     cache = run.cache_reference()
     fresh = load_causal_lm(tiny, load_tokenizer(tiny)).eval()
@@ -65,11 +76,17 @@ def test_cached_reference_equals_a_fresh_computation_and_is_never_recomputed(tin
     with torch.no_grad():
         now, _ = pair_logprobs(run.model.eval(), run.train_pairs[:4], run.tokenizer.pad_token_id, "float32")
     assert not torch.allclose(now, cache["train_chosen"][:4], atol=1e-3)  # the policy moved ...
-    assert torch.equal(load_file(str(run.out / REFERENCE_FILE))["train_chosen"], on_disk["train_chosen"])  # ... the cache did not
+    assert torch.equal(
+        load_file(str(run.out / REFERENCE_FILE))["train_chosen"], on_disk["train_chosen"]
+    )  # ... the cache did not
 
 
 def test_lora_reference_is_the_base_with_the_adapter_disabled(tiny, comparisons, tmp_path):
-    run = DPORun(make_config(tiny, comparisons, tmp_path / "run", "model.lora.enabled=true", "model.lora.r=4", "train.kl_prompts=0"))
+    run = DPORun(
+        make_config(
+            tiny, comparisons, tmp_path / "run", "model.lora.enabled=true", "model.lora.r=4", "train.kl_prompts=0"
+        )
+    )
     assert run.reference_copy is None  # one copy of weights
     with torch.no_grad():
         for name, parameter in run.model.named_parameters():
@@ -86,7 +103,11 @@ def test_lora_reference_is_the_base_with_the_adapter_disabled(tiny, comparisons,
 
 
 def test_dpo_steps_raise_the_chosen_over_rejected_margin(tiny, comparisons, tmp_path):
-    run = DPORun(make_config(tiny, comparisons, tmp_path / "run", "train.batch_size=8", "optim.learning_rate=3e-3", "train.kl_prompts=0"))
+    run = DPORun(
+        make_config(
+            tiny, comparisons, tmp_path / "run", "train.batch_size=8", "optim.learning_rate=3e-3", "train.kl_prompts=0"
+        )
+    )
     run.out.mkdir(parents=True)
     reference = run.cache_reference()
     before = run.evaluate_pairs(reference)
@@ -94,34 +115,65 @@ def test_dpo_steps_raise_the_chosen_over_rejected_margin(tiny, comparisons, tmp_
     for _ in range(10):
         run.train_step(reference)
     after = run.evaluate_pairs(reference)
-    train_chosen, train_rejected = pair_logprobs(run.model.eval(), run.train_pairs, run.tokenizer.pad_token_id, "float32")
+    train_chosen, train_rejected = pair_logprobs(
+        run.model.eval(), run.train_pairs, run.tokenizer.pad_token_id, "float32"
+    )
     margins = (train_chosen - reference["train_chosen"]) - (train_rejected - reference["train_rejected"])
     assert margins.mean() > 0.5 and (margins > 0).float().mean() > 0.9
     assert after["eval/reward_margin"] > 0.05 and after["eval/loss"] < math.log(2)
 
 
 def test_ipo_is_picked_by_the_config_key(tiny, comparisons, tmp_path):
-    run = DPORun(make_config(tiny, comparisons, tmp_path / "run", "train.loss=ipo", "train.beta=0.1", "train.kl_prompts=0"))
+    run = DPORun(
+        make_config(tiny, comparisons, tmp_path / "run", "train.loss=ipo", "train.beta=0.1", "train.kl_prompts=0")
+    )
     run.out.mkdir(parents=True)
     # h = 0 before any update: IPO's loss is (0 - 1 / (2 * 0.1))^2 = 25
     assert run.train_step(run.cache_reference())["train/loss"] == pytest.approx(25.0, abs=1e-3)
 
 
 def cli(out, tiny, comparisons, *extra):
-    sets = [f"model.name={tiny}", "model.dtype=float32", f"data.train={comparisons}", "train.steps=4", "train.batch_size=4",
-            "train.checkpoint_every=2", "train.eval_every=2", "train.kl_prompts=3", "generation.max_new_tokens=5", "optim.learning_rate=1e-3", *extra]
+    sets = [
+        f"model.name={tiny}",
+        "model.dtype=float32",
+        f"data.train={comparisons}",
+        "train.steps=4",
+        "train.batch_size=4",
+        "train.checkpoint_every=2",
+        "train.eval_every=2",
+        "train.kl_prompts=3",
+        "generation.max_new_tokens=5",
+        "optim.learning_rate=1e-3",
+        *extra,
+    ]
     return main(["dpo", "--out", str(out), *sum((["--set", s] for s in sets), [])])
 
 
 def test_command_output_contract_and_exact_resume(tiny, comparisons, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     assert cli(full, tiny, comparisons) == 0
-    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.json", "training.png", REFERENCE_FILE, "checkpoints/step-4", "final/config.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "samples.jsonl",
+        "summary.json",
+        "training.png",
+        REFERENCE_FILE,
+        "checkpoints/step-4",
+        "final/config.json",
+    ):
         assert (full / name).exists(), name
     assert list((full / "tensorboard").iterdir())
     metrics = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    assert {"train/reward_accuracy", "train/reward_margin", "train/logp_chosen", "train/logp_rejected", "eval/reward_accuracy", "kl/mean"} <= set(metrics[-1])
+    assert {
+        "train/reward_accuracy",
+        "train/reward_margin",
+        "train/logp_chosen",
+        "train/logp_rejected",
+        "eval/reward_accuracy",
+        "kl/mean",
+    } <= set(metrics[-1])
     summary = json.loads((full / "summary.json").read_text())
     assert summary["initial"]["kl/mean"] == pytest.approx(0.0, abs=1e-4)  # policy == reference: every log-ratio is 0
     load_causal_lm(str(full / "final"))  # loadable as a policy

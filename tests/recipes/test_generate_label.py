@@ -26,21 +26,42 @@ def write_jsonl(path, rows):
 def test_generate_writes_k_responses_per_prompt_keeping_the_prompt_record(tiny, tmp_path):
     prompts = write_jsonl(
         tmp_path / "prompts.jsonl",
-        [{"prompt": "tell me a good day", "reference": "a good day"}, {"messages": [{"role": "user", "content": "say hi"}], "id": 7}, {"prompt": "what now"}],
+        [
+            {"prompt": "tell me a good day", "reference": "a good day"},
+            {"messages": [{"role": "user", "content": "say hi"}], "id": 7},
+            {"prompt": "what now"},
+        ],
     )
     out = tmp_path / "gen"
-    args = ["generate", "--set", f"model.name={tiny}", f"data.prompts={prompts}", "num_responses=3", "batch_size=2", "generation.max_new_tokens=6", f"out={out}"]
+    args = [
+        "generate",
+        "--set",
+        f"model.name={tiny}",
+        f"data.prompts={prompts}",
+        "num_responses=3",
+        "batch_size=2",
+        "generation.max_new_tokens=6",
+        f"out={out}",
+    ]
     assert main(args) == 0
     records = load_records(out / "candidates.jsonl", "candidates")
     summary = json.loads((out / "summary.json").read_text())
     assert [len(r["responses"]) for r in records] == [3, 3, 3] and summary["responses"] == 9
-    assert records[0]["reference"] == "a good day" and records[1]["id"] == 7 and records[1]["messages"][0]["content"] == "say hi"
+    assert (
+        records[0]["reference"] == "a good day"
+        and records[1]["id"] == 7
+        and records[1]["messages"][0]["content"] == "say hi"
+    )
     assert all(len(response.split()) <= 6 for r in records for response in r["responses"])
     assert main(args) == 2  # never overwrites an earlier result
 
 
 def test_empty_responses_are_left_out_of_candidates():
-    assert candidates_record({"prompt": "p", "x": 1}, ["good", " ", "", "bad"]) == {"prompt": "p", "x": 1, "responses": ["good", "bad"]}
+    assert candidates_record({"prompt": "p", "x": 1}, ["good", " ", "", "bad"]) == {
+        "prompt": "p",
+        "x": 1,
+        "responses": ["good", "bad"],
+    }
 
 
 def test_prefer_first_without_noise_and_ties():
@@ -77,13 +98,19 @@ def test_label_record_keeps_prompt_fields_and_orders_by_score():
 @pytest.fixture
 def judge_module(tmp_path, monkeypatch):
     """A user judge: the number of times 'good' occurs."""
-    (tmp_path / "goodcount.py").write_text("def judge(prompts, responses, records):\n    return [r.split().count('good') for r in responses]\n")
+    (tmp_path / "goodcount.py").write_text(
+        "def judge(prompts, responses, records):\n    return [r.split().count('good') for r in responses]\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     return "goodcount:judge"
 
 
 CANDIDATES = [
-    {"prompt": "p1", "reference": "r", "responses": ["good good", "good", "bad", "good"]},  # duplicate "good" merged; scores 2, 1, 0
+    {
+        "prompt": "p1",
+        "reference": "r",
+        "responses": ["good good", "good", "bad", "good"],
+    },  # duplicate "good" merged; scores 2, 1, 0
     {"prompt": "p2", "responses": ["bad", "sad"]},  # scores 0, 0: a tie
     {"prompt": "p3", "responses": ["good"]},  # a single response: nothing to compare
 ]
@@ -92,7 +119,14 @@ CANDIDATES = [
 @pytest.mark.parametrize(
     "fmt, expected",
     [
-        ("comparisons", [{"prompt": "p1", "reference": "r", "chosen": "good good", "rejected": "good"}, {"prompt": "p1", "reference": "r", "chosen": "good good", "rejected": "bad"}, {"prompt": "p1", "reference": "r", "chosen": "good", "rejected": "bad"}]),
+        (
+            "comparisons",
+            [
+                {"prompt": "p1", "reference": "r", "chosen": "good good", "rejected": "good"},
+                {"prompt": "p1", "reference": "r", "chosen": "good good", "rejected": "bad"},
+                {"prompt": "p1", "reference": "r", "chosen": "good", "rejected": "bad"},
+            ],
+        ),
         ("rankings", [{"prompt": "p1", "reference": "r", "responses": ["good good", "good", "bad"]}]),
         ("choices", [{"prompt": "p1", "reference": "r", "responses": ["good good", "good", "bad"], "best": 0}]),
     ],
@@ -100,11 +134,30 @@ CANDIDATES = [
 def test_label_cli_with_a_function_judge(tmp_path, judge_module, fmt, expected):
     candidates = write_jsonl(tmp_path / "candidates.jsonl", CANDIDATES)
     out = tmp_path / "labels"
-    assert main(["label", "--judge", "function", "--format", fmt, "--set", f"reward.function={judge_module}", f"data.train={candidates}", f"out={out}"]) == 0
+    assert (
+        main(
+            [
+                "label",
+                "--judge",
+                "function",
+                "--format",
+                fmt,
+                "--set",
+                f"reward.function={judge_module}",
+                f"data.train={candidates}",
+                f"out={out}",
+            ]
+        )
+        == 0
+    )
     records = load_records(out / f"{fmt}.jsonl", fmt)
     assert [{k: v for k, v in r.items() if k != "meta"} for r in records] == expected
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["ties_skipped"] == 1 and summary["prompts_with_fewer_than_2_distinct_responses"] == 1 and summary["records"] == len(expected)
+    assert (
+        summary["ties_skipped"] == 1
+        and summary["prompts_with_fewer_than_2_distinct_responses"] == 1
+        and summary["records"] == len(expected)
+    )
 
 
 def test_label_bad_input_exits_2_without_output(tmp_path, judge_module, capsys):
@@ -113,7 +166,20 @@ def test_label_bad_input_exits_2_without_output(tmp_path, judge_module, capsys):
     assert main(["label", "--judge", "sentiment", "--set", f"data.train={comparisons}", f"out={out}"]) == 2
     assert "cmp.jsonl:1: this looks like a comparisons record" in capsys.readouterr().err
     ties = write_jsonl(tmp_path / "ties.jsonl", [{"prompt": "p", "responses": ["bad", "sad"]}])
-    assert main(["label", "--judge", "function", "--set", f"reward.function={judge_module}", f"data.train={ties}", f"out={out}"]) == 2
+    assert (
+        main(
+            [
+                "label",
+                "--judge",
+                "function",
+                "--set",
+                f"reward.function={judge_module}",
+                f"data.train={ties}",
+                f"out={out}",
+            ]
+        )
+        == 2
+    )
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # the rest is the progress bar
     assert len(errors) == 1 and "produced no comparisons (1 tied" in errors[0]
     assert not out.exists()

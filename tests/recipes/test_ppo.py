@@ -33,7 +33,9 @@ def tiny_config(model_dir, out, *extra):
 
 def test_ppo_raises_a_simple_reward_on_a_tiny_model(tiny_model_dir, tmp_path):
     # The random tiny model says a positive word ~1 time in 10; PPO must make that clearly more common.
-    config = tiny_config(tiny_model_dir, tmp_path, "train.steps=12", "optim.learning_rate=1e-2", "train.checkpoint_every=0")
+    config = tiny_config(
+        tiny_model_dir, tmp_path, "train.steps=12", "optim.learning_rate=1e-2", "train.checkpoint_every=0"
+    )
     PPOTrainer(config, reward=fraction_positive, prompts=PROMPTS).train()
     scores = [m["reward/score_mean"] for m in read_jsonl(tmp_path / "metrics.jsonl")]
     assert len(scores) == 12
@@ -48,14 +50,25 @@ def _final_weights(out):
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tiny_model_dir, tmp_path, lora):
-    extra = ["optim.learning_rate=1e-3", "train.checkpoint_every=2", f"model.lora.enabled={str(lora).lower()}", "model.lora.r=4"]
+    extra = [
+        "optim.learning_rate=1e-3",
+        "train.checkpoint_every=2",
+        f"model.lora.enabled={str(lora).lower()}",
+        "model.lora.r=4",
+    ]
     straight = tmp_path / "straight"
-    PPOTrainer(tiny_config(tiny_model_dir, straight, "train.steps=4", *extra), reward=fraction_positive, prompts=PROMPTS).train()
+    PPOTrainer(
+        tiny_config(tiny_model_dir, straight, "train.steps=4", *extra), reward=fraction_positive, prompts=PROMPTS
+    ).train()
 
     resumed = tmp_path / "resumed"
-    PPOTrainer(tiny_config(tiny_model_dir, resumed, "train.steps=2", *extra), reward=fraction_positive, prompts=PROMPTS).train()
+    PPOTrainer(
+        tiny_config(tiny_model_dir, resumed, "train.steps=2", *extra), reward=fraction_positive, prompts=PROMPTS
+    ).train()
     # a new process would rebuild everything from the config: do the same, then resume with more steps
-    PPOTrainer(tiny_config(tiny_model_dir, resumed, "train.steps=4", *extra), reward=fraction_positive, prompts=PROMPTS).train(resume=True)
+    PPOTrainer(
+        tiny_config(tiny_model_dir, resumed, "train.steps=4", *extra), reward=fraction_positive, prompts=PROMPTS
+    ).train(resume=True)
 
     a, b = _final_weights(straight), _final_weights(resumed)
     assert a.keys() == b.keys()
@@ -74,10 +87,18 @@ def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tiny_model_dir, tmp_p
 
 def test_gradient_accumulation_gives_the_same_update(tiny_model_dir, tmp_path):
     # trainers seed the global RNG when built: build and train one after the other so both sample the same
-    whole = PPOTrainer(tiny_config(tiny_model_dir, tmp_path / "a", "train.steps=1", "train.checkpoint_every=0"), reward=fraction_positive, prompts=PROMPTS)
+    whole = PPOTrainer(
+        tiny_config(tiny_model_dir, tmp_path / "a", "train.steps=1", "train.checkpoint_every=0"),
+        reward=fraction_positive,
+        prompts=PROMPTS,
+    )
     whole.train()
     accumulated = PPOTrainer(
-        tiny_config(tiny_model_dir, tmp_path / "b", "train.steps=1", "train.checkpoint_every=0", "train.micro_batch_size=2"), reward=fraction_positive, prompts=PROMPTS
+        tiny_config(
+            tiny_model_dir, tmp_path / "b", "train.steps=1", "train.checkpoint_every=0", "train.micro_batch_size=2"
+        ),
+        reward=fraction_positive,
+        prompts=PROMPTS,
     )
     accumulated.train()
     assert read_jsonl(tmp_path / "a" / "samples.jsonl") == read_jsonl(tmp_path / "b" / "samples.jsonl")
@@ -87,7 +108,9 @@ def test_gradient_accumulation_gives_the_same_update(tiny_model_dir, tmp_path):
 
 def test_rollout_log_probs_equal_a_fresh_forward_in_float32(tiny_model_dir, tmp_path):
     # the update reuses the sampling pass's log-probs and values: they must be what a forward pass gives
-    trainer = PPOTrainer(tiny_config(tiny_model_dir, tmp_path, "train.steps=1"), reward=fraction_positive, prompts=PROMPTS)
+    trainer = PPOTrainer(
+        tiny_config(tiny_model_dir, tmp_path, "train.steps=1"), reward=fraction_positive, prompts=PROMPTS
+    )
     experience, _, _ = trainer.rollout(PROMPTS)
     s = experience.samples
     with torch.no_grad():
@@ -102,7 +125,11 @@ def test_rollout_log_probs_equal_a_fresh_forward_in_float32(tiny_model_dir, tmp_
 def test_under_bf16_on_a_cpu_the_rollout_log_probs_are_the_updates_own(tiny_model_dir, tmp_path):
     # a CPU decodes in fp32; under bf16 autocast the old log-probs must come from a bf16 forward, so that
     # PPO's ratio starts at exactly 1 (fp32 sampling log-probs differ from a bf16 pass by ~1e-4 to 1e-2)
-    trainer = PPOTrainer(tiny_config(tiny_model_dir, tmp_path, "train.steps=1", "model.dtype=bfloat16"), reward=fraction_positive, prompts=PROMPTS)
+    trainer = PPOTrainer(
+        tiny_config(tiny_model_dir, tmp_path, "train.steps=1", "model.dtype=bfloat16"),
+        reward=fraction_positive,
+        prompts=PROMPTS,
+    )
     experience, _, _ = trainer.rollout(PROMPTS)
     s = experience.samples
     assert s.logprobs is None  # the fp32 sampling pass's log-probs were not kept
@@ -120,7 +147,16 @@ def test_cli_writes_the_output_contract(tiny_model_dir, tmp_path):
     code = main(["ppo", "--set", f"model.name={tiny_model_dir}", "train.steps=2", "train.batch_size=4", "train.mini_batch_size=2",
                  "generation.max_new_tokens=5", "train.checkpoint_every=1", "--out", str(out)])  # fmt: skip
     assert code == 0
-    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.json", "training.png", "final/config.json", "final/critic.safetensors", "checkpoints/step-2/state.pt"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "samples.jsonl",
+        "summary.json",
+        "training.png",
+        "final/config.json",
+        "final/critic.safetensors",
+        "checkpoints/step-2/state.pt",
+    ):
         assert (out / name).exists(), name
     assert list((out / "tensorboard").iterdir())
     metrics = read_jsonl(out / "metrics.jsonl")
@@ -165,7 +201,16 @@ def test_bad_input_gets_one_line_and_no_output(tiny_model_dir, tmp_path, capsys)
 
 def test_a_second_run_into_the_same_directory_is_refused_unless_resumed(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--set", f"model.name={tiny_model_dir}", "train.steps=1", "train.batch_size=2", "train.mini_batch_size=2", "generation.max_new_tokens=3", "--out", str(out)]
+    args = [
+        "--set",
+        f"model.name={tiny_model_dir}",
+        "train.steps=1",
+        "train.batch_size=2",
+        "train.mini_batch_size=2",
+        "generation.max_new_tokens=3",
+        "--out",
+        str(out),
+    ]
     assert main(["ppo", *args]) == 0
     checkpoint = out / "checkpoints" / "step-1" / "trainable.safetensors"
     before = checkpoint.read_bytes()
@@ -183,7 +228,9 @@ def nan_reward(prompts, responses, records):
 
 
 @pytest.mark.parametrize("function, message", [("raising_reward", "judge is down"), ("nan_reward", "non-finite")])
-def test_a_failing_reward_function_stops_the_run_cleanly(tiny_model_dir, tmp_path, capsys, monkeypatch, function, message):
+def test_a_failing_reward_function_stops_the_run_cleanly(
+    tiny_model_dir, tmp_path, capsys, monkeypatch, function, message
+):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     out = tmp_path / "out"
     error = _run_and_expect_error(
@@ -196,7 +243,9 @@ def test_a_failing_reward_function_stops_the_run_cleanly(tiny_model_dir, tmp_pat
 
 def test_entropy_is_a_statistic_only_without_an_entropy_bonus(tiny_model_dir, tmp_path):
     """With ppo.entropy_coef = 0 the entropy's backward over the vocabulary is skipped, and its value is unchanged."""
-    trainer = PPOTrainer(tiny_config(tiny_model_dir, tmp_path, "train.steps=1"), reward=fraction_positive, prompts=PROMPTS)
+    trainer = PPOTrainer(
+        tiny_config(tiny_model_dir, tmp_path, "train.steps=1"), reward=fraction_positive, prompts=PROMPTS
+    )
     s = trainer.rollout(PROMPTS)[0].samples
     with_grad = trainer.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32")
     statistic = trainer.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32", entropy_grad=False)
@@ -210,7 +259,14 @@ def test_lora_on_top_layers_reuses_the_frozen_layers_and_updates_exactly_as_a_fu
 
     One iteration that way must give the same weights as one that recomputes every layer.
     """
-    extra = ["train.steps=1", "train.checkpoint_every=0", "model.lora.enabled=true", "model.lora.r=4", "model.lora.top_layers=1", "optim.learning_rate=1e-2"]
+    extra = [
+        "train.steps=1",
+        "train.checkpoint_every=0",
+        "model.lora.enabled=true",
+        "model.lora.r=4",
+        "model.lora.top_layers=1",
+        "optim.learning_rate=1e-2",
+    ]
     reused = PPOTrainer(tiny_config(tiny_model_dir, tmp_path / "a", *extra), reward=fraction_positive, prompts=PROMPTS)
     depth = reused.unwrapped.policy.config.num_hidden_layers
     assert reused.unwrapped.frozen_layers == depth - 1 > 0
@@ -218,7 +274,9 @@ def test_lora_on_top_layers_reuses_the_frozen_layers_and_updates_exactly_as_a_fu
     s = experience.samples
     assert experience.frozen_states.shape[:2] == s.input_ids.shape
     with torch.no_grad():  # before the update the shortcut gives what the whole forward gives
-        shortcut = reused.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32", frozen_states=experience.frozen_states)
+        shortcut = reused.unwrapped(
+            s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32", frozen_states=experience.frozen_states
+        )
         whole = reused.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32")
     for a, b in zip(shortcut, whole):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -226,7 +284,9 @@ def test_lora_on_top_layers_reuses_the_frozen_layers_and_updates_exactly_as_a_fu
 
     reused = PPOTrainer(tiny_config(tiny_model_dir, tmp_path / "b", *extra), reward=fraction_positive, prompts=PROMPTS)
     reused.train()
-    recomputed = PPOTrainer(tiny_config(tiny_model_dir, tmp_path / "c", *extra), reward=fraction_positive, prompts=PROMPTS)
+    recomputed = PPOTrainer(
+        tiny_config(tiny_model_dir, tmp_path / "c", *extra), reward=fraction_positive, prompts=PROMPTS
+    )
     recomputed.unwrapped.frozen_layers = 0  # the plain path: every layer, every minibatch
     recomputed.train()
     assert read_jsonl(tmp_path / "b" / "samples.jsonl") == read_jsonl(tmp_path / "c" / "samples.jsonl")

@@ -50,7 +50,13 @@ def comparisons(tmp_path_factory):
     rows = []
     for _ in range(80):
         topic = rng.choice(TOPICS)
-        rows.append({"prompt": f"tell me about the {topic}", "chosen": f"the {topic} is " + " ".join(rng.sample(POSITIVE, 3)), "rejected": f"the {topic} is " + " ".join(rng.sample(NEGATIVE, 3))})
+        rows.append(
+            {
+                "prompt": f"tell me about the {topic}",
+                "chosen": f"the {topic} is " + " ".join(rng.sample(POSITIVE, 3)),
+                "rejected": f"the {topic} is " + " ".join(rng.sample(NEGATIVE, 3)),
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -66,7 +72,11 @@ def alone(model, tokenizer, record, response):
 def test_scores_are_read_at_the_last_real_token_with_either_padding(model_and_tokenizer, side):
     model, tokenizer = model_and_tokenizer
     record = {"prompt": "tell me a good day"}
-    responses = ["good", "bad sad pain boring terrible", "the cat is happy"]  # 2, 6, 5 tokens with EOS: padding differs per row
+    responses = [
+        "good",
+        "bad sad pain boring terrible",
+        "the cat is happy",
+    ]  # 2, 6, 5 tokens with EOS: padding differs per row
     items = [tokenize_prompt_response(tokenizer, record, r, 64) for r in responses]
     with torch.no_grad():
         batched = score_items(model, items, tokenizer.pad_token_id, "float32", side=side)
@@ -86,7 +96,9 @@ def test_mean_pooling_averages_the_head_over_the_response_tokens(model_and_token
     with torch.no_grad():
         batched = score_items(model, items, tokenizer.pad_token_id, "float32", side=side)
         expected = []
-        for item in items:  # by hand: the head at every token of the unpadded sequence, averaged over the response and EOS
+        for (
+            item
+        ) in items:  # by hand: the head at every token of the unpadded sequence, averaged over the response and EOS
             ids = torch.tensor([item["input_ids"]])
             per_token = model.token_values(ids, torch.ones_like(ids, dtype=torch.bool))[0]
             response = torch.tensor(item["response_mask"])
@@ -109,19 +121,27 @@ def test_recipe_losses_match_hand_computation_for_each_record_kind(model_and_tok
             (-ls(r[a] - r[b] - 0.5) - ls(r[c] - r[a])) / 2,
         ),
         # soft label 0.8: -(0.8 log σ(d) + 0.2 log σ(-d))
-        ("comparisons", "soft_bradley_terry"): ([{**p, "chosen": a, "rejected": b, "label": 0.8}], -(0.8 * ls(r[a] - r[b]) + 0.2 * ls(r[b] - r[a]))),
+        ("comparisons", "soft_bradley_terry"): (
+            [{**p, "chosen": a, "rejected": b, "label": 0.8}],
+            -(0.8 * ls(r[a] - r[b]) + 0.2 * ls(r[b] - r[a])),
+        ),
         # a 3-way ranking (3 pairs, weight 1/3) and a 2-way one in the same batch: mean of the two per-prompt losses
         ("rankings", "ranking"): (
             [{**p, "responses": [a, c, b]}, {**p, "responses": [b, c]}],
             (-(ls(r[a] - r[c]) + ls(r[a] - r[b]) + ls(r[c] - r[b])) / 3 - ls(r[b] - r[c])) / 2,
         ),
         # best of 3 is index 2: -log softmax(r)[2]
-        ("choices", "best_of_k"): ([{**p, "responses": [a, b, c], "best": 2}], -(r[c] - math.log(math.exp(r[a]) + math.exp(r[b]) + math.exp(r[c])))),
+        ("choices", "best_of_k"): (
+            [{**p, "responses": [a, b, c], "best": 2}],
+            -(r[c] - math.log(math.exp(r[a]) + math.exp(r[b]) + math.exp(r[c]))),
+        ),
     }
     for (kind, loss_name), (records, expected) in cases.items():
         tokenized, _ = tokenize_preferences(tokenizer, records, kind, 64)
         model.zero_grad()
-        got = batch_loss_backward(model, tokenized, preference_loss(loss_name), tokenizer.pad_token_id, micro_batch_size=1, dtype="float32")
+        got = batch_loss_backward(
+            model, tokenized, preference_loss(loss_name), tokenizer.pad_token_id, micro_batch_size=1, dtype="float32"
+        )
         assert got == pytest.approx(expected, abs=1e-5), kind
         assert model.head.weight.grad.abs().sum() > 0
     model.zero_grad()
@@ -137,12 +157,36 @@ def test_calibration_bins_and_ece_by_hand():
 
 
 def common(tiny, out, *extra):
-    return ["--set", f"model.name={tiny}", "model.dtype=float32", "normalize.num_prompts=12", "normalize.generation.max_new_tokens=6", f"out={out}", *extra]
+    return [
+        "--set",
+        f"model.name={tiny}",
+        "model.dtype=float32",
+        "normalize.num_prompts=12",
+        "normalize.generation.max_new_tokens=6",
+        f"out={out}",
+        *extra,
+    ]
 
 
 def test_rm_learns_held_out_preferences_and_normalises_against_the_reference(tiny, comparisons, tmp_path):
     out = tmp_path / "rm"
-    assert main(["rm", *common(tiny, out, f"data.train={comparisons}", "data.eval_fraction=0.25", "train.steps=25", "train.eval_every=25", "optim.learning_rate=0.003")]) == 0
+    assert (
+        main(
+            [
+                "rm",
+                *common(
+                    tiny,
+                    out,
+                    f"data.train={comparisons}",
+                    "data.eval_fraction=0.25",
+                    "train.steps=25",
+                    "train.eval_every=25",
+                    "optim.learning_rate=0.003",
+                ),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["kind"] == "comparisons" and summary["loss_function"] == "bradley_terry"
     assert summary["train_records"] == 60 and summary["eval_records"] == 20
@@ -151,13 +195,21 @@ def test_rm_learns_held_out_preferences_and_normalises_against_the_reference(tin
 
     final = ScalarHeadModel.load(out / "final")
     meta = json.loads((out / "final" / "reward.json").read_text())
-    assert meta["gain"] == pytest.approx(1 / meta["reference_raw_std"]) and meta["eval"]["eval_accuracy"] == summary["eval_accuracy"]
+    assert (
+        meta["gain"] == pytest.approx(1 / meta["reference_raw_std"])
+        and meta["eval"]["eval_accuracy"] == summary["eval_accuracy"]
+    )
     # The same reference responses (same seed), scored by the saved model with its gain and bias: mean 0, std 1.
     from rlhfkit.data.records import load_records
     from rlhfkit.recipes.reward import unique_prompts
 
     config = RMConfig()
-    config.model.name, config.model.dtype, config.normalize.num_prompts, config.normalize.generation.max_new_tokens = tiny, "float32", 12, 6
+    config.model.name, config.model.dtype, config.normalize.num_prompts, config.normalize.generation.max_new_tokens = (
+        tiny,
+        "float32",
+        12,
+        6,
+    )
     tokenizer = load_tokenizer(str(out / "final"))
     prompts = unique_prompts(load_records(comparisons, "comparisons")[:60], 12)
     stats = reference_statistics(final, tokenizer, prompts, config)
@@ -165,7 +217,16 @@ def test_rm_learns_held_out_preferences_and_normalises_against_the_reference(tin
 
 
 def test_rm_resume_after_a_stop_ends_bitwise_equal(tiny, comparisons, tmp_path):
-    args = [f"data.train={comparisons}", "train.steps=4", "train.batch_size=4", "train.micro_batch_size=2", "train.checkpoint_every=2", "train.eval_every=2", "optim.learning_rate=0.003", "normalize.enabled=false"]
+    args = [
+        f"data.train={comparisons}",
+        "train.steps=4",
+        "train.batch_size=4",
+        "train.micro_batch_size=2",
+        "train.checkpoint_every=2",
+        "train.eval_every=2",
+        "optim.learning_rate=0.003",
+        "normalize.enabled=false",
+    ]
     assert main(["rm", *common(tiny, tmp_path / "straight", *args)]) == 0
     stopped = tmp_path / "stopped"
     assert main(["rm", *common(tiny, stopped, *args)]) == 0
@@ -178,15 +239,43 @@ def test_rm_resume_after_a_stop_ends_bitwise_equal(tiny, comparisons, tmp_path):
 
 
 BAD = [
-    ([{"prompt": "hi", "chosen": "good", "rejected": "good"}], [], "data.jsonl:1: 'chosen' and 'rejected' are the same text"),
+    (
+        [{"prompt": "hi", "chosen": "good", "rejected": "good"}],
+        [],
+        "data.jsonl:1: 'chosen' and 'rejected' are the same text",
+    ),
     ([{"prompt": "hi", "chosen": "good", "rejected": ""}], [], "data.jsonl:1: field 'rejected' is empty"),
-    ([{"prompt": "hi", "responses": ["good"]}], [], "data.jsonl:1: field 'responses' has 1 response(s); at least 2 are needed"),
-    ([{"prompt": "hi", "chosen": "good", "rejected": "bad"}, {"prompt": "hi", "responses": ["good", "bad"]}], [], "data.jsonl:2: this looks like a rankings record"),
-    ([{"prompt": "hi", "responses": ["good", "bad"], "best": 0}, {"prompt": "hi", "responses": ["good", "bad"]}], [], "data.jsonl:2: this looks like a rankings record"),
-    ([{"prompt": "hi", "chosen": "good", "rejected": "bad"}] * 4, ["train.bogus=1"], "unknown config key 'train.bogus'"),
-    ([{"prompt": "hi", "chosen": "good", "rejected": "bad"}] * 4, ["train.batch_size=4", "train.micro_batch_size=3"], "train.batch_size 4 is not divisible by train.micro_batch_size 3"),
+    (
+        [{"prompt": "hi", "responses": ["good"]}],
+        [],
+        "data.jsonl:1: field 'responses' has 1 response(s); at least 2 are needed",
+    ),
+    (
+        [{"prompt": "hi", "chosen": "good", "rejected": "bad"}, {"prompt": "hi", "responses": ["good", "bad"]}],
+        [],
+        "data.jsonl:2: this looks like a rankings record",
+    ),
+    (
+        [{"prompt": "hi", "responses": ["good", "bad"], "best": 0}, {"prompt": "hi", "responses": ["good", "bad"]}],
+        [],
+        "data.jsonl:2: this looks like a rankings record",
+    ),
+    (
+        [{"prompt": "hi", "chosen": "good", "rejected": "bad"}] * 4,
+        ["train.bogus=1"],
+        "unknown config key 'train.bogus'",
+    ),
+    (
+        [{"prompt": "hi", "chosen": "good", "rejected": "bad"}] * 4,
+        ["train.batch_size=4", "train.micro_batch_size=3"],
+        "train.batch_size 4 is not divisible by train.micro_batch_size 3",
+    ),
     ([{"prompt": "hi"}], [], "a reward model trains on comparisons, rankings or choices"),
-    ([{"prompt": "hi", "chosen": "good", "rejected": "bad"}] * 4, ["pooling=max"], "pooling must be one of last, mean, got 'max'"),
+    (
+        [{"prompt": "hi", "chosen": "good", "rejected": "bad"}] * 4,
+        ["pooling=max"],
+        "pooling must be one of last, mean, got 'max'",
+    ),
 ]
 
 
@@ -203,7 +292,14 @@ def test_bad_input_exits_2_with_one_line_and_no_output(tiny, tmp_path, capsys, r
 
 def test_lora_reward_model_is_merged_into_a_loadable_final(tiny, comparisons, tmp_path):
     out = tmp_path / "lora"
-    settings = [f"data.train={comparisons}", "train.steps=12", "optim.learning_rate=0.003", "model.lora.enabled=true", "model.lora.r=4", "normalize.enabled=false"]
+    settings = [
+        f"data.train={comparisons}",
+        "train.steps=12",
+        "optim.learning_rate=0.003",
+        "model.lora.enabled=true",
+        "model.lora.r=4",
+        "normalize.enabled=false",
+    ]
     assert main(["rm", *common(tiny, out, *settings)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     merged, base = load_file(str(out / "final" / "model.safetensors")), load_file(f"{tiny}/model.safetensors")
@@ -213,10 +309,12 @@ def test_lora_reward_model_is_merged_into_a_loadable_final(tiny, comparisons, tm
     from rlhfkit.data.records import load_records
 
     final, tokenizer = ScalarHeadModel.load(out / "final"), load_tokenizer(str(out / "final"))
-    held_out = load_records(comparisons, "comparisons")[-summary["eval_records"]:]
+    held_out = load_records(comparisons, "comparisons")[-summary["eval_records"] :]
     tokenized, _ = tokenize_preferences(tokenizer, held_out, "comparisons", 256)
     with torch.no_grad():
-        scores = score_items(final, [item for r in tokenized for item in r["items"]], tokenizer.pad_token_id, "float32").view(-1, 2)
+        scores = score_items(
+            final, [item for r in tokenized for item in r["items"]], tokenizer.pad_token_id, "float32"
+        ).view(-1, 2)
     assert (scores[:, 0] > scores[:, 1]).float().mean().item() == pytest.approx(summary["eval_accuracy"])
 
 
@@ -227,15 +325,28 @@ def test_rankings_trained_model_is_measured_on_held_out_comparisons(tiny, compar
     rows = []
     for _ in range(40):
         topic = rng.choice(TOPICS)
-        best, middle, worst = (f"the {topic} is " + " ".join(rng.sample(words, 3)) for words in (POSITIVE, POSITIVE[:4] + NEGATIVE[:4], NEGATIVE))
+        best, middle, worst = (
+            f"the {topic} is " + " ".join(rng.sample(words, 3))
+            for words in (POSITIVE, POSITIVE[:4] + NEGATIVE[:4], NEGATIVE)
+        )
         rows.append({"prompt": f"tell me about the {topic}", "responses": [best, middle, worst]})
     rankings.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "rm"
-    settings = [f"data.train={rankings}", f"data.eval={comparisons}", "train.steps=20", "train.batch_size=4", "train.eval_every=20", "optim.learning_rate=0.003", "normalize.enabled=false"]
+    settings = [
+        f"data.train={rankings}",
+        f"data.eval={comparisons}",
+        "train.steps=20",
+        "train.batch_size=4",
+        "train.eval_every=20",
+        "optim.learning_rate=0.003",
+        "normalize.enabled=false",
+    ]
     assert main(["rm", *common(tiny, out, *settings)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["kind"] == "rankings" and summary["loss_function"] == "ranking"
-    assert summary["eval_records"] == 80 and summary["eval_pairs"] == 80  # one pair per comparison, not three per ranking
+    assert (
+        summary["eval_records"] == 80 and summary["eval_pairs"] == 80
+    )  # one pair per comparison, not three per ranking
     assert summary["eval_accuracy"] >= 0.9
     # the held-out loss is the comparisons' Bradley-Terry loss: -log σ(margin) averaged, so it stays below log 2 once accuracy is high
     assert 0 < summary["eval_loss"] < math.log(2)
@@ -246,7 +357,14 @@ def test_mean_pooled_reward_model_learns_and_scores_the_same_as_a_ppo_reward(tin
     from rlhfkit.rewards import model_reward
 
     out = tmp_path / "mean"
-    settings = [f"data.train={comparisons}", "data.eval_fraction=0.25", "pooling=mean", "train.steps=25", "train.eval_every=25", "optim.learning_rate=0.003"]
+    settings = [
+        f"data.train={comparisons}",
+        "data.eval_fraction=0.25",
+        "pooling=mean",
+        "train.steps=25",
+        "train.eval_every=25",
+        "optim.learning_rate=0.003",
+    ]
     assert main(["rm", *common(tiny, out, *settings)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval_accuracy"] >= 0.9
@@ -254,7 +372,7 @@ def test_mean_pooled_reward_model_learns_and_scores_the_same_as_a_ppo_reward(tin
     # PPO's reward source loads it with its pooling and scores prompt + response as training tokenised them
     reward = model_reward(str(out / "final"), batch_size=3, dtype="float32")
     assert reward.model.pooling == "mean"
-    held_out = load_records(comparisons, "comparisons")[-summary["eval_records"]:]
+    held_out = load_records(comparisons, "comparisons")[-summary["eval_records"] :]
     records = [{"prompt": r["prompt"]} for r in held_out for _ in range(2)]
     responses = [text for r in held_out for text in (r["chosen"], r["rejected"])]
     scores = torch.tensor(reward([r["prompt"] for r in records], responses, records)).view(-1, 2)

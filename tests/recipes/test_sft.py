@@ -27,19 +27,34 @@ def tiny(tmp_path_factory):
 def demonstrations(tmp_path_factory):
     """Prompts about a topic, answered with the same cheerful words: easy for a tiny model to learn."""
     path = tmp_path_factory.mktemp("data") / "demos.jsonl"
-    rows = [{"prompt": f"tell me about the {topic}", "response": "good great happy love wonderful joy"} for topic in TOPICS for _ in range(2)]
+    rows = [
+        {"prompt": f"tell me about the {topic}", "response": "good great happy love wonderful joy"}
+        for topic in TOPICS
+        for _ in range(2)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def common(tiny, out, *extra):
-    return ["--set", f"model.name={tiny}", "model.dtype=float32", "train.eval_samples=0", "train.batch_size=4", f"out={out}", *extra]
+    return [
+        "--set",
+        f"model.name={tiny}",
+        "model.dtype=float32",
+        "train.eval_samples=0",
+        "train.batch_size=4",
+        f"out={out}",
+        *extra,
+    ]
 
 
 def test_loss_is_response_only_and_micro_batching_is_exact(tiny):
     tokenizer = load_tokenizer(tiny)
     model = load_causal_lm(tiny, tokenizer)
-    items = [tokenize_prompt_response(tokenizer, {"prompt": p}, r, 64) for p, r in [("tell me a day", "good day"), ("say no", "bad sad pain")]]
+    items = [
+        tokenize_prompt_response(tokenizer, {"prompt": p}, r, 64)
+        for p, r in [("tell me a day", "good day"), ("say no", "bad sad pain")]
+    ]
     captured = []
 
     def keep_logits(module, inputs, output):
@@ -72,7 +87,9 @@ def test_loss_is_response_only_and_micro_batching_is_exact(tiny):
     # Two micro-batches of one give the same gradient as one batch of two.
     whole = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    assert batch_loss_backward(model, items, tokenizer.pad_token_id, micro_batch_size=1, dtype="float32") == pytest.approx(loss, abs=1e-6)
+    assert batch_loss_backward(
+        model, items, tokenizer.pad_token_id, micro_batch_size=1, dtype="float32"
+    ) == pytest.approx(loss, abs=1e-6)
     for a, p in zip(whole, model.parameters()):
         torch.testing.assert_close(p.grad, a, atol=1e-6, rtol=1e-5)
 
@@ -86,13 +103,28 @@ def positive_share(model_dir, tokenizer, seed=0):
     torch.manual_seed(seed)
     model = load_causal_lm(model_dir, tokenizer)
     texts = [format_prompt(tokenizer, {"prompt": f"tell me about a {t}"}) for t in TOPICS]
-    words = " ".join(decode_responses(tokenizer, sample(model, tokenizer, texts, GenerationConfig(max_new_tokens=8), "float32"))).split()
+    words = " ".join(
+        decode_responses(tokenizer, sample(model, tokenizer, texts, GenerationConfig(max_new_tokens=8), "float32"))
+    ).split()
     return sum(w in POSITIVE for w in words) / max(1, len(words))
 
 
 def test_sft_lowers_held_out_loss_and_moves_generations(tiny, demonstrations, tmp_path):
     out = tmp_path / "run"
-    code = main(["sft", *common(tiny, out, f"data.train={demonstrations}", "data.eval_fraction=0.25", "train.steps=30", "train.eval_every=15", "optim.learning_rate=0.01")])
+    code = main(
+        [
+            "sft",
+            *common(
+                tiny,
+                out,
+                f"data.train={demonstrations}",
+                "data.eval_fraction=0.25",
+                "train.steps=30",
+                "train.eval_every=15",
+                "optim.learning_rate=0.01",
+            ),
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval_loss_final"] < 0.5 * summary["eval_loss_initial"]
@@ -106,24 +138,55 @@ def test_sft_lowers_held_out_loss_and_moves_generations(tiny, demonstrations, tm
 
 def test_lora_final_is_a_merged_plain_model(tiny, demonstrations, tmp_path):
     out = tmp_path / "lora"
-    assert main(["sft", *common(tiny, out, f"data.train={demonstrations}", "train.steps=3", "model.lora.enabled=true", "model.lora.r=4", "optim.learning_rate=0.01")]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                *common(
+                    tiny,
+                    out,
+                    f"data.train={demonstrations}",
+                    "train.steps=3",
+                    "model.lora.enabled=true",
+                    "model.lora.r=4",
+                    "optim.learning_rate=0.01",
+                ),
+            ]
+        )
+        == 0
+    )
     final = out / "final"
     assert not (final / "adapter_config.json").exists()
     merged, base = load_file(str(final / "model.safetensors")), load_file(str(Path(tiny) / "model.safetensors"))
     assert set(merged) == set(base)
-    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        merged["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"]
+    )
     assert torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])  # not an adapter target
 
 
 def test_resume_after_a_stop_ends_bitwise_equal(tiny, demonstrations, tmp_path):
-    args = [f"data.train={demonstrations}", "train.steps=4", "train.checkpoint_every=2", "train.eval_every=2", "optim.learning_rate=0.01", "optim.schedule=linear", "train.micro_batch_size=2"]
+    args = [
+        f"data.train={demonstrations}",
+        "train.steps=4",
+        "train.checkpoint_every=2",
+        "train.eval_every=2",
+        "optim.learning_rate=0.01",
+        "optim.schedule=linear",
+        "train.micro_batch_size=2",
+    ]
     assert main(["sft", *common(tiny, tmp_path / "straight", *args)]) == 0
     stopped = tmp_path / "stopped"
     assert main(["sft", *common(tiny, stopped, *args)]) == 0
     shutil.rmtree(stopped / "checkpoints" / "step-4")  # as if killed during step 3
     shutil.rmtree(stopped / "final")
-    assert main(["sft", "--resume", "--out", str(stopped)]) == 0  # the rest of the config comes from the run's config.yaml
-    a, b = load_file(str(tmp_path / "straight" / "final" / "model.safetensors")), load_file(str(stopped / "final" / "model.safetensors"))
+    assert (
+        main(["sft", "--resume", "--out", str(stopped)]) == 0
+    )  # the rest of the config comes from the run's config.yaml
+    a, b = (
+        load_file(str(tmp_path / "straight" / "final" / "model.safetensors")),
+        load_file(str(stopped / "final" / "model.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert metrics == [1, 2, 3, 4]
@@ -133,9 +196,17 @@ def test_resume_after_a_stop_ends_bitwise_equal(tiny, demonstrations, tmp_path):
     "rows, settings, message",
     [
         ([{"prompt": "hi", "response": ""}], [], "demos.jsonl:1: field 'response' is empty"),
-        ([{"prompt": "hi", "response": "good"}, {"prompt": "a", "chosen": "b", "rejected": "c"}], [], "demos.jsonl:2: this looks like a comparisons record"),
+        (
+            [{"prompt": "hi", "response": "good"}, {"prompt": "a", "chosen": "b", "rejected": "c"}],
+            [],
+            "demos.jsonl:2: this looks like a comparisons record",
+        ),
         ([{"prompt": "hi", "response": "good"}] * 4, ["train.bogus=1"], "unknown config key 'train.bogus'"),
-        ([{"prompt": "hi", "response": "good"}] * 4, ["train.micro_batch_size=3"], "train.batch_size 4 is not divisible by train.micro_batch_size 3"),
+        (
+            [{"prompt": "hi", "response": "good"}] * 4,
+            ["train.micro_batch_size=3"],
+            "train.batch_size 4 is not divisible by train.micro_batch_size 3",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_output(tiny, tmp_path, capsys, rows, settings, message):

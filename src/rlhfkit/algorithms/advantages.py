@@ -39,9 +39,16 @@ def generalized_advantage_estimation(
     terminal states.
     """
     shape = rewards.shape
-    for name, tensor in (("values", values), ("next_values", next_values), ("terminated", terminated), ("episode_end", episode_end)):
+    for name, tensor in (
+        ("values", values),
+        ("next_values", next_values),
+        ("terminated", terminated),
+        ("episode_end", episode_end),
+    ):
         if tensor.shape != shape:
-            raise ValueError(f"generalized_advantage_estimation: {name} has shape {tuple(tensor.shape)}, rewards {tuple(shape)}")
+            raise ValueError(
+                f"generalized_advantage_estimation: {name} has shape {tuple(tensor.shape)}, rewards {tuple(shape)}"
+            )
     values = values.float()
     bootstrap = torch.where(terminated.bool(), 0.0, next_values.float())
     deltas = rewards.float() + gamma * bootstrap - values
@@ -56,7 +63,9 @@ def generalized_advantage_estimation(
     return advantages, advantages + values
 
 
-def masked_gae(rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+def masked_gae(
+    rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
     """GAE for language-model responses: one episode per row, ending on its last real token.
 
     rewards, values, response_mask: (B, T); returns (advantages, returns), each (B, T).

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _log_ratios(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor) -> tuple[Tensor, Tensor]:
+def _log_ratios(
+    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor
+) -> tuple[Tensor, Tensor]:
     """(log pi(y_w) - log ref(y_w), log pi(y_l) - log ref(y_l)), each (N,) float32."""
     return policy_chosen.float() - ref_chosen.float(), policy_rejected.float() - ref_rejected.float()
 
@@ -43,7 +45,12 @@ def ipo_loss(
 
 
 def conservative_dpo_loss(
-    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float, label_smoothing: float
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float,
+    label_smoothing: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Conservative DPO (Mitchell 2023): DPO with labels flipped with probability eps.
 

@@ -12,7 +12,8 @@ All take per-token log-probabilities (..., T) of the sampled tokens and return (
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -91,7 +92,9 @@ class AdaptiveKLController:
 
     def __init__(self, init_value: float, target: float, horizon: int) -> None:
         if target <= 0 or horizon <= 0:
-            raise ValueError(f"AdaptiveKLController needs target > 0 and horizon > 0, got target={target}, horizon={horizon}")
+            raise ValueError(
+                f"AdaptiveKLController needs target > 0 and horizon > 0, got target={target}, horizon={horizon}"
+            )
         self.value = float(init_value)
         self.target = float(target)
         self.horizon = horizon

@@ -9,7 +9,7 @@ returns (loss, stats): stats are detached 0-dim tensors, for logging.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -73,9 +73,9 @@ def kl_penalty_policy_loss(
 def update_kl_penalty_beta(beta: float, kl: float, target: float) -> float:
     """The PPO paper's beta rule (sec. 4), applied after each policy update.
 
-        d < d_targ / 1.5  ->  beta / 2
-        d > d_targ * 1.5  ->  beta * 2
-        otherwise         ->  beta
+    d < d_targ / 1.5  ->  beta / 2
+    d > d_targ * 1.5  ->  beta * 2
+    otherwise         ->  beta
     """
     kl = float(kl)
     if kl < target / 1.5:

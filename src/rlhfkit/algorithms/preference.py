@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float | None = None) -> Tensor:
+def bradley_terry_loss(
+    chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float | None = None
+) -> Tensor:
     """Negative log-likelihood of the preferred response under Bradley-Terry (Stiennon et al. 2020).
 
         loss = -log sigmoid(r_w - r_l - m)
@@ -79,7 +81,9 @@ def best_of_k_loss(rewards: Tensor, best: Tensor, num_responses: Tensor) -> Tens
     num_responses = num_responses.long()
     best = best.long()
     if bool(((best < 0) | (best >= num_responses)).any()):
-        raise ValueError(f"best_of_k_loss: best must lie in [0, num_responses), got best={best.tolist()}, num_responses={num_responses.tolist()}")
+        raise ValueError(
+            f"best_of_k_loss: best must lie in [0, num_responses), got best={best.tolist()}, num_responses={num_responses.tolist()}"
+        )
     logits = torch.where(_response_slots(num_responses, rewards.shape[-1]), rewards.float(), -torch.inf)
     return torch.logsumexp(logits, dim=-1) - logits.gather(-1, best.unsqueeze(-1)).squeeze(-1)
 

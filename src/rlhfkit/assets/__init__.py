@@ -5,5 +5,9 @@ from pathlib import Path
 ASSETS = Path(__file__).parent
 PROMPTS = ASSETS / "prompts.jsonl"  # training prompts for PPO, generation and labelling
 EVAL_PROMPTS = ASSETS / "eval_prompts.jsonl"  # held-out prompts, never trained on
-CONSTITUTION = ASSETS / "constitution.yaml"  # the default constitution: principles for critique, revision and the AI judge
-DEMONSTRATIONS = ASSETS / "demonstrations.jsonl"  # short, friendly prompt + response pairs: the default data.train of `rlhfkit sft`
+CONSTITUTION = (
+    ASSETS / "constitution.yaml"
+)  # the default constitution: principles for critique, revision and the AI judge
+DEMONSTRATIONS = (
+    ASSETS / "demonstrations.jsonl"
+)  # short, friendly prompt + response pairs: the default data.train of `rlhfkit sft`

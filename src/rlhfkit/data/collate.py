@@ -22,7 +22,9 @@ from rlhfkit.data.records import Record, format_prompt
 from rlhfkit.errors import UserError
 
 
-def tokenize_prompt_response(tokenizer: Any, record: Record, response: str, max_length: int, add_eos: bool = True) -> dict[str, Any]:
+def tokenize_prompt_response(
+    tokenizer: Any, record: Record, response: str, max_length: int, add_eos: bool = True
+) -> dict[str, Any]:
     """Token ids of prompt + response (+ EOS) for one example, at most `max_length` long.
 
     Returns {"input_ids": list[int] (L,), "response_mask": list[bool] (L,),
@@ -54,7 +56,9 @@ def tokenize_prompt_response(tokenizer: Any, record: Record, response: str, max_
     }
 
 
-def pad_batch(items: list[dict[str, Any]], pad_token_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(
+    items: list[dict[str, Any]], pad_token_id: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad tokenised examples to one (B, T) batch.
 
     items: dicts with "input_ids" (L_i,) and "response_mask" (L_i,).

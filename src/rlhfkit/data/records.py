@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlhfkit.errors import UserError
 
@@ -54,7 +55,10 @@ def _decode_cell(value: str) -> Any:
 
 def _read_csv(path: Path) -> list[tuple[int, Any]]:
     with path.open(encoding="utf-8", newline="") as handle:
-        return [(number, {k: _decode_cell(v) for k, v in row.items() if v != ""}) for number, row in enumerate(csv.DictReader(handle), start=2)]
+        return [
+            (number, {k: _decode_cell(v) for k, v in row.items() if v != ""})
+            for number, row in enumerate(csv.DictReader(handle), start=2)
+        ]
 
 
 def _read_parquet(path: Path) -> list[tuple[int, Any]]:
@@ -70,7 +74,9 @@ def _read_dataset(name: str) -> list[tuple[int, Any]]:
     try:
         dataset = datasets.load_dataset(dataset_id, split=split or "train")
     except Exception as error:  # datasets raises many types; report the cause in one line
-        raise UserError(f"{name}: not a file, and loading it as a datasets id failed: {str(error).splitlines()[0]}") from None
+        raise UserError(
+            f"{name}: not a file, and loading it as a datasets id failed: {str(error).splitlines()[0]}"
+        ) from None
     return list(enumerate(dataset, start=1))
 
 
@@ -102,7 +108,9 @@ def read_rows(source: str | Path) -> tuple[str, list[tuple[int, Any]]]:
 def _text(record: Record, key: str, where: str) -> str:
     value = record.get(key)
     if not isinstance(value, str):
-        raise UserError(f"{where}: field {key!r} must be a string, got {type(value).__name__ if key in record else 'nothing'}")
+        raise UserError(
+            f"{where}: field {key!r} must be a string, got {type(value).__name__ if key in record else 'nothing'}"
+        )
     if not value.strip():
         raise UserError(f"{where}: field {key!r} is empty")
     return value
@@ -113,8 +121,12 @@ def _messages(record: Record, where: str) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
-            raise UserError(f"{where}: messages[{i}] must be {{\"role\": str, \"content\": str}}")
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), str)
+        ):
+            raise UserError(f'{where}: messages[{i}] must be {{"role": str, "content": str}}')
     return messages
 
 
@@ -150,7 +162,9 @@ def _validate_demonstration(record: Record, where: str) -> None:
         return
     messages = _messages(record, where)
     if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
-        raise UserError(f"{where}: a demonstration's 'messages' must end with a non-empty assistant message (or give 'prompt' and 'response')")
+        raise UserError(
+            f"{where}: a demonstration's 'messages' must end with a non-empty assistant message (or give 'prompt' and 'response')"
+        )
 
 
 def _validate_comparison(record: Record, where: str) -> None:
@@ -163,7 +177,9 @@ def _validate_comparison(record: Record, where: str) -> None:
     if "label" in record:
         label = record["label"]
         if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0 <= label <= 1:
-            raise UserError(f"{where}: field 'label' (probability that 'chosen' is preferred) must be a number in [0, 1]")
+            raise UserError(
+                f"{where}: field 'label' (probability that 'chosen' is preferred) must be a number in [0, 1]"
+            )
 
 
 def _validate_ranking(record: Record, where: str) -> None:
@@ -178,7 +194,9 @@ def _validate_choice(record: Record, where: str) -> None:
     responses = _check_responses(record, where, minimum=2)
     best = record.get("best")
     if isinstance(best, bool) or not isinstance(best, int) or not 0 <= best < len(responses):
-        raise UserError(f"{where}: field 'best' must be an index into 'responses' (0..{len(responses) - 1}), got {best!r}")
+        raise UserError(
+            f"{where}: field 'best' must be an index into 'responses' (0..{len(responses) - 1}), got {best!r}"
+        )
 
 
 def _validate_candidates(record: Record, where: str) -> None:
@@ -202,7 +220,13 @@ def detect_kind(record: Record) -> str:
         return "comparisons"
     if "responses" in record:
         return "choices" if "best" in record else "rankings_or_candidates"
-    if "response" in record or ("messages" in record and isinstance(record["messages"], list) and record["messages"] and isinstance(record["messages"][-1], dict) and record["messages"][-1].get("role") == "assistant"):
+    if "response" in record or (
+        "messages" in record
+        and isinstance(record["messages"], list)
+        and record["messages"]
+        and isinstance(record["messages"][-1], dict)
+        and record["messages"][-1].get("role") == "assistant"
+    ):
         return "demonstrations"
     return "prompts"
 
@@ -229,7 +253,9 @@ def load_records(source: str | Path, kind: str, limit: int | None = None) -> lis
             raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
         found = detect_kind(record)
         if not _compatible(kind, found):
-            raise UserError(f"{where}: this looks like a {found.split('_')[0]} record, but {kind} records are expected here")
+            raise UserError(
+                f"{where}: this looks like a {found.split('_')[0]} record, but {kind} records are expected here"
+            )
         if first_kind is None:
             first_kind = found
         elif found != first_kind and kind != "prompts":

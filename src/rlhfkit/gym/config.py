@@ -23,7 +23,9 @@ from rlhfkit.errors import UserError
 class EnvConfig:
     id: str = field("CartPole-v1", "Gymnasium environment id with a Discrete or Box action space (also --env ID)")
     num_envs: int = field(4, "environments stepped in lockstep (N)")
-    normalize_observation: bool = field(False, "standardise observations by running mean/std (clipped to +-10); saved with the policy")
+    normalize_observation: bool = field(
+        False, "standardise observations by running mean/std (clipped to +-10); saved with the policy"
+    )
     normalize_reward: bool = field(False, "divide rewards by a running std of the discounted return (clipped to +-10)")
 
     def __post_init__(self) -> None:
@@ -33,8 +35,12 @@ class EnvConfig:
 
 @dataclasses.dataclass
 class PolicyConfig:
-    hidden_sizes: list[int] = field(factory=lambda: [64, 64], doc="tanh hidden layers of the policy MLP and of the value MLP")
-    orthogonal_init: bool = field(True, "orthogonal weights (gain sqrt 2; 0.01 policy output; 1 value output), zero biases")
+    hidden_sizes: list[int] = field(
+        factory=lambda: [64, 64], doc="tanh hidden layers of the policy MLP and of the value MLP"
+    )
+    orthogonal_init: bool = field(
+        True, "orthogonal weights (gain sqrt 2; 0.01 policy output; 1 value output), zero biases"
+    )
     log_std_init: float = field(0.0, "initial log standard deviation of the Gaussian policy (Box actions)")
 
     def __post_init__(self) -> None:
@@ -48,7 +54,9 @@ class PPOConfig:
     epochs: int = field(4, "passes over each batch (K)")
     num_minibatches: int = field(4, "minibatches per epoch; must divide the batch")
     clip_range: float = field(0.2, "epsilon of the clipped surrogate")
-    value_clip_range: float | None = field(None, "clip the value change around the rollout-time values (null: unclipped)")
+    value_clip_range: float | None = field(
+        None, "clip the value change around the rollout-time values (null: unclipped)"
+    )
     gamma: float = field(0.99, "discount")
     gae_lambda: float = field(0.95, "GAE lambda")
     entropy_coef: float = field(0.01, "weight of the entropy bonus")
@@ -57,7 +65,9 @@ class PPOConfig:
     learning_rate: float = field(2.5e-4, "Adam learning rate at the start")
     anneal_lr: bool = field(True, "decay the learning rate linearly to 0 over the run")
     normalize_advantages: bool = field(True, "whiten advantages within each minibatch")
-    target_kl: float | None = field(None, "stop an update's epochs early once their mean approx-KL exceeds this (null: never)")
+    target_kl: float | None = field(
+        None, "stop an update's epochs early once their mean approx-KL exceeds this (null: never)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("rollout_steps", "epochs", "num_minibatches"):

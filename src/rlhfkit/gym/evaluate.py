@@ -29,14 +29,18 @@ def check_video(env_id: str) -> None:
     try:
         modes = env.metadata.get("render_modes", [])
         if "rgb_array" not in modes:
-            raise UserError(f"eval.video: env.id {env_id!r} does not render rgb_array frames (its render modes: {modes}); set eval.video=false")
+            raise UserError(
+                f"eval.video: env.id {env_id!r} does not render rgb_array frames (its render modes: {modes}); set eval.video=false"
+            )
         env.reset(seed=0)
         try:
             frame = env.render()
         except gym.error.DependencyNotInstalled as error:
             raise UserError(f"eval.video: env.id {env_id!r} cannot render here: {error}") from None
         if not (isinstance(frame, np.ndarray) and frame.ndim == 3):
-            raise UserError(f"eval.video: env.id {env_id!r} rendered {type(frame).__name__}, not an RGB array; set eval.video=false")
+            raise UserError(
+                f"eval.video: env.id {env_id!r} rendered {type(frame).__name__}, not an RGB array; set eval.video=false"
+            )
     finally:
         env.close()
 

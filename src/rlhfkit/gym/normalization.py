@@ -43,12 +43,16 @@ class RunningMeanStd:
         """batch: (B, *shape)."""
         batch = np.asarray(batch, np.float64)
         batch_count = batch.shape[0]
-        batch_mean = np.add.reduce(batch, 0) / batch_count  # the ufuncs themselves: np.mean's overhead dominates tiny batches
+        batch_mean = (
+            np.add.reduce(batch, 0) / batch_count
+        )  # the ufuncs themselves: np.mean's overhead dominates tiny batches
         batch_var = np.add.reduce((batch - batch_mean) ** 2, 0) / batch_count
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
-        self.var = (self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total
+        self.var = (
+            self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        ) / total
         self.count = total
 
     def state_dict(self) -> dict[str, torch.Tensor]:

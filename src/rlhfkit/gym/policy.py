@@ -40,7 +40,15 @@ class ActorCritic(nn.Module):
     otherwise: `action_dim` real coordinates, actions are (N, action_dim) float32.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, discrete: bool, hidden_sizes: list[int], orthogonal_init: bool = True, log_std_init: float = 0.0):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        discrete: bool,
+        hidden_sizes: list[int],
+        orthogonal_init: bool = True,
+        log_std_init: float = 0.0,
+    ):
         super().__init__()
         self.discrete = discrete
         self.actor = _mlp([obs_dim, *hidden_sizes, action_dim], output_gain=0.01, orthogonal_init=orthogonal_init)

@@ -62,7 +62,9 @@ class EnvRunner:
     very episodes that were under way.
     """
 
-    def __init__(self, spec: EnvSpec, num_envs: int, seed: int, normalize_observation: bool, normalize_reward: bool, gamma: float):
+    def __init__(
+        self, spec: EnvSpec, num_envs: int, seed: int, normalize_observation: bool, normalize_reward: bool, gamma: float
+    ):
         self.spec = spec
         self.envs = make_vector_env(spec.env_id, num_envs)
         self.obs_normalizer = ObservationNormalizer(spec.obs_dim) if normalize_observation else None
@@ -100,7 +102,9 @@ class EnvRunner:
             cut = truncated & ~terminated
             if cut.any():
                 final_obs = np.stack(infos["final_obs"][cut])
-                final_value[torch.from_numpy(cut)] = policy.value(torch.from_numpy(self._normalize(final_obs, update=False)))
+                final_value[torch.from_numpy(cut)] = policy.value(
+                    torch.from_numpy(self._normalize(final_obs, update=False))
+                )
 
             scaled = raw_rewards if self.reward_scaler is None else self.reward_scaler(raw_rewards, episode_end)
             finished += self._tally(raw_rewards, episode_end)
@@ -132,7 +136,9 @@ class EnvRunner:
     def _tally(self, raw_rewards: np.ndarray, episode_end: np.ndarray) -> list[Episode]:
         self.episode_returns += raw_rewards
         self.episode_lengths += 1
-        done = [Episode(float(self.episode_returns[i]), int(self.episode_lengths[i])) for i in np.flatnonzero(episode_end)]
+        done = [
+            Episode(float(self.episode_returns[i]), int(self.episode_lengths[i])) for i in np.flatnonzero(episode_end)
+        ]
         self.episode_returns[episode_end] = 0.0
         self.episode_lengths[episode_end] = 0
         return done

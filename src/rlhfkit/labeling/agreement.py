@@ -12,9 +12,10 @@ This is raw percent agreement, not corrected for chance (Cohen's kappa).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Iterable
+from typing import Any
 
 from rlhfkit.labeling.progress import JudgementRow
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Awaitable, Callable, Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -98,7 +99,11 @@ def create_app(db_path: Path, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="rlhfkit label", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.db_path = db_path
     rng = random.Random()
-    assets = {path.name: (path.read_bytes(), MEDIA_TYPES[path.suffix]) for path in STATIC.iterdir() if path.suffix in MEDIA_TYPES}
+    assets = {
+        path.name: (path.read_bytes(), MEDIA_TYPES[path.suffix])
+        for path in STATIC.iterdir()
+        if path.suffix in MEDIA_TYPES
+    }
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -136,7 +141,13 @@ def create_app(db_path: Path, settings: ServeSettings) -> FastAPI:
             raise HTTPException(401, "unknown token")
         response = Response(status_code=204)
         response.set_cookie(
-            COOKIE_NAME, body.token, max_age=COOKIE_MAX_AGE_S, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+            COOKIE_NAME,
+            body.token,
+            max_age=COOKIE_MAX_AGE_S,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
         )
         return response
 
@@ -191,7 +202,9 @@ def create_app(db_path: Path, settings: ServeSettings) -> FastAPI:
         exported = build_export(judgement_rows(conn), keep_ties, keep_both_bad)
         records = exported.comparisons if name == "comparisons.jsonl" else exported.rankings
         return Response(
-            jsonl_text(records), media_type="application/x-ndjson", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+            jsonl_text(records),
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
     return app

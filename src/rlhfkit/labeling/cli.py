@@ -23,24 +23,36 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _add_db(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"the labelling database, an SQLite file (default {DEFAULT_DB})")
+    parser.add_argument(
+        "--db", type=Path, default=DEFAULT_DB, help=f"the labelling database, an SQLite file (default {DEFAULT_DB})"
+    )
 
 
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--tasks", type=Path, action="append", default=[], metavar="FILE",
+        "--tasks",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
         help="candidates file ({prompt, responses: [2..9]} records) to load as tasks; repeatable; "
         "records already in the database are not added again",
     )
     _add_db(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument(
-        "--judgements-per-task", type=int, default=1,
+        "--judgements-per-task",
+        type=int,
+        default=1,
         help="how many labellers judge each task (default 1; 2 or more give the agreement figures)",
     )
     parser.add_argument(
-        "--lease-minutes", type=float, default=30.0,
+        "--lease-minutes",
+        type=float,
+        default=30.0,
         help="how long a task handed to a labeller stays reserved for them (default 30)",
     )
 
@@ -53,11 +65,20 @@ def _add_labeler_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     _add_db(parser)
-    parser.add_argument("--out", type=Path, default=Path("comparisons.jsonl"), help="comparison records, for `rlhfkit rm` (default comparisons.jsonl)")
-    parser.add_argument("--rankings-out", type=Path, help="ranking records from tasks with more than two responses")
-    parser.add_argument("--keep-ties", action="store_true", help='export ties as comparisons with "label": 0.5 (default: left out)')
     parser.add_argument(
-        "--keep-both-bad", action="store_true", help='export "both bad" as comparisons with "label": 0.5 (default: left out)'
+        "--out",
+        type=Path,
+        default=Path("comparisons.jsonl"),
+        help="comparison records, for `rlhfkit rm` (default comparisons.jsonl)",
+    )
+    parser.add_argument("--rankings-out", type=Path, help="ranking records from tasks with more than two responses")
+    parser.add_argument(
+        "--keep-ties", action="store_true", help='export ties as comparisons with "label": 0.5 (default: left out)'
+    )
+    parser.add_argument(
+        "--keep-both-bad",
+        action="store_true",
+        help='export "both bad" as comparisons with "label": 0.5 (default: left out)',
     )
 
 
@@ -70,7 +91,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(f"--judgements-per-task must be at least 1, got {args.judgements_per_task}")
     if args.lease_minutes <= 0:
         raise UserError(f"--lease-minutes must be positive, got {args.lease_minutes}")
-    candidates: list[Candidate] = [c for path in args.tasks for c in read_candidates(path)]  # all files valid before any is added
+    candidates: list[Candidate] = [
+        c for path in args.tasks for c in read_candidates(path)
+    ]  # all files valid before any is added
     conn = open_db(args.db)
     try:
         added = add_tasks(conn, candidates)
@@ -81,13 +104,23 @@ def _serve(args: argparse.Namespace) -> int:
     if total == 0:
         raise UserError(f"{args.db}: holds no tasks yet; load some with --tasks candidates.jsonl")
     if labelers == 0:
-        print(f"warning: no labellers yet; create one with `rlhfkit label add-labeler NAME --db {args.db} --admin`", file=sys.stderr)
+        print(
+            f"warning: no labellers yet; create one with `rlhfkit label add-labeler NAME --db {args.db} --admin`",
+            file=sys.stderr,
+        )
     if args.host not in LOOPBACK_HOSTS:
-        print(f"warning: listening on {args.host} over plain HTTP; tokens cross the network in clear unless a TLS proxy fronts it", file=sys.stderr)
+        print(
+            f"warning: listening on {args.host} over plain HTTP; tokens cross the network in clear unless a TLS proxy fronts it",
+            file=sys.stderr,
+        )
     try:
-        listener = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+        listener = socket.create_server(
+            (args.host, args.port), family=socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        )
     except OSError as error:
-        raise UserError(f"cannot listen on {args.host}:{args.port} ({error.strerror}); pick another --port or --host") from None
+        raise UserError(
+            f"cannot listen on {args.host}:{args.port} ({error.strerror}); pick another --port or --host"
+        ) from None
     print(f"{total} task(s) in {args.db} ({added} new); {args.judgements_per_task} judgement(s) per task")
     print(f"open http://{args.host}:{args.port}/ and sign in with a labeller's token (Ctrl-C stops)", flush=True)
     app = create_app(args.db, ServeSettings(args.judgements_per_task, lease_seconds=60.0 * args.lease_minutes))
@@ -123,9 +156,14 @@ def _export(args: argparse.Namespace) -> int:
         write_jsonl(args.rankings_out, exported.rankings)
         summary += f" and {len(exported.rankings)} ranking(s) to {args.rankings_out}"
     elif exported.rankings:
-        print(f"warning: {len(exported.rankings)} ranking(s) of tasks with more than two responses not written; pass --rankings-out FILE", file=sys.stderr)
+        print(
+            f"warning: {len(exported.rankings)} ranking(s) of tasks with more than two responses not written; pass --rankings-out FILE",
+            file=sys.stderr,
+        )
     if exported.left_out:
-        summary += "; left out: " + ", ".join(f"{count} {reason}" for reason, count in sorted(exported.left_out.items()))
+        summary += "; left out: " + ", ".join(
+            f"{count} {reason}" for reason, count in sorted(exported.left_out.items())
+        )
     print(summary)
     return 0
 

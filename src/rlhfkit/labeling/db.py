@@ -9,9 +9,9 @@ committed judgement survive a crash of the process or the machine.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from rlhfkit.errors import UserError
 
@@ -129,5 +129,7 @@ def _initialise(conn: sqlite3.Connection, path: Path) -> None:
             raise UserError(f"{path}: an SQLite file, but not an rlhfkit labelling database")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
-            raise UserError(f"{path}: labelling database schema version {version}; this rlhfkit reads version {SCHEMA_VERSION}")
+            raise UserError(
+                f"{path}: labelling database schema version {version}; this rlhfkit reads version {SCHEMA_VERSION}"
+            )
     conn.execute("PRAGMA journal_mode = WAL")

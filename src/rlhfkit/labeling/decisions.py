@@ -37,7 +37,9 @@ def resolve(choice: str | None, ranking: list[int] | None, display_order: list[i
         raise InvalidJudgement("send exactly one of 'choice' and 'ranking'")
     if ranking is not None:
         if sorted(ranking) != list(range(n)):
-            raise InvalidJudgement(f"'ranking' must list each display position 0..{n - 1} once, best first; got {ranking}")
+            raise InvalidJudgement(
+                f"'ranking' must list each display position 0..{n - 1} once, best first; got {ranking}"
+            )
         resolved = tuple(display_order[position] for position in ranking)
         if n == 2:
             return Decision("A" if ranking[0] == 0 else "B", resolved)
@@ -46,7 +48,9 @@ def resolve(choice: str | None, ranking: list[int] | None, display_order: list[i
     allowed = PAIR_CHOICES if n == 2 else MULTI_CHOICES
     if choice not in allowed:
         hint = "" if n == 2 else ", or send a 'ranking'"
-        raise InvalidJudgement(f"'choice' for a task with {n} responses must be one of {', '.join(allowed)}{hint}; got {choice!r}")
+        raise InvalidJudgement(
+            f"'choice' for a task with {n} responses must be one of {', '.join(allowed)}{hint}; got {choice!r}"
+        )
     if choice == "A":
         return Decision("A", (display_order[0], display_order[1]))
     if choice == "B":

@@ -21,10 +21,11 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rlhfkit.errors import UserError
 from rlhfkit.labeling.progress import JudgementRow
@@ -51,7 +52,9 @@ def _meta(row: JudgementRow) -> Record:
         "choice": row.choice,
         "shown_order": row.display_order,
         "comment": row.comment,
-        "judged_at": datetime.fromtimestamp(row.created_at, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "judged_at": datetime.fromtimestamp(row.created_at, UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z"),
     }
     extra = {k: v for k, v in row.record.items() if k not in (key, "responses")}
     if extra:
@@ -109,7 +112,9 @@ def check_writable(path: Path) -> None:
 def write_jsonl(path: Path, records: list[Record]) -> None:
     """Write JSON Lines atomically: a temp file in the same folder, fsynced, then renamed over `path`."""
     check_writable(path)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
     try:
         with handle:
             handle.write(jsonl_text(records))

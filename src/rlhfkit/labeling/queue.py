@@ -116,7 +116,9 @@ def record_judgement(
         ).fetchone()
         if shown is None:
             raise NotShown(f"task {task_id} was not shown to you; GET /api/tasks/next first")
-        if conn.execute("SELECT 1 FROM judgements WHERE task_id = ? AND labeler_id = ?", (task_id, labeler_id)).fetchone():
+        if conn.execute(
+            "SELECT 1 FROM judgements WHERE task_id = ? AND labeler_id = ?", (task_id, labeler_id)
+        ).fetchone():
             raise AlreadyJudged(f"you already answered task {task_id}")
         decision: Decision = resolve(choice, ranking, json.loads(shown["display_order"]))
         cursor = conn.execute(

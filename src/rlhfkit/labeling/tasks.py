@@ -39,7 +39,7 @@ def read_candidates(path: Path) -> list[Candidate]:
     """Validated candidates from a file; a record whose responses repeat a text is left out with a warning."""
     name, rows = read_rows(path)
     if not rows:
-        raise UserError(f"{name}: holds no candidates (expected {{\"prompt\": ..., \"responses\": [...]}} records)")
+        raise UserError(f'{name}: holds no candidates (expected {{"prompt": ..., "responses": [...]}} records)')
     candidates, repeated = [], []
     for number, record in rows:
         where = f"{name}:{number}"
@@ -48,14 +48,19 @@ def read_candidates(path: Path) -> list[Candidate]:
         VALIDATORS["candidates"](record, where)
         responses = record["responses"]
         if not 2 <= len(responses) <= MAX_RESPONSES:
-            raise UserError(f"{where}: field 'responses' has {len(responses)} response(s); expected 2 to {MAX_RESPONSES}")
+            raise UserError(
+                f"{where}: field 'responses' has {len(responses)} response(s); expected 2 to {MAX_RESPONSES}"
+            )
         if len(set(responses)) < len(responses):
             repeated.append(str(number))
             continue
         candidates.append(Candidate(record=record, source=where))
     if repeated:
         shown = ", ".join(repeated[:5]) + (", ..." if len(repeated) > 5 else "")
-        print(f"warning: {name}: left out {len(repeated)} record(s) whose responses repeat the same text (lines {shown})", file=sys.stderr)
+        print(
+            f"warning: {name}: left out {len(repeated)} record(s) whose responses repeat the same text (lines {shown})",
+            file=sys.stderr,
+        )
     return candidates
 
 
@@ -66,6 +71,9 @@ def add_tasks(conn: sqlite3.Connection, candidates: list[Candidate]) -> int:
         before = conn.total_changes
         conn.executemany(
             "INSERT OR IGNORE INTO tasks (content_hash, record, n_responses, source, created_at) VALUES (?, ?, ?, ?, ?)",
-            [(c.content_hash, json.dumps(c.record, ensure_ascii=False), len(c.record["responses"]), c.source, now) for c in candidates],
+            [
+                (c.content_hash, json.dumps(c.record, ensure_ascii=False), len(c.record["responses"]), c.source, now)
+                for c in candidates
+            ],
         )
         return conn.total_changes - before

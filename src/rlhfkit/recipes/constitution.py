@@ -30,8 +30,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, config_from_args, field, save_config
 from rlhfkit.data.records import Record, format_prompt, load_records, prompt_messages, prompt_text
@@ -55,7 +56,9 @@ class ConstitutionDataConfig:
 
 @dataclasses.dataclass
 class CritiqueConfig:
-    constitution: str = field("", "constitution YAML of principles (empty: the shipped src/rlhfkit/assets/constitution.yaml)")
+    constitution: str = field(
+        "", "constitution YAML of principles (empty: the shipped src/rlhfkit/assets/constitution.yaml)"
+    )
     revisions: int = field(1, "critique-revision rounds per prompt")
     batch_size: int = field(16, "prompts per batched generation")
 
@@ -83,7 +86,11 @@ class ConstitutionConfig:
 
 def critique_messages(record: Record, response: str, principle: Principle) -> list[dict[str, str]]:
     """The prompt, the response to critique, and the principle's critique request as the next user turn."""
-    return [*prompt_messages(record), {"role": "assistant", "content": response}, {"role": "user", "content": principle.critique}]
+    return [
+        *prompt_messages(record),
+        {"role": "assistant", "content": response},
+        {"role": "user", "content": principle.critique},
+    ]
 
 
 def revision_messages(record: Record, response: str, principle: Principle, critique: str) -> list[dict[str, str]]:
@@ -102,19 +109,30 @@ def _final_text(chain: dict[str, Any]) -> str:
 
 
 def critique_and_revise(
-    records: list[Record], principles: list[Principle], revisions: int, generate: Generate, format_messages: Callable[[list[dict[str, str]]], str], rng: random.Random
+    records: list[Record],
+    principles: list[Principle],
+    revisions: int,
+    generate: Generate,
+    format_messages: Callable[[list[dict[str, str]]], str],
+    rng: random.Random,
 ) -> list[dict[str, Any]]:
     """Chains for one batch of prompt records: 1 + 2 * revisions batched `generate` calls in all.
 
     Returns, per record: {"prompt", "response", "rounds": [{"principle", "critique", "revision"}], "final"}.
     """
     responses = generate([format_messages(prompt_messages(r)) for r in records])
-    chains: list[dict[str, Any]] = [{"prompt": prompt_text(r), "response": response, "rounds": []} for r, response in zip(records, responses)]
+    chains: list[dict[str, Any]] = [
+        {"prompt": prompt_text(r), "response": response, "rounds": []} for r, response in zip(records, responses)
+    ]
     current = list(responses)
     for _ in range(revisions):
         sampled = [rng.choice(principles) for _ in records]
-        critiques = generate([format_messages(critique_messages(r, c, p)) for r, c, p in zip(records, current, sampled)])
-        current = generate([format_messages(revision_messages(r, c, p, k)) for r, c, p, k in zip(records, current, sampled, critiques)])
+        critiques = generate(
+            [format_messages(critique_messages(r, c, p)) for r, c, p in zip(records, current, sampled)]
+        )
+        current = generate(
+            [format_messages(revision_messages(r, c, p, k)) for r, c, p, k in zip(records, current, sampled, critiques)]
+        )
         for chain, principle, critique, revision in zip(chains, sampled, critiques, current):
             chain["rounds"].append({"principle": principle.name, "critique": critique, "revision": revision})
     for chain in chains:
@@ -182,7 +200,11 @@ def run(args: argparse.Namespace) -> int:
                 },
             )
     tracker.close()
-    plot_metrics(out / "metrics.jsonl", ["constitution/response_words", "constitution/final_words", "constitution/changed_fraction"], out / "constitution.png")
+    plot_metrics(
+        out / "metrics.jsonl",
+        ["constitution/response_words", "constitution/final_words", "constitution/changed_fraction"],
+        out / "constitution.png",
+    )
     demonstrations = [demonstration(r, c["final"]) for r, c in zip(records, chains) if c["final"].strip()]
     write_jsonl_atomic(out / "chains.jsonl", chains)
     write_jsonl_atomic(out / "demonstrations.jsonl", demonstrations)
@@ -196,7 +218,9 @@ def run(args: argparse.Namespace) -> int:
         "demonstrations_file": str(out / "demonstrations.jsonl"),
     }
     write_json_atomic(out / "summary.json", summary)
-    print(f"rlhfkit constitution: {len(demonstrations)} demonstrations in {out / 'demonstrations.jsonl'}; next: rlhfkit sft --set data.train={out / 'demonstrations.jsonl'}")
+    print(
+        f"rlhfkit constitution: {len(demonstrations)} demonstrations in {out / 'demonstrations.jsonl'}; next: rlhfkit sft --set data.train={out / 'demonstrations.jsonl'}"
+    )
     return 0
 
 
@@ -207,13 +231,18 @@ def run(args: argparse.Namespace) -> int:
 
 @dataclasses.dataclass
 class AILabelDataConfig:
-    train: str = field("", "candidates: prompt + \"responses\" (e.g. OUT/candidates.jsonl of `rlhfkit generate`); required")
+    train: str = field(
+        "", 'candidates: prompt + "responses" (e.g. OUT/candidates.jsonl of `rlhfkit generate`); required'
+    )
 
 
 @dataclasses.dataclass
 class AILabelConfig:
     data: AILabelDataConfig = field(factory=AILabelDataConfig, doc="data")
-    model: ModelConfig = field(factory=ModelConfig, doc="the policy: the judge unless judge.model names another (model.dtype is the judge's precision)")
+    model: ModelConfig = field(
+        factory=ModelConfig,
+        doc="the policy: the judge unless judge.model names another (model.dtype is the judge's precision)",
+    )
     judge: JudgeConfig = field(factory=JudgeConfig, doc="the AI judge")
     seed: int = field(0, "seed for the choice of principles")
     out: str = field("", "output directory (default runs/label-<time>)")
@@ -234,11 +263,17 @@ def run_ai_labels(args: argparse.Namespace) -> int:
         raise UserError(f"--judge ai writes comparisons (with soft labels), not {args.format}")
     config = config_from_args(AILabelConfig, args)
     if not config.data.train:
-        raise UserError("data.train is required: a candidates file (prompt + \"responses\"), e.g. OUT/candidates.jsonl of `rlhfkit generate`")
+        raise UserError(
+            'data.train is required: a candidates file (prompt + "responses"), e.g. OUT/candidates.jsonl of `rlhfkit generate`'
+        )
     out = output_directory(config.out, "label", "comparisons.jsonl")
     principles = load_constitution(constitution_path(config.judge.constitution))
     records = [distinct_responses(r) for r in load_records(config.data.train, "candidates")]
-    pairs = [(r, r["responses"][a], r["responses"][b]) for r in records for a, b in itertools.combinations(range(len(r["responses"])), 2)]
+    pairs = [
+        (r, r["responses"][a], r["responses"][b])
+        for r in records
+        for a, b in itertools.combinations(range(len(r["responses"])), 2)
+    ]
     if not pairs:
         raise UserError(f"{config.data.train}: no prompt has two distinct responses to compare")
     judge_name = config.judge.model or config.model.name
@@ -247,7 +282,15 @@ def run_ai_labels(args: argparse.Namespace) -> int:
     model = load_causal_lm(judge_name, tokenizer).eval()
     started = time.time()
     comparisons = ai_comparisons(
-        model, tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs], principles, config.judge, config.model.dtype, random.Random(config.seed)
+        model,
+        tokenizer,
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+        [p[2] for p in pairs],
+        principles,
+        config.judge,
+        config.model.dtype,
+        random.Random(config.seed),
     )
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
@@ -262,7 +305,8 @@ def run_ai_labels(args: argparse.Namespace) -> int:
         "records": len(comparisons),
         "label_mean": sum(c["label"] for c in comparisons) / len(comparisons),
         # position bias: how often the option shown first wins; 0.5 for an unbiased judge
-        "first_shown_wins": (sum(p >= 0.5 for p in shown_first) + sum(p < 0.5 for p in shown_second)) / (2 * len(comparisons)),
+        "first_shown_wins": (sum(p >= 0.5 for p in shown_first) + sum(p < 0.5 for p in shown_second))
+        / (2 * len(comparisons)),
         "orders_agree": sum((a >= 0.5) == (b >= 0.5) for a, b in zip(shown_first, shown_second)) / len(comparisons),
         "wall_s": time.time() - started,
         "output": str(path),

@@ -43,20 +43,33 @@ class DemoConfig:
     eval_prompts: str = field(str(EVAL_PROMPTS), "held-out prompts for the before/after evaluation")
     judge: str = field("sentiment", "the gold judge that stands in for people: sentiment, length, rouge or function")
     judge_function: str = field("", "package.module:function when judge=function")
-    label_noise: float = field(0.05, "noise temperature T of the synthetic labels (Plackett-Luce rankings with weights exp(score/T))")
+    label_noise: float = field(
+        0.05, "noise temperature T of the synthetic labels (Plackett-Luce rankings with weights exp(score/T))"
+    )
     num_prompts: int = field(48, "prompts answered for the preference data")
     num_candidates: int = field(8, "candidate responses per prompt, ranked as one K-way ranking")
     max_new_tokens: int = field(32, "response length cap, in every stage")
     rm_steps: int = field(60, "reward-model optimiser steps")
-    rm_batch_size: int = field(2, "rankings per reward-model step (each gives C(K,2) comparisons from K forward passes)")
+    rm_batch_size: int = field(
+        2, "rankings per reward-model step (each gives C(K,2) comparisons from K forward passes)"
+    )
     rm_learning_rate: float = field(2e-4, "reward-model learning rate (LoRA)")
-    rm_pooling: str = field("mean", "where the reward head reads: mean (over the response tokens; learns the sentiment judge faster) or last")
-    rm_heldout_fraction: float = field(0.2, "share of the prompts whose candidates are held out, labelled without noise, to measure the reward model")
+    rm_pooling: str = field(
+        "mean",
+        "where the reward head reads: mean (over the response tokens; learns the sentiment judge faster) or last",
+    )
+    rm_heldout_fraction: float = field(
+        0.2, "share of the prompts whose candidates are held out, labelled without noise, to measure the reward model"
+    )
     ppo_steps: int = field(12, "PPO iterations")
     ppo_batch_size: int = field(16, "prompts per PPO iteration")
     ppo_epochs: int = field(2, "PPO epochs per iteration")
-    ppo_learning_rate: float = field(3e-4, "PPO learning rate (LoRA on the top layers: 1e-4 barely moved it, 4e-4 pushed KL past 5)")
-    ppo_top_layers: int = field(8, "LoRA on the policy's last N layers (0: all); the update then skips the frozen layers below")
+    ppo_learning_rate: float = field(
+        3e-4, "PPO learning rate (LoRA on the top layers: 1e-4 barely moved it, 4e-4 pushed KL past 5)"
+    )
+    ppo_top_layers: int = field(
+        8, "LoRA on the policy's last N layers (0: all); the update then skips the frozen layers below"
+    )
     kl_coef: float = field(0.05, "β of the KL penalty")
     num_eval_prompts: int = field(32, "held-out prompts in the evaluation")
     dtype: str = field("auto", "forward-pass precision: auto, float32 or bfloat16 (as model.dtype)")
@@ -70,7 +83,9 @@ class DemoConfig:
         if not 0 < self.rm_heldout_fraction < 1:
             raise UserError(f"rm_heldout_fraction must be in (0, 1), got {self.rm_heldout_fraction}")
         if self.label_noise <= 0:
-            raise UserError(f"label_noise must be positive (noise-free rankings drop every prompt with tied scores), got {self.label_noise}")
+            raise UserError(
+                f"label_noise must be positive (noise-free rankings drop every prompt with tied scores), got {self.label_noise}"
+            )
         if self.num_candidates < 2:
             raise UserError(f"num_candidates must be at least 2 to form pairs, got {self.num_candidates}")
         check_pooling(self.rm_pooling, "rm_pooling")
@@ -100,7 +115,9 @@ def stage(name: str, out: Path, argv: list[str]) -> Path:
     print(f"rlhfkit demo: stage {name}{' (resuming)' if resume else ''}", flush=True)
     code = main([*argv, "--out", str(directory), *resume])
     if code != 0:
-        raise UserError(f"stage {name} failed (exit {code}); fix the cause above and rerun `rlhfkit demo --out {out}` to continue")
+        raise UserError(
+            f"stage {name} failed (exit {code}); fix the cause above and rerun `rlhfkit demo --out {out}` to continue"
+        )
     return directory
 
 
@@ -112,8 +129,12 @@ def split_candidates(candidates: Path, heldout_fraction: float, directory: Path)
     if not heldout.exists():
         records = read_jsonl(candidates)
         if len(records) < 2:
-            raise UserError(f"{candidates}: {len(records)} prompt(s) with candidates; the demo needs at least 2 to hold one out")
-        heldout_count = min(len(records) - 1, max(1, round(len(records) * heldout_fraction)))  # both sides keep a prompt
+            raise UserError(
+                f"{candidates}: {len(records)} prompt(s) with candidates; the demo needs at least 2 to hold one out"
+            )
+        heldout_count = min(
+            len(records) - 1, max(1, round(len(records) * heldout_fraction))
+        )  # both sides keep a prompt
         cut = len(records) - heldout_count
         directory.mkdir(parents=True, exist_ok=True)
         write_jsonl_atomic(train, records[:cut])
@@ -133,7 +154,9 @@ def run_pipeline(config: DemoConfig, out: Path) -> dict[str, Any]:
     common = [f"model.dtype={config.dtype}", f"seed={config.seed}"]
     generated = stage("1-generate", out, ["generate", "--set", f"model.name={model}", f"data.prompts={config.prompts}", f"data.limit={config.num_prompts}",
                                           f"num_responses={config.num_candidates}", f"generation.max_new_tokens={config.max_new_tokens}", *common])  # fmt: skip
-    train_candidates, heldout_candidates = split_candidates(generated / "candidates.jsonl", config.rm_heldout_fraction, out / "2-split")
+    train_candidates, heldout_candidates = split_candidates(
+        generated / "candidates.jsonl", config.rm_heldout_fraction, out / "2-split"
+    )
     labelled = stage("2-label", out, ["label", "--set", f"data.train={train_candidates}", "format=rankings", f"noise.temperature={config.label_noise}",
                                       f"seed={config.seed}", f"dtype={config.dtype}", *judge_settings(config)])  # fmt: skip
     heldout = stage("2-label-heldout", out, ["label", "--set", f"data.train={heldout_candidates}", "noise.temperature=0",
@@ -185,8 +208,14 @@ def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str
         responses = decode_responses(tokenizer, samples)
         batch = (samples.input_ids, samples.attention_mask, samples.response_ids, 1.0, config.dtype)
         ref_logprobs, _ = response_logprobs(reference, *batch)
-        logprobs = samples.logprobs if samples.logprobs is not None else response_logprobs(model, *batch)[0]  # both in one precision
-        kl = sequence_kl(logprobs.masked_fill(~samples.response_mask, 0.0), ref_logprobs.masked_fill(~samples.response_mask, 0.0), samples.response_mask)
+        logprobs = (
+            samples.logprobs if samples.logprobs is not None else response_logprobs(model, *batch)[0]
+        )  # both in one precision
+        kl = sequence_kl(
+            logprobs.masked_fill(~samples.response_mask, 0.0),
+            ref_logprobs.masked_fill(~samples.response_mask, 0.0),
+            samples.response_mask,
+        )
         results[name] = {
             "responses": responses,
             "gold": checked_scores(gold, prompts, responses, records),
@@ -233,7 +262,9 @@ def plot_demo(config: DemoConfig, stages: dict[str, Path], out: Path) -> list[Pa
     gold = build_reward(RewardConfig(kind=config.judge, function=config.judge_function), config.dtype)
     by_prompt = {prompt_text(r): r for r in load_records(config.prompts, "prompts")}  # fields such as `reference`
     records = [by_prompt.get(s["prompt"], {"prompt": s["prompt"]}) for s in samples]
-    gold_scores = checked_scores(gold, [s["prompt"] for s in samples], [s["response"] for s in samples], records).tolist()
+    gold_scores = checked_scores(
+        gold, [s["prompt"] for s in samples], [s["response"] for s in samples], records
+    ).tolist()
     gold_by_step: dict[int, list[float]] = {}
     for s, score in zip(samples, gold_scores):
         gold_by_step.setdefault(s["step"], []).append(score)
@@ -276,7 +307,14 @@ def plot_demo(config: DemoConfig, stages: dict[str, Path], out: Path) -> list[Pa
     return paths
 
 
-def write_report(config: DemoConfig, stages: dict[str, Path], evaluation: dict[str, Any], rm_summary: dict[str, Any], out: Path, wall_s: float) -> dict[str, Any]:
+def write_report(
+    config: DemoConfig,
+    stages: dict[str, Path],
+    evaluation: dict[str, Any],
+    rm_summary: dict[str, Any],
+    out: Path,
+    wall_s: float,
+) -> dict[str, Any]:
     from rlhfkit.tracking import write_json_atomic
 
     summary = {
@@ -292,21 +330,23 @@ def write_report(config: DemoConfig, stages: dict[str, Path], evaluation: dict[s
         "wall_s": wall_s,
     }
     rows = "\n".join(
-        f"| {s['prompt']} | {s['reference']!s:.200} ({s['gold_reference']:+.2f}) | {s['tuned']!s:.200} ({s['gold_tuned']:+.2f}) |".replace("\n", " ")
+        f"| {s['prompt']} | {s['reference']!s:.200} ({s['gold_reference']:+.2f}) | {s['tuned']!s:.200} ({s['gold_tuned']:+.2f}) |".replace(
+            "\n", " "
+        )
         for s in evaluation["side_by_side"][:6]
     )
     report = f"""# rlhfkit demo report
 
-Model `{config.model}`; gold judge `{config.judge}` (label noise T={config.label_noise}); {evaluation['num_prompts']} held-out prompts.
+Model `{config.model}`; gold judge `{config.judge}` (label noise T={config.label_noise}); {evaluation["num_prompts"]} held-out prompts.
 
 | figure | before (reference) | after (PPO) |
 | --- | --- | --- |
-| gold judge score, mean | {evaluation['gold_before']:+.3f} | {evaluation['gold_after']:+.3f} |
-| learned reward, mean | {evaluation['learned_before']:+.3f} | {evaluation['learned_after']:+.3f} |
-| response length (tokens) | {evaluation['length_before']:.1f} | {evaluation['length_after']:.1f} |
+| gold judge score, mean | {evaluation["gold_before"]:+.3f} | {evaluation["gold_after"]:+.3f} |
+| learned reward, mean | {evaluation["learned_before"]:+.3f} | {evaluation["learned_after"]:+.3f} |
+| response length (tokens) | {evaluation["length_before"]:.1f} | {evaluation["length_after"]:.1f} |
 
-- Win rate of the tuned policy over the reference (gold judge, ties count half): **{evaluation['win_rate']:.1%}**
-- KL(π ‖ π_ref) per response on held-out prompts: **{evaluation['kl_final']:.2f}** nats
+- Win rate of the tuned policy over the reference (gold judge, ties count half): **{evaluation["win_rate"]:.1%}**
+- KL(π ‖ π_ref) per response on held-out prompts: **{evaluation["kl_final"]:.2f}** nats
 - Reward model held-out accuracy: **{summary["reward_model_accuracy"]:.1%}** on {rm_summary["eval_pairs"]} pairs of prompts it never saw, labelled by the judge without noise
 - Wall time: {wall_s / 60:.1f} min
 
@@ -324,11 +364,11 @@ Model `{config.model}`; gold judge `{config.judge}` (label noise T={config.label
 
 | what | where |
 | --- | --- |
-| candidates | `{stages['generate'].name}/candidates.jsonl` |
-| rankings (synthetic human feedback) | `{stages['label'].name}/rankings.jsonl` |
-| held-out comparisons (no noise) | `{stages['heldout'].name}/comparisons.jsonl` |
-| reward model | `{stages['rm'].name}/final/` (metrics in `{stages['rm'].name}/metrics.jsonl`) |
-| tuned policy | `{stages['ppo'].name}/final/` (metrics, samples, TensorBoard in `{stages['ppo'].name}/`) |
+| candidates | `{stages["generate"].name}/candidates.jsonl` |
+| rankings (synthetic human feedback) | `{stages["label"].name}/rankings.jsonl` |
+| held-out comparisons (no noise) | `{stages["heldout"].name}/comparisons.jsonl` |
+| reward model | `{stages["rm"].name}/final/` (metrics in `{stages["rm"].name}/metrics.jsonl`) |
+| tuned policy | `{stages["ppo"].name}/final/` (metrics, samples, TensorBoard in `{stages["ppo"].name}/`) |
 | evaluation, all side-by-side samples | `5-evaluate/evaluation.json` |
 """
     (out / "report.md").write_text(report)
@@ -348,7 +388,9 @@ def accumulated_seconds(out: Path, seconds: float) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, DemoConfig, resume=False)
-    parser.add_argument("--quick", action="store_true", help="the same pipeline on a tiny random model in under two minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="the same pipeline on a tiny random model in under two minutes"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,8 +28,9 @@ import contextlib
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -44,7 +45,9 @@ LOSSES = ("dpo", "ipo", "conservative")
 REFERENCE_FILE = "reference_logprobs.safetensors"
 
 # (policy_chosen, policy_rejected, ref_chosen, ref_rejected) (N,) each -> (losses, chosen_rewards, rejected_rewards)
-PreferenceLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+PreferenceLoss = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+]
 
 
 @dataclasses.dataclass
@@ -52,7 +55,9 @@ class DPODataConfig:
     train: str = field("", "comparisons: prompt + chosen + rejected (e.g. from `rlhfkit label`)")
     eval: str = field("", "held-out comparisons (empty: hold out data.eval_fraction of data.train)")
     eval_fraction: float = field(0.1, "share of data.train held out when data.eval is empty")
-    prompts: str = field(str(EVAL_PROMPTS), "held-out prompts: the policy's answers to them measure the KL to the reference")
+    prompts: str = field(
+        str(EVAL_PROMPTS), "held-out prompts: the policy's answers to them measure the KL to the reference"
+    )
     max_length: int = field(256, "tokens per prompt + response; the prompt is cut from the left first")
 
     def __post_init__(self) -> None:
@@ -72,7 +77,9 @@ class DPOTrainConfig:
     label_smoothing: float = field(0.1, "for loss=conservative: probability that a label is flipped, in [0, 0.5)")
     eval_every: int = field(25, "evaluate every N steps (and at the end)")
     kl_prompts: int = field(16, "held-out prompts answered at each evaluation to measure KL (0: none)")
-    score_answers: bool = field(False, "also score the held-out answers with reward.* (a gold measure, never trained on)")
+    score_answers: bool = field(
+        False, "also score the held-out answers with reward.* (a gold measure, never trained on)"
+    )
     reference_batch_size: int = field(16, "pairs per forward pass when caching the reference log-probs")
     checkpoint_every: int = field(50, "save a checkpoint every N steps (and at the end)")
 
@@ -81,7 +88,9 @@ class DPOTrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.micro_batch_size < 0 or self.batch_size % (self.micro_batch_size or self.batch_size):
-            raise UserError(f"train.batch_size {self.batch_size} is not divisible by train.micro_batch_size {self.micro_batch_size}")
+            raise UserError(
+                f"train.batch_size {self.batch_size} is not divisible by train.micro_batch_size {self.micro_batch_size}"
+            )
         if self.loss not in LOSSES:
             raise UserError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.beta <= 0:
@@ -122,18 +131,25 @@ def preference_loss(config: DPOTrainConfig) -> PreferenceLoss:
 # ---------------------------------------------------------------------------
 
 
-def tokenize_pairs(tokenizer: Any, records: list[dict[str, Any]], max_length: int) -> tuple[list[tuple[dict, dict]], int]:
+def tokenize_pairs(
+    tokenizer: Any, records: list[dict[str, Any]], max_length: int
+) -> tuple[list[tuple[dict, dict]], int]:
     """(chosen item, rejected item) per comparison, each prompt + response + EOS; and how many responses were cut."""
     from rlhfkit.data.collate import tokenize_prompt_response
 
     pairs = [
-        (tokenize_prompt_response(tokenizer, r, r["chosen"], max_length), tokenize_prompt_response(tokenizer, r, r["rejected"], max_length))
+        (
+            tokenize_prompt_response(tokenizer, r, r["chosen"], max_length),
+            tokenize_prompt_response(tokenizer, r, r["rejected"], max_length),
+        )
         for r in records
     ]
     return pairs, sum(chosen["truncated"] + rejected["truncated"] for chosen, rejected in pairs)
 
 
-def pair_logprobs(model: torch.nn.Module, pairs: list[tuple[dict, dict]], pad_token_id: int, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logprobs(
+    model: torch.nn.Module, pairs: list[tuple[dict, dict]], pad_token_id: int, dtype: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs (N,), (N,) of the chosen and rejected responses, in one forward of 2N rows."""
     from rlhfkit.data.collate import pad_batch
     from rlhfkit.training import sequence_logprobs
@@ -151,7 +167,9 @@ def reference_mode(model: Any) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def reference_logprobs(model: torch.nn.Module, pairs: list[tuple[dict, dict]], pad_token_id: int, batch_size: int, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logprobs(
+    model: torch.nn.Module, pairs: list[tuple[dict, dict]], pad_token_id: int, batch_size: int, dtype: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log π_ref of every pair's chosen and rejected response, (N,) each; with LoRA, under the base (adapter off)."""
     model.eval()
     chosen, rejected = [], []
@@ -163,7 +181,9 @@ def reference_logprobs(model: torch.nn.Module, pairs: list[tuple[dict, dict]], p
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def pair_metrics(prefix: str, losses: torch.Tensor, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
+def pair_metrics(
+    prefix: str, losses: torch.Tensor, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
+) -> dict[str, float]:
     """Mean loss, implicit-reward accuracy (r_w > r_l), margin and the rewards themselves."""
     return {
         f"{prefix}/loss": losses.mean().item(),
@@ -195,7 +215,9 @@ class DPORun:
         data = config.data
         # 1. load and validate all input before any output exists
         if not data.train:
-            raise UserError("data.train is required: a file of comparisons (prompt, chosen, rejected), e.g. from `rlhfkit label`")
+            raise UserError(
+                "data.train is required: a file of comparisons (prompt, chosen, rejected), e.g. from `rlhfkit label`"
+            )
         self.out, self.checkpoint = resolve_out_dir(config.out, "dpo", resume)
         train_records = load_records(data.train, "comparisons")
         if data.eval:
@@ -203,24 +225,36 @@ class DPORun:
         else:
             held_out = max(1, round(len(train_records) * data.eval_fraction))
             if len(train_records) - held_out < 1:
-                raise UserError(f"{data.train}: {len(train_records)} comparison(s) are too few to hold out an eval split; give data.eval or more records")
+                raise UserError(
+                    f"{data.train}: {len(train_records)} comparison(s) are too few to hold out an eval split; give data.eval or more records"
+                )
             train_records, eval_records = train_records[:-held_out], train_records[-held_out:]
         soft = sum(0 < r.get("label", 1) < 1 for r in train_records)
         if soft:
-            print(f"rlhfkit dpo: warning: {soft} comparison(s) carry a soft 'label' (e.g. from --judge ai); DPO uses only which response is chosen")
-        self.kl_prompts = load_records(data.prompts, "prompts")[: config.train.kl_prompts] if config.train.kl_prompts else []
+            print(
+                f"rlhfkit dpo: warning: {soft} comparison(s) carry a soft 'label' (e.g. from --judge ai); DPO uses only which response is chosen"
+            )
+        self.kl_prompts = (
+            load_records(data.prompts, "prompts")[: config.train.kl_prompts] if config.train.kl_prompts else []
+        )
         self.gold = build_reward(config.reward, config.model.dtype) if config.train.score_answers else None
 
         self.tokenizer = load_tokenizer(config.model.name)
         self.train_pairs, truncated = tokenize_pairs(self.tokenizer, train_records, data.max_length)
         self.eval_pairs, eval_truncated = tokenize_pairs(self.tokenizer, eval_records, data.max_length)
         if truncated + eval_truncated:
-            print(f"rlhfkit dpo: warning: {truncated + eval_truncated} response(s) longer than data.max_length={data.max_length} were cut at their end")
+            print(
+                f"rlhfkit dpo: warning: {truncated + eval_truncated} response(s) longer than data.max_length={data.max_length} were cut at their end"
+            )
 
         torch.manual_seed(config.seed)
         model = load_causal_lm(config.model.name, self.tokenizer)
         # the frozen reference for held-out KL: the base under the adapter with LoRA, else a copy
-        self.reference_copy = None if config.model.lora.enabled or not self.kl_prompts else copy.deepcopy(model).eval().requires_grad_(False)
+        self.reference_copy = (
+            None
+            if config.model.lora.enabled or not self.kl_prompts
+            else copy.deepcopy(model).eval().requires_grad_(False)
+        )
         self.model = apply_lora(model, config.model.lora) if config.model.lora.enabled else model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_optimizer(self.params, config.optim, config.train.steps)
@@ -239,7 +273,12 @@ class DPORun:
         batch, dtype, pad = self.config.train.reference_batch_size, self.config.model.dtype, self.tokenizer.pad_token_id
         train_chosen, train_rejected = reference_logprobs(self.model, self.train_pairs, pad, batch, dtype)
         eval_chosen, eval_rejected = reference_logprobs(self.model, self.eval_pairs, pad, batch, dtype)
-        cache = {"train_chosen": train_chosen, "train_rejected": train_rejected, "eval_chosen": eval_chosen, "eval_rejected": eval_rejected}
+        cache = {
+            "train_chosen": train_chosen,
+            "train_rejected": train_rejected,
+            "eval_chosen": eval_chosen,
+            "eval_rejected": eval_rejected,
+        }
         tmp = path.with_name(path.name + ".tmp")
         save_file(cache, str(tmp))
         tmp.replace(path)
@@ -257,7 +296,9 @@ class DPORun:
         logps: list[torch.Tensor] = []
         for start in range(0, len(indices), config.micro_batch_size):
             chunk = indices[start : start + config.micro_batch_size]
-            policy_chosen, policy_rejected = pair_logprobs(self.model, [self.train_pairs[i] for i in chunk], self.tokenizer.pad_token_id, config.model.dtype)
+            policy_chosen, policy_rejected = pair_logprobs(
+                self.model, [self.train_pairs[i] for i in chunk], self.tokenizer.pad_token_id, config.model.dtype
+            )
             losses, chosen_rewards, rejected_rewards = self.loss_fn(
                 policy_chosen, policy_rejected, reference["train_chosen"][chunk], reference["train_rejected"][chunk]
             )
@@ -286,10 +327,14 @@ class DPORun:
         batch = self.config.micro_batch_size
         chosen, rejected = [], []
         for start in range(0, len(self.eval_pairs), batch):
-            c, r = pair_logprobs(self.model, self.eval_pairs[start : start + batch], self.tokenizer.pad_token_id, self.config.model.dtype)
+            c, r = pair_logprobs(
+                self.model, self.eval_pairs[start : start + batch], self.tokenizer.pad_token_id, self.config.model.dtype
+            )
             chosen.append(c)
             rejected.append(r)
-        losses, chosen_rewards, rejected_rewards = self.loss_fn(torch.cat(chosen), torch.cat(rejected), reference["eval_chosen"], reference["eval_rejected"])
+        losses, chosen_rewards, rejected_rewards = self.loss_fn(
+            torch.cat(chosen), torch.cat(rejected), reference["eval_chosen"], reference["eval_rejected"]
+        )
         return pair_metrics("eval", losses, chosen_rewards, rejected_rewards)
 
     @torch.no_grad()
@@ -317,7 +362,10 @@ class DPORun:
             reference = sequence_logprobs(reference_model, *batch, dtype=config.model.dtype)
         kl = policy - reference  # (B,)
         answers = decode_responses(self.tokenizer, samples)
-        metrics = {"kl/mean": kl.mean().item(), "eval/response_tokens": samples.response_mask.sum(1).float().mean().item()}
+        metrics = {
+            "kl/mean": kl.mean().item(),
+            "eval/response_tokens": samples.response_mask.sum(1).float().mean().item(),
+        }
         scores = [float("nan")] * len(answers)
         if self.gold is not None:
             gold = checked_scores(self.gold, [prompt_text(r) for r in self.kl_prompts], answers, self.kl_prompts)
@@ -364,7 +412,9 @@ class DPORun:
                     tracker.log_samples(self.step, [prompt_text(r) for r in self.kl_prompts], answers, scores)
                 tracker.log(self.step, metrics)
                 if self.step % config.train.checkpoint_every == 0 or self.step == config.train.steps:
-                    save_training_state(out, self.step, self.model, self.optimizer, self.scheduler, {"initial": initial})
+                    save_training_state(
+                        out, self.step, self.model, self.optimizer, self.scheduler, {"initial": initial}
+                    )
         finally:
             tracker.close()
         final = write_directory_atomic(out / "final", self.save_final)

@@ -46,7 +46,9 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         if self.num_responses <= 0 or self.batch_size <= 0:
-            raise UserError(f"num_responses and batch_size must be positive, got {self.num_responses} and {self.batch_size}")
+            raise UserError(
+                f"num_responses and batch_size must be positive, got {self.num_responses} and {self.batch_size}"
+            )
 
 
 def candidates_record(record: dict[str, Any], responses: list[str]) -> dict[str, Any]:
@@ -54,7 +56,9 @@ def candidates_record(record: dict[str, Any], responses: list[str]) -> dict[str,
     return {**record, "responses": [r for r in responses if r.strip()]}
 
 
-def generate_candidates(model: torch.nn.Module, tokenizer: Any, records: list[dict[str, Any]], config: GenerateConfig) -> list[list[str]]:
+def generate_candidates(
+    model: torch.nn.Module, tokenizer: Any, records: list[dict[str, Any]], config: GenerateConfig
+) -> list[list[str]]:
     """K responses per prompt record, in record order: (N,) lists of K strings."""
     from tqdm.auto import tqdm
 
@@ -67,7 +71,9 @@ def generate_candidates(model: torch.nn.Module, tokenizer: Any, records: list[di
         for start in range(0, len(records), config.batch_size):
             chunk = records[start : start + config.batch_size]
             texts = [format_prompt(tokenizer, record) for record in chunk for _ in range(k)]
-            decoded = decode_responses(tokenizer, sample(model, tokenizer, texts, config.generation, config.model.dtype))
+            decoded = decode_responses(
+                tokenizer, sample(model, tokenizer, texts, config.generation, config.model.dtype)
+            )
             answers += [decoded[i * k : (i + 1) * k] for i in range(len(chunk))]
             progress.update(len(texts))
     return answers
@@ -114,5 +120,7 @@ def run(args: argparse.Namespace) -> int:
         "candidates": str(out / "candidates.jsonl"),
     }
     write_json_atomic(out / "summary.json", summary)
-    print(f"rlhfkit generate: {summary['responses']} responses to {summary['records']} prompts in {summary['candidates']}")
+    print(
+        f"rlhfkit generate: {summary['responses']} responses to {summary['records']} prompts in {summary['candidates']}"
+    )
     return 0

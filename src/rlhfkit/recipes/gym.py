@@ -41,8 +41,22 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from rlhfkit.algorithms import clipped_policy_loss, clipped_value_loss, explained_variance, generalized_advantage_estimation, whiten
-from rlhfkit.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state, write_directory_atomic
+from rlhfkit.algorithms import (
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    generalized_advantage_estimation,
+    whiten,
+)
+from rlhfkit.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    write_directory_atomic,
+)
 from rlhfkit.config import add_config_arguments, load_config, save_config
 from rlhfkit.errors import UserError
 from rlhfkit.gym.config import CONTINUOUS_DEFAULTS, GymConfig, PPOConfig
@@ -66,7 +80,9 @@ def train(cfg: GymConfig, out: Path, resume: bool = False) -> dict[str, Any]:
     torch.set_num_threads(1)  # tiny MLPs: one thread is fastest, and a fixed count keeps runs reproducible
     spec = inspect_env(cfg.env.id)
     seed_everything(cfg.seed)
-    runner = EnvRunner(spec, cfg.env.num_envs, cfg.seed, cfg.env.normalize_observation, cfg.env.normalize_reward, cfg.ppo.gamma)
+    runner = EnvRunner(
+        spec, cfg.env.num_envs, cfg.seed, cfg.env.normalize_observation, cfg.env.normalize_reward, cfg.ppo.gamma
+    )
     policy = _build_policy(cfg, spec)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.ppo.learning_rate, eps=1e-5)
     start, train_seconds = 0, 0.0
@@ -84,7 +100,13 @@ def train(cfg: GymConfig, out: Path, resume: bool = False) -> dict[str, Any]:
             rollout, episodes = runner.collect(policy, cfg.ppo.rollout_steps)
             # 3. advantages by GAE, truncated episodes bootstrapped from V(final observation)
             advantages, returns = generalized_advantage_estimation(
-                rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.episode_end, cfg.ppo.gamma, cfg.ppo.gae_lambda
+                rollout.rewards,
+                rollout.values,
+                rollout.next_values,
+                rollout.terminated,
+                rollout.episode_end,
+                cfg.ppo.gamma,
+                cfg.ppo.gae_lambda,
             )
             # 4. K epochs of minibatch updates
             stats = ppo_update(policy, optimizer, rollout, advantages, returns, cfg.ppo, cfg.minibatch_size)
@@ -93,7 +115,13 @@ def train(cfg: GymConfig, out: Path, resume: bool = False) -> dict[str, Any]:
             train_seconds += seconds
             tracker.log(update, _metrics(update, cfg, rollout, returns, episodes, stats, optimizer, seconds))
             if update % cfg.train.checkpoint_every == 0 or update == cfg.num_updates:
-                state = {"update": update, "train_seconds": train_seconds, "optimizer": optimizer.state_dict(), "runner": runner.state_dict(), "rng": rng_state()}
+                state = {
+                    "update": update,
+                    "train_seconds": train_seconds,
+                    "optimizer": optimizer.state_dict(),
+                    "runner": runner.state_dict(),
+                    "rng": rng_state(),
+                }
                 save_checkpoint(out, update, tensors={"policy": policy.state_dict()}, state=state)
     finally:
         tracker.close()
@@ -101,7 +129,12 @@ def train(cfg: GymConfig, out: Path, resume: bool = False) -> dict[str, Any]:
 
     _save_final(out, policy, runner.obs_normalizer)
     results = evaluate(
-        policy, spec, runner.obs_normalizer, cfg.eval.episodes, cfg.seed + EVAL_SEED_OFFSET, cfg.eval.deterministic,
+        policy,
+        spec,
+        runner.obs_normalizer,
+        cfg.eval.episodes,
+        cfg.seed + EVAL_SEED_OFFSET,
+        cfg.eval.deterministic,
         out / "eval.gif" if cfg.eval.video else None,
     )
     env_steps = cfg.num_updates * cfg.batch_size
@@ -116,12 +149,23 @@ def train(cfg: GymConfig, out: Path, resume: bool = False) -> dict[str, Any]:
     write_json_atomic(out / "summary.json", summary)
     batch = f"{cfg.env.num_envs} x {cfg.ppo.rollout_steps}"
     keys = ["charts/episodic_return", "value/explained_variance", "policy/approx_kl", "policy/entropy"]
-    plot_metrics(out / "metrics.jsonl", keys, out / "learning_curve.png", title=f"PPO on {cfg.env.id} (one step = one update of {batch} env steps)")
+    plot_metrics(
+        out / "metrics.jsonl",
+        keys,
+        out / "learning_curve.png",
+        title=f"PPO on {cfg.env.id} (one step = one update of {batch} env steps)",
+    )
     return summary
 
 
 def ppo_update(
-    policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig, minibatch_size: int
+    policy: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    cfg: PPOConfig,
+    minibatch_size: int,
 ) -> dict[str, float]:
     """K epochs of minibatch steps on L^CLIP - c1 L^VF + c2 H; returns the means of the losses and stats."""
     observations = rollout.observations.flatten(0, 1)  # (N*T, obs_dim)
@@ -135,8 +179,12 @@ def ppo_update(
         for idx in torch.randperm(len(observations)).split(minibatch_size):
             logprobs, entropy, values = policy.evaluate(observations[idx], actions[idx])
             mb_advantages = whiten(advantages[idx]) if cfg.normalize_advantages else advantages[idx]
-            policy_loss, policy_stats = clipped_policy_loss(logprobs, old_logprobs[idx], mb_advantages, None, cfg.clip_range)
-            value_loss, value_stats = clipped_value_loss(values, old_values[idx], returns[idx], None, cfg.value_clip_range)
+            policy_loss, policy_stats = clipped_policy_loss(
+                logprobs, old_logprobs[idx], mb_advantages, None, cfg.clip_range
+            )
+            value_loss, value_stats = clipped_value_loss(
+                values, old_values[idx], returns[idx], None, cfg.value_clip_range
+            )
             entropy = entropy.mean()
             loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
             optimizer.zero_grad()
@@ -144,8 +192,12 @@ def ppo_update(
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
             for key, value in (
-                ("policy/loss", policy_loss), ("value/loss", value_loss), ("policy/entropy", entropy),
-                ("policy/clipfrac", policy_stats["clipfrac"]), ("policy/approx_kl", policy_stats["approx_kl"]), ("value/clipfrac", value_stats["clipfrac"]),
+                ("policy/loss", policy_loss),
+                ("value/loss", value_loss),
+                ("policy/entropy", entropy),
+                ("policy/clipfrac", policy_stats["clipfrac"]),
+                ("policy/approx_kl", policy_stats["approx_kl"]),
+                ("value/clipfrac", value_stats["clipfrac"]),
             ):
                 sums[key] = sums.get(key, 0.0) + value.item()
             epoch_kl.append(policy_stats["approx_kl"].item())
@@ -162,7 +214,14 @@ def _learning_rate(cfg: PPOConfig, update: int, num_updates: int) -> float:
 
 
 def _metrics(
-    update: int, cfg: GymConfig, rollout: Rollout, returns: torch.Tensor, episodes: list[Episode], stats: dict[str, float], optimizer: torch.optim.Optimizer, seconds: float
+    update: int,
+    cfg: GymConfig,
+    rollout: Rollout,
+    returns: torch.Tensor,
+    episodes: list[Episode],
+    stats: dict[str, float],
+    optimizer: torch.optim.Optimizer,
+    seconds: float,
 ) -> dict[str, Any]:
     return {
         "charts/episodic_return": float(np.mean([e.return_ for e in episodes])) if episodes else None,
@@ -177,10 +236,19 @@ def _metrics(
 
 
 def _build_policy(cfg: GymConfig, spec: EnvSpec) -> ActorCritic:
-    return ActorCritic(spec.obs_dim, spec.action_dim, spec.discrete, cfg.policy.hidden_sizes, cfg.policy.orthogonal_init, cfg.policy.log_std_init)
+    return ActorCritic(
+        spec.obs_dim,
+        spec.action_dim,
+        spec.discrete,
+        cfg.policy.hidden_sizes,
+        cfg.policy.orthogonal_init,
+        cfg.policy.log_std_init,
+    )
 
 
-def _restore(out: Path, policy: ActorCritic, optimizer: torch.optim.Optimizer, runner: EnvRunner, seed: int) -> tuple[int, float]:
+def _restore(
+    out: Path, policy: ActorCritic, optimizer: torch.optim.Optimizer, runner: EnvRunner, seed: int
+) -> tuple[int, float]:
     path = latest_checkpoint(out)
     if path is None:
         raise UserError(f"--resume: {out / 'checkpoints'} holds no checkpoint to continue from")
@@ -233,7 +301,12 @@ def evaluate_run(run_dir: Path, cfg: GymConfig, out: Path) -> dict[str, Any]:
         obs_normalizer.stats.load_state_dict(load_file(str(run_dir / "final" / "obs_normalizer.safetensors")))
     out.mkdir(parents=True, exist_ok=True)
     results = evaluate(
-        policy, spec, obs_normalizer, cfg.eval.episodes, cfg.seed + EVAL_SEED_OFFSET, cfg.eval.deterministic,
+        policy,
+        spec,
+        obs_normalizer,
+        cfg.eval.episodes,
+        cfg.seed + EVAL_SEED_OFFSET,
+        cfg.eval.deterministic,
         out / "eval.gif" if cfg.eval.video else None,
     )
     figures = {"env_id": cfg.env.id, **_eval_figures(results, cfg.eval.deterministic)}
@@ -249,20 +322,33 @@ def evaluate_run(run_dir: Path, cfg: GymConfig, out: Path) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, GymConfig)
     parser.add_argument("--env", help="Gymnasium environment id (same as --set env.id=ID)")
-    parser.add_argument("--eval", metavar="DIR", help="evaluate the policy of a finished run DIR instead of training (writes DIR/eval/ unless --out)")
-    defaults = ", ".join(f"{section}.{key}={value}" for section, values in CONTINUOUS_DEFAULTS.items() for key, value in values.items())
-    parser.epilog = (parser.epilog or "") + f"\n\nfor Box action spaces these defaults apply instead (a config file and --set still override them):\n  {defaults}"
+    parser.add_argument(
+        "--eval",
+        metavar="DIR",
+        help="evaluate the policy of a finished run DIR instead of training (writes DIR/eval/ unless --out)",
+    )
+    defaults = ", ".join(
+        f"{section}.{key}={value}" for section, values in CONTINUOUS_DEFAULTS.items() for key, value in values.items()
+    )
+    parser.epilog = (
+        (parser.epilog or "")
+        + f"\n\nfor Box action spaces these defaults apply instead (a config file and --set still override them):\n  {defaults}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = ([f"env.id={args.env}"] if args.env else []) + list(args.set)
     if args.eval:
         if args.resume or args.env:
-            raise UserError("--eval evaluates a finished run as it was trained; it cannot be combined with --resume or --env")
+            raise UserError(
+                "--eval evaluates a finished run as it was trained; it cannot be combined with --resume or --env"
+            )
         run_dir = Path(args.eval)
         cfg = load_config(GymConfig, args.config, overrides, base=_saved_config(run_dir, "--eval"))
         if not (run_dir / "final" / "policy.safetensors").is_file():
-            raise UserError(f"--eval: {run_dir / 'final'} holds no policy; the run has not finished (continue it with --resume --out {run_dir})")
+            raise UserError(
+                f"--eval: {run_dir / 'final'} holds no policy; the run has not finished (continue it with --resume --out {run_dir})"
+            )
         figures = evaluate_run(run_dir, cfg, Path(args.out) if args.out else run_dir / "eval")
         print(json.dumps(figures))
         return 0
@@ -270,7 +356,11 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"out={args.out}")
     cfg = resolve_config(args.config, overrides, resume=args.resume)
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"gym-{cfg.env.id.replace('/', '-')}-{datetime.now():%Y%m%d-%H%M%S}"
+    out = (
+        Path(cfg.out)
+        if cfg.out
+        else Path("runs") / f"gym-{cfg.env.id.replace('/', '-')}-{datetime.now():%Y%m%d-%H%M%S}"
+    )
     if not args.resume and (out / "checkpoints").exists():
         raise UserError(f"{out} already holds a run; continue it with --resume, or choose another --out")
     if cfg.eval.video:

@@ -25,7 +25,15 @@ import random
 import time
 from typing import Any
 
-from rlhfkit.config import REWARD_KINDS, RewardConfig, add_config_arguments, config_from_args, field, resolve_precision, save_config
+from rlhfkit.config import (
+    REWARD_KINDS,
+    RewardConfig,
+    add_config_arguments,
+    config_from_args,
+    field,
+    resolve_precision,
+    save_config,
+)
 from rlhfkit.errors import UserError
 
 FORMATS = ("comparisons", "rankings", "choices")
@@ -33,12 +41,16 @@ FORMATS = ("comparisons", "rankings", "choices")
 
 @dataclasses.dataclass
 class LabelDataConfig:
-    train: str = field("", "candidates: prompt + \"responses\" (e.g. OUT/candidates.jsonl of `rlhfkit generate`); required")
+    train: str = field(
+        "", 'candidates: prompt + "responses" (e.g. OUT/candidates.jsonl of `rlhfkit generate`); required'
+    )
 
 
 @dataclasses.dataclass
 class NoiseConfig:
-    temperature: float = field(0.0, "T of the Bradley-Terry label noise P(a ≻ b) = σ((s_a - s_b)/T); 0: the judge's exact order")
+    temperature: float = field(
+        0.0, "T of the Bradley-Terry label noise P(a ≻ b) = σ((s_a - s_b)/T); 0: the judge's exact order"
+    )
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -91,7 +103,9 @@ def prompt_fields(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key not in ("responses", "best")}
 
 
-def label_record(record: dict[str, Any], scores: list[float], fmt: str, temperature: float, judge: str, rng: random.Random) -> tuple[list[dict[str, Any]], int]:
+def label_record(
+    record: dict[str, Any], scores: list[float], fmt: str, temperature: float, judge: str, rng: random.Random
+) -> tuple[list[dict[str, Any]], int]:
     """Preference records from one candidates record (distinct responses) and the judge's scores; and the ties skipped."""
     responses = record["responses"]
     base = prompt_fields(record)
@@ -103,7 +117,14 @@ def label_record(record: dict[str, Any], scores: list[float], fmt: str, temperat
                 ties += 1
                 continue
             w, l = (a, b) if first else (b, a)
-            labelled.append({**base, "chosen": responses[w], "rejected": responses[l], "meta": {"judge": judge, "scores": [scores[w], scores[l]]}})
+            labelled.append(
+                {
+                    **base,
+                    "chosen": responses[w],
+                    "rejected": responses[l],
+                    "meta": {"judge": judge, "scores": [scores[w], scores[l]]},
+                }
+            )
         return labelled, ties
     order = noisy_order(scores, temperature, rng)
     if order is None:
@@ -126,7 +147,11 @@ def distinct_responses(record: dict[str, Any]) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, LabelConfig, resume=False)
-    parser.add_argument("--judge", choices=(*REWARD_KINDS, "ai"), help="the judge's kind (same as --set reward.kind=KIND); ai: a judge model's soft labels (keys: see docs/dpo-and-ai-feedback.md)")
+    parser.add_argument(
+        "--judge",
+        choices=(*REWARD_KINDS, "ai"),
+        help="the judge's kind (same as --set reward.kind=KIND); ai: a judge model's soft labels (keys: see docs/dpo-and-ai-feedback.md)",
+    )
     parser.add_argument("--format", choices=FORMATS, help="records to write (same as --set format=...)")
 
 
@@ -140,10 +165,16 @@ def run(args: argparse.Namespace) -> int:
     from rlhfkit.rewards import build_reward, checked_scores, validate_records_for_reward
     from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
-    args.set = [*([f"reward.kind={args.judge}"] if args.judge else []), *([f"format={args.format}"] if args.format else []), *args.set]
+    args.set = [
+        *([f"reward.kind={args.judge}"] if args.judge else []),
+        *([f"format={args.format}"] if args.format else []),
+        *args.set,
+    ]
     config = config_from_args(LabelConfig, args)
     if not config.data.train:
-        raise UserError("data.train is required: a candidates file (prompt + \"responses\"), e.g. OUT/candidates.jsonl of `rlhfkit generate`")
+        raise UserError(
+            'data.train is required: a candidates file (prompt + "responses"), e.g. OUT/candidates.jsonl of `rlhfkit generate`'
+        )
     out = output_directory(config.out, "label", f"{config.format}.jsonl")
     records = [distinct_responses(r) for r in load_records(config.data.train, "candidates")]
     validate_records_for_reward(config.reward, records, config.data.train)
@@ -164,7 +195,9 @@ def run(args: argparse.Namespace) -> int:
         labelled += new
         ties += skipped
     if not labelled:
-        raise UserError(f"{config.data.train}: the {config.reward.kind} judge produced no {config.format} ({ties} tied, {too_few} prompts with fewer than 2 distinct responses)")
+        raise UserError(
+            f"{config.data.train}: the {config.reward.kind} judge produced no {config.format} ({ties} tied, {too_few} prompts with fewer than 2 distinct responses)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     path = out / f"{config.format}.jsonl"

@@ -46,7 +46,15 @@ from rlhfkit.algorithms import (
 )
 from rlhfkit.assets import PROMPTS
 from rlhfkit.checkpoint import write_directory_atomic
-from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, add_config_arguments, config_from_args, field, save_config
+from rlhfkit.config import (
+    GenerationConfig,
+    ModelConfig,
+    RewardConfig,
+    add_config_arguments,
+    config_from_args,
+    field,
+    save_config,
+)
 from rlhfkit.errors import UserError
 from rlhfkit.rewards import RewardFn
 from rlhfkit.training import OptimConfig
@@ -59,7 +67,9 @@ from rlhfkit.training import OptimConfig
 @dataclasses.dataclass
 class PPODataConfig:
     prompts: str = field(str(PROMPTS), "prompts file (JSONL/JSON/CSV/Parquet) or datasets id")
-    ptx: str = field("", "demonstrations mixed into the update with coefficient ppo.ptx_coef (PPO-ptx, InstructGPT); empty: off")
+    ptx: str = field(
+        "", "demonstrations mixed into the update with coefficient ppo.ptx_coef (PPO-ptx, InstructGPT); empty: off"
+    )
     max_prompt_length: int = field(256, "prompts longer than this many tokens are cut from the left")
 
 
@@ -69,7 +79,9 @@ class PPOTrainConfig:
     batch_size: int = field(16, "prompts per iteration (all processes together)")
     ppo_epochs: int = field(4, "passes over each batch")
     mini_batch_size: int = field(4, "responses per optimiser step")
-    micro_batch_size: int = field(0, "responses per forward pass; gradients accumulate up to mini_batch_size (0: = mini_batch_size)")
+    micro_batch_size: int = field(
+        0, "responses per forward pass; gradients accumulate up to mini_batch_size (0: = mini_batch_size)"
+    )
     checkpoint_every: int = field(10, "save a checkpoint every N iterations (0: only at the end)")
 
     def __post_init__(self) -> None:
@@ -77,9 +89,13 @@ class PPOTrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.batch_size % self.mini_batch_size:
-            raise UserError(f"train.batch_size {self.batch_size} is not divisible by train.mini_batch_size {self.mini_batch_size}")
+            raise UserError(
+                f"train.batch_size {self.batch_size} is not divisible by train.mini_batch_size {self.mini_batch_size}"
+            )
         if self.micro_batch_size and self.mini_batch_size % self.micro_batch_size:
-            raise UserError(f"train.mini_batch_size {self.mini_batch_size} is not divisible by train.micro_batch_size {self.micro_batch_size}")
+            raise UserError(
+                f"train.mini_batch_size {self.mini_batch_size} is not divisible by train.micro_batch_size {self.micro_batch_size}"
+            )
 
 
 @dataclasses.dataclass
@@ -91,7 +107,9 @@ class PPOAlgorithmConfig:
     entropy_coef: float = field(0.0, "weight of the entropy bonus")
     gamma: float = field(1.0, "discount over response tokens")
     lam: float = field(0.95, "GAE λ")
-    target_kl: float = field(0.0, "stop this iteration's epochs once a minibatch's approx-KL(old‖new) exceeds it (0: never)")
+    target_kl: float = field(
+        0.0, "stop this iteration's epochs once a minibatch's approx-KL(old‖new) exceeds it (0: never)"
+    )
     penalty_beta: float = field(1.0, "initial β of the kl_penalty objective")
     penalty_target: float = field(0.01, "d_targ of the kl_penalty objective's β update")
     ptx_coef: float = field(0.0, "γ of PPO-ptx: weight of the SFT loss on data.ptx")
@@ -126,7 +144,10 @@ class ScoreConfig:
 @dataclasses.dataclass
 class CriticConfig:
     kind: str = field("shared", "shared (a value head on the policy) or separate (its own transformer)")
-    model: str = field("", "for a separate critic: the model to start from (default: the reward model if reward.kind=model, else model.name)")
+    model: str = field(
+        "",
+        "for a separate critic: the model to start from (default: the reward model if reward.kind=model, else model.name)",
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in ("shared", "separate"):
@@ -144,7 +165,9 @@ class PPOConfig:
     ppo: PPOAlgorithmConfig = field(factory=PPOAlgorithmConfig, doc="PPO update")
     critic: CriticConfig = field(factory=CriticConfig, doc="critic")
     train: PPOTrainConfig = field(factory=PPOTrainConfig, doc="schedule")
-    optim: OptimConfig = field(factory=OptimConfig, doc="optimiser (the schedule runs over all optimiser steps of the run)")
+    optim: OptimConfig = field(
+        factory=OptimConfig, doc="optimiser (the schedule runs over all optimiser steps of the run)"
+    )
     seed: int = field(0, "one seed for everything")
     out: str = field("", "output directory (default runs/ppo-<time>)")
 
@@ -186,14 +209,18 @@ class PPOTrainer:
         if not self.prompts:
             raise UserError(f"{config.data.prompts}: holds no prompts")
         if config.train.batch_size % self.accelerator.num_processes:
-            raise UserError(f"train.batch_size {config.train.batch_size} is not divisible by the {self.accelerator.num_processes} processes")
+            raise UserError(
+                f"train.batch_size {config.train.batch_size} is not divisible by the {self.accelerator.num_processes} processes"
+            )
         if reward is None:
             validate_records_for_reward(config.reward, self.prompts, config.data.prompts)
         self.ptx_records = load_records(config.data.ptx, "demonstrations") if config.data.ptx else []
         self.reward = reward if reward is not None else build_reward(config.reward, config.model.dtype)
         self._build_models()
         self.kl_controller = (
-            AdaptiveKLController(config.kl.coef, config.kl.target, config.kl.horizon) if config.kl.adaptive else FixedKLController(config.kl.coef)
+            AdaptiveKLController(config.kl.coef, config.kl.target, config.kl.horizon)
+            if config.kl.adaptive
+            else FixedKLController(config.kl.coef)
         )
         self.penalty_beta = config.ppo.penalty_beta
         from rlhfkit.rollout.experience import RunningMoments
@@ -264,7 +291,14 @@ class PPOTrainer:
         texts = [self._truncated_prompt(format_prompt(self.tokenizer, r)) for r in records]
         model.eval()
         # with a value head, the sampling pass's log-probs and hidden states save a forward (when it ran in model.dtype)
-        return sample(model.policy, self.tokenizer, texts, self.config.generation, self.config.model.dtype, keep_scores=model.shares_trunk)
+        return sample(
+            model.policy,
+            self.tokenizer,
+            texts,
+            self.config.generation,
+            self.config.model.dtype,
+            keep_scores=model.shares_trunk,
+        )
 
     def score(self, samples, records: list[dict[str, Any]]):
         """Steps 2-4 on sampled responses: scores, reference log-probs, shaped rewards, advantages."""
@@ -282,15 +316,24 @@ class PPOTrainer:
         with torch.no_grad():
             if self.reference is None:
                 with model.reference_context():
-                    ref_logprobs, frozen_states = response_logprobs(model.policy, ids, mask, response_ids, temperature, dtype, model.frozen_layers)
+                    ref_logprobs, frozen_states = response_logprobs(
+                        model.policy, ids, mask, response_ids, temperature, dtype, model.frozen_layers
+                    )
             else:
-                ref_logprobs, frozen_states = response_logprobs(self.reference, ids, mask, response_ids, temperature, dtype)
+                ref_logprobs, frozen_states = response_logprobs(
+                    self.reference, ids, mask, response_ids, temperature, dtype
+                )
             if samples.logprobs is not None:
                 logprobs, values = samples.logprobs, model.critic(samples.hidden)
             else:  # a separate critic, or sampling ran in another precision than model.dtype: the policy's own pass
                 logprobs, _, values = model(ids, mask, response_ids, temperature, dtype, frozen_states=frozen_states)
-        logprobs, ref_logprobs = logprobs.masked_fill(~samples.response_mask, 0.0), ref_logprobs.masked_fill(~samples.response_mask, 0.0)
-        scores = shape_scores(raw_scores, samples.ended, config.score.no_eos_penalty, self.score_moments, config.score.clip)
+        logprobs, ref_logprobs = (
+            logprobs.masked_fill(~samples.response_mask, 0.0),
+            ref_logprobs.masked_fill(~samples.response_mask, 0.0),
+        )
+        scores = shape_scores(
+            raw_scores, samples.ended, config.score.no_eos_penalty, self.score_moments, config.score.clip
+        )
         experience = build_experience(
             samples, logprobs, ref_logprobs, values, raw_scores, scores, self.kl_controller.value,
             KL_ESTIMATORS[config.kl.estimator], config.ppo.gamma, config.ppo.lam, gather=self._gather, frozen_states=frozen_states,
@@ -334,7 +377,11 @@ class PPOTrainer:
             if stopped_early:
                 break
         if config.ppo.objective == "kl_penalty":
-            self.penalty_beta = update_kl_penalty_beta(self.penalty_beta, sum(stats["policy/approx_kl"]) / len(stats["policy/approx_kl"]), config.ppo.penalty_target)
+            self.penalty_beta = update_kl_penalty_beta(
+                self.penalty_beta,
+                sum(stats["policy/approx_kl"]) / len(stats["policy/approx_kl"]),
+                config.ppo.penalty_target,
+            )
         summary = {key: sum(values) / len(values) for key, values in stats.items()}
         summary["policy/early_stop"] = float(stopped_early)
         return summary
@@ -356,14 +403,25 @@ class PPOTrainer:
             mask = micro.samples.response_mask
             weight = mask.sum() / token_normaliser
             logprobs, entropy, values = self.actor_critic(
-                micro.samples.input_ids, micro.samples.attention_mask, micro.samples.response_ids, config.generation.temperature, config.model.dtype,
-                entropy_grad=config.ppo.entropy_coef != 0, frozen_states=micro.frozen_states,
+                micro.samples.input_ids,
+                micro.samples.attention_mask,
+                micro.samples.response_ids,
+                config.generation.temperature,
+                config.model.dtype,
+                entropy_grad=config.ppo.entropy_coef != 0,
+                frozen_states=micro.frozen_states,
             )
             if config.ppo.objective == "clip":
-                pg_loss, pg_stats = clipped_policy_loss(logprobs, micro.logprobs, micro.advantages, mask, config.ppo.clip_range)
+                pg_loss, pg_stats = clipped_policy_loss(
+                    logprobs, micro.logprobs, micro.advantages, mask, config.ppo.clip_range
+                )
             else:
-                pg_loss, pg_stats = kl_penalty_policy_loss(logprobs, micro.logprobs, micro.advantages, mask, self.penalty_beta)
-            vf_loss, vf_stats = clipped_value_loss(values, micro.values, micro.returns, mask, config.ppo.value_clip_range)
+                pg_loss, pg_stats = kl_penalty_policy_loss(
+                    logprobs, micro.logprobs, micro.advantages, mask, self.penalty_beta
+                )
+            vf_loss, vf_stats = clipped_value_loss(
+                values, micro.values, micro.returns, mask, config.ppo.value_clip_range
+            )
             entropy_mean = masked_mean(entropy, mask)
             loss = pg_loss + config.ppo.value_coef * vf_loss - config.ppo.entropy_coef * entropy_mean
             self.accelerator.backward(loss * weight)
@@ -371,10 +429,14 @@ class PPOTrainer:
                 "policy/loss": pg_loss, "policy/clipfrac": pg_stats["clipfrac"], "policy/approx_kl": pg_stats["approx_kl"],
                 "policy/entropy": entropy_mean, "value/loss": vf_loss, "value/clipfrac": vf_stats["clipfrac"],
             }.items():  # fmt: skip
-                totals[key] = totals.get(key, 0.0) + float(value.detach()) * float(weight) * self.accelerator.num_processes
+                totals[key] = (
+                    totals.get(key, 0.0) + float(value.detach()) * float(weight) * self.accelerator.num_processes
+                )
         if config.ppo.ptx_coef > 0:
             totals["ptx/loss"] = self._ptx_backward()
-        totals["train/grad_norm"] = optimizer_step(list(self.actor_critic.parameters()), self.optimizer, self.scheduler, config.optim.max_grad_norm)
+        totals["train/grad_norm"] = optimizer_step(
+            list(self.actor_critic.parameters()), self.optimizer, self.scheduler, config.optim.max_grad_norm
+        )
         return totals
 
     def _ptx_backward(self) -> float:
@@ -385,7 +447,12 @@ class PPOTrainer:
         config = self.config
         picks = torch.randint(len(self.ptx_records), (config.micro_batch_size,)).tolist()
         items = [
-            tokenize_prompt_response(self.tokenizer, self.ptx_records[i], demonstration_response(self.ptx_records[i]), config.data.max_prompt_length + config.generation.max_new_tokens)
+            tokenize_prompt_response(
+                self.tokenizer,
+                self.ptx_records[i],
+                demonstration_response(self.ptx_records[i]),
+                config.data.max_prompt_length + config.generation.max_new_tokens,
+            )
             for i in picks
         ]
         ids, mask, response_mask = pad_batch(items, self.tokenizer.pad_token_id)
@@ -474,7 +541,10 @@ class PPOTrainer:
             policy = copy.deepcopy(policy).merge_and_unload()
         policy.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
-        save_file({k: v.detach().contiguous() for k, v in model.critic.state_dict().items()}, str(directory / "critic.safetensors"))
+        save_file(
+            {k: v.detach().contiguous() for k, v in model.critic.state_dict().items()},
+            str(directory / "critic.safetensors"),
+        )
 
     # -- the whole run -----------------------------------------------------------
 
@@ -512,7 +582,12 @@ class PPOTrainer:
         summary: dict[str, Any] = {}
         if main:
             final = write_directory_atomic(out / "final", self.save_final)
-            plot_metrics(out / "metrics.jsonl", ["reward/score_mean", "kl/mean", "policy/clipfrac", "value/explained_variance"], out / "training.png", "rlhfkit ppo")
+            plot_metrics(
+                out / "metrics.jsonl",
+                ["reward/score_mean", "kl/mean", "policy/clipfrac", "value/explained_variance"],
+                out / "training.png",
+                "rlhfkit ppo",
+            )
             from rlhfkit.tracking import read_jsonl
 
             history = read_jsonl(out / "metrics.jsonl")

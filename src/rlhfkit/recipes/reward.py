@@ -28,8 +28,9 @@ import argparse
 import copy
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -48,7 +49,9 @@ class RMDataConfig:
     train: str = field("", "comparisons, rankings or choices (e.g. the output of `rlhfkit label`); required")
     eval: str = field("", "held-out records of the same kind (empty: hold out data.eval_fraction of data.train)")
     eval_fraction: float = field(0.1, "share of data.train held out when data.eval is empty")
-    max_length: int = field(256, "tokens per prompt + response; the prompt is cut from the left first, the response never dropped")
+    max_length: int = field(
+        256, "tokens per prompt + response; the prompt is cut from the left first, the response never dropped"
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.eval_fraction < 1:
@@ -61,7 +64,9 @@ class RMDataConfig:
 class RMTrainConfig:
     steps: int = field(200, "optimiser steps")
     batch_size: int = field(8, "records (a pair, a ranking or a choice) per optimiser step")
-    micro_batch_size: int = field(0, "records per forward pass; gradients accumulate up to batch_size (0: = batch_size)")
+    micro_batch_size: int = field(
+        0, "records per forward pass; gradients accumulate up to batch_size (0: = batch_size)"
+    )
     eval_every: int = field(50, "evaluate every N steps (and at the end)")
     checkpoint_every: int = field(100, "save a checkpoint every N steps (and at the end)")
 
@@ -70,7 +75,9 @@ class RMTrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.micro_batch_size < 0 or self.batch_size % (self.micro_batch_size or self.batch_size):
-            raise UserError(f"train.batch_size {self.batch_size} is not divisible by train.micro_batch_size {self.micro_batch_size}")
+            raise UserError(
+                f"train.batch_size {self.batch_size} is not divisible by train.micro_batch_size {self.micro_batch_size}"
+            )
 
 
 @dataclasses.dataclass
@@ -83,7 +90,9 @@ class NormalizeConfig:
 
     def __post_init__(self) -> None:
         if self.num_prompts < 2 or self.batch_size <= 0:
-            raise UserError(f"normalize.num_prompts must be >= 2 and normalize.batch_size > 0, got {self.num_prompts}, {self.batch_size}")
+            raise UserError(
+                f"normalize.num_prompts must be >= 2 and normalize.batch_size > 0, got {self.num_prompts}, {self.batch_size}"
+            )
 
 
 @dataclasses.dataclass
@@ -92,7 +101,10 @@ class RMConfig:
     data: RMDataConfig = field(factory=RMDataConfig, doc="data")
     train: RMTrainConfig = field(factory=RMTrainConfig, doc="schedule")
     optim: OptimConfig = field(factory=lambda: OptimConfig(learning_rate=1e-5), doc="optimiser")
-    pooling: str = field("last", "where the head reads: last (the last token, EOS; InstructGPT) or mean (averaged over the response tokens)")
+    pooling: str = field(
+        "last",
+        "where the head reads: last (the last token, EOS; InstructGPT) or mean (averaged over the response tokens)",
+    )
     normalize: NormalizeConfig = field(factory=NormalizeConfig, doc="reward normalisation after training")
     seed: int = field(0, "one seed for everything")
     out: str = field("", "output directory (default runs/rm-<time>)")
@@ -120,7 +132,9 @@ def preference_kind(source: str) -> str:
     found = detect_kind(rows[0][1])
     kind = "rankings" if found == "rankings_or_candidates" else found
     if kind not in PREFERENCE_KINDS:
-        raise UserError(f"{name}:{rows[0][0]}: a reward model trains on comparisons, rankings or choices; this is a {kind} record")
+        raise UserError(
+            f"{name}:{rows[0][0]}: a reward model trains on comparisons, rankings or choices; this is a {kind} record"
+        )
     return kind
 
 
@@ -174,13 +188,18 @@ def targets_of(records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     }
 
 
-def tokenize_preferences(tokenizer: Any, records: list[dict[str, Any]], kind: str, max_length: int) -> tuple[list[dict[str, Any]], int]:
+def tokenize_preferences(
+    tokenizer: Any, records: list[dict[str, Any]], kind: str, max_length: int
+) -> tuple[list[dict[str, Any]], int]:
     """Each record with its tokenised responses under "items"; and how many responses were cut."""
     from rlhfkit.data.collate import tokenize_prompt_response
 
     tokenized, cut = [], 0
     for record in records:
-        items = [tokenize_prompt_response(tokenizer, record, response, max_length) for response in responses_best_first(record, kind)]
+        items = [
+            tokenize_prompt_response(tokenizer, record, response, max_length)
+            for response in responses_best_first(record, kind)
+        ]
         cut += sum(item["truncated"] for item in items)
         tokenized.append({**record, "items": items})
     return tokenized, cut
@@ -191,12 +210,16 @@ def tokenize_preferences(tokenizer: Any, records: list[dict[str, Any]], kind: st
 # ---------------------------------------------------------------------------
 
 
-def record_rewards(model: torch.nn.Module, records: list[dict[str, Any]], pad_token_id: int, dtype: str) -> torch.Tensor:
+def record_rewards(
+    model: torch.nn.Module, records: list[dict[str, Any]], pad_token_id: int, dtype: str
+) -> torch.Tensor:
     """(N, K_max) rewards of each record's responses, best first, from one forward over all of them.
 
     Slots beyond a record's K hold 0; the losses take num_responses and ignore them.
     """
-    scores = score_items(model, [item for record in records for item in record["items"]], pad_token_id, dtype)  # (sum K_n,)
+    scores = score_items(
+        model, [item for record in records for item in record["items"]], pad_token_id, dtype
+    )  # (sum K_n,)
     return padded_rows(list(scores.split([len(record["items"]) for record in records])))
 
 
@@ -206,12 +229,21 @@ def padded_rows(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.cat([row, row.new_zeros(width - len(row))]) for row in rows])
 
 
-def batch_loss_backward(model: torch.nn.Module, records: list[dict[str, Any]], loss_fn: Callable, pad_token_id: int, micro_batch_size: int, dtype: str) -> float:
+def batch_loss_backward(
+    model: torch.nn.Module,
+    records: list[dict[str, Any]],
+    loss_fn: Callable,
+    pad_token_id: int,
+    micro_batch_size: int,
+    dtype: str,
+) -> float:
     """Backward the mean loss over `records`, micro-batch by micro-batch (each weighted by its share); returns it."""
     total = 0.0
     for start in range(0, len(records), micro_batch_size):
         chunk = records[start : start + micro_batch_size]
-        loss = loss_fn(record_rewards(model, chunk, pad_token_id, dtype), targets_of(chunk)).mean() * (len(chunk) / len(records))
+        loss = loss_fn(record_rewards(model, chunk, pad_token_id, dtype), targets_of(chunk)).mean() * (
+            len(chunk) / len(records)
+        )
         loss.backward()
         total += loss.item()
     return total
@@ -230,7 +262,13 @@ def calibration_bins(prob_winner: torch.Tensor, num_bins: int = 10) -> list[dict
     for b in range(num_bins):
         selected = index == b
         if selected.any():
-            bins.append({"confidence": confidence[selected].mean().item(), "accuracy": correct[selected].mean().item(), "count": int(selected.sum())})
+            bins.append(
+                {
+                    "confidence": confidence[selected].mean().item(),
+                    "accuracy": correct[selected].mean().item(),
+                    "count": int(selected.sum()),
+                }
+            )
     return bins
 
 
@@ -241,7 +279,15 @@ def expected_calibration_error(bins: list[dict[str, float]]) -> float:
 
 
 @torch.no_grad()
-def evaluate_pairs(model: torch.nn.Module, records: list[dict[str, Any]], kind: str, loss_fn: Callable, pad_token_id: int, batch_size: int, dtype: str) -> tuple[dict[str, float], list]:
+def evaluate_pairs(
+    model: torch.nn.Module,
+    records: list[dict[str, Any]],
+    kind: str,
+    loss_fn: Callable,
+    pad_token_id: int,
+    batch_size: int,
+    dtype: str,
+) -> tuple[dict[str, float], list]:
     """Held-out loss, pair accuracy, mean margin r_w - r_l, ECE; and the calibration bins.
 
     `batch_size` counts sequences per forward pass here.
@@ -260,8 +306,15 @@ def evaluate_pairs(model: torch.nn.Module, records: list[dict[str, Any]], kind: 
                 position[key] = len(sequences)
                 sequences.append(item)
             index_of_record[-1].append(position[key])
-    scores = torch.cat([score_items(model, sequences[s : s + batch_size], pad_token_id, dtype) for s in range(0, len(sequences), batch_size)])
-    rewards = padded_rows([scores[indices] for indices in index_of_record])  # (N, K_max), as record_rewards lays them out
+    scores = torch.cat(
+        [
+            score_items(model, sequences[s : s + batch_size], pad_token_id, dtype)
+            for s in range(0, len(sequences), batch_size)
+        ]
+    )
+    rewards = padded_rows(
+        [scores[indices] for indices in index_of_record]
+    )  # (N, K_max), as record_rewards lays them out
     winners, losers = [], []
     for row, record in enumerate(records):
         for winner, loser in preference_pairs(record, kind):
@@ -302,7 +355,9 @@ def plot_reliability(bins: list[dict[str, float]], out_png: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def reference_statistics(model: torch.nn.Module, tokenizer: Any, prompts: list[dict[str, Any]], config: RMConfig) -> dict[str, float]:
+def reference_statistics(
+    model: torch.nn.Module, tokenizer: Any, prompts: list[dict[str, Any]], config: RMConfig
+) -> dict[str, float]:
     """Mean and std of the (raw) reward of one reference-policy response per prompt."""
     from tqdm.auto import tqdm
 
@@ -315,10 +370,24 @@ def reference_statistics(model: torch.nn.Module, tokenizer: Any, prompts: list[d
     policy = load_causal_lm(normalize.policy or config.model.name, tokenizer).eval()
     scores = []
     torch.manual_seed(config.seed)
-    for start in tqdm(range(0, len(prompts), normalize.batch_size), desc="rm: reference responses for normalisation", unit="batch"):
+    for start in tqdm(
+        range(0, len(prompts), normalize.batch_size), desc="rm: reference responses for normalisation", unit="batch"
+    ):
         chunk = prompts[start : start + normalize.batch_size]
-        responses = decode_responses(tokenizer, sample(policy, tokenizer, [format_prompt(tokenizer, r) for r in chunk], normalize.generation, config.model.dtype))
-        items = [tokenize_prompt_response(tokenizer, record, response, config.data.max_length) for record, response in zip(chunk, responses)]
+        responses = decode_responses(
+            tokenizer,
+            sample(
+                policy,
+                tokenizer,
+                [format_prompt(tokenizer, r) for r in chunk],
+                normalize.generation,
+                config.model.dtype,
+            ),
+        )
+        items = [
+            tokenize_prompt_response(tokenizer, record, response, config.data.max_length)
+            for record, response in zip(chunk, responses)
+        ]
         with torch.no_grad():
             scores.append(score_items(model, items, tokenizer.pad_token_id, config.model.dtype))
     raw = torch.cat(scores)
@@ -334,7 +403,9 @@ def unique_prompts(records: list[dict[str, Any]], limit: int) -> list[dict[str, 
         key = repr(prompt_messages(record))
         if key not in seen:
             seen.add(key)
-            prompts.append({"prompt": record["prompt"]} if "prompt" in record else {"messages": prompt_messages(record)})
+            prompts.append(
+                {"prompt": record["prompt"]} if "prompt" in record else {"messages": prompt_messages(record)}
+            )
         if len(prompts) == limit:
             break
     return prompts
@@ -358,7 +429,9 @@ class RewardModelRun:
         self.config = config
         data = config.data
         if not data.train:
-            raise UserError("data.train is required: a file of comparisons, rankings or choices (e.g. OUT/comparisons.jsonl of `rlhfkit label`)")
+            raise UserError(
+                "data.train is required: a file of comparisons, rankings or choices (e.g. OUT/comparisons.jsonl of `rlhfkit label`)"
+            )
         self.out, self.checkpoint = resolve_out_dir(config.out, "rm", resume)
         self.kind = preference_kind(data.train)
         train = load_records(data.train, self.kind)
@@ -376,7 +449,9 @@ class RewardModelRun:
         self.train_records, cut = tokenize_preferences(self.tokenizer, train, self.kind, data.max_length)
         self.eval_records, eval_cut = tokenize_preferences(self.tokenizer, held_out, self.eval_kind, data.max_length)
         if cut + eval_cut:
-            print(f"rlhfkit rm: warning: {cut + eval_cut} response(s) longer than data.max_length={data.max_length} were cut at their end (no EOS)")
+            print(
+                f"rlhfkit rm: warning: {cut + eval_cut} response(s) longer than data.max_length={data.max_length} were cut at their end (no EOS)"
+            )
 
         torch.manual_seed(config.seed)
         backbone = load_backbone(config.model.name, self.tokenizer)
@@ -391,9 +466,14 @@ class RewardModelRun:
         from rlhfkit.training import batch_indices, optimizer_step
 
         config = self.config
-        records = [self.train_records[i] for i in batch_indices(len(self.train_records), config.train.batch_size, self.step, config.seed)]
+        records = [
+            self.train_records[i]
+            for i in batch_indices(len(self.train_records), config.train.batch_size, self.step, config.seed)
+        ]
         self.model.train()
-        loss = batch_loss_backward(self.model, records, self.loss_fn, self.tokenizer.pad_token_id, config.micro_batch_size, config.model.dtype)
+        loss = batch_loss_backward(
+            self.model, records, self.loss_fn, self.tokenizer.pad_token_id, config.micro_batch_size, config.model.dtype
+        )
         learning_rate = self.scheduler.get_last_lr()[0]
         grad_norm = optimizer_step(self.params, self.optimizer, self.scheduler, config.optim.max_grad_norm)
         self.step += 1
@@ -402,7 +482,15 @@ class RewardModelRun:
     def evaluate(self) -> tuple[dict[str, float], list]:
         self.model.eval()
         sequences_per_pass = self.config.micro_batch_size * len(self.eval_records[0]["items"])
-        return evaluate_pairs(self.model, self.eval_records, self.eval_kind, self.eval_loss_fn, self.tokenizer.pad_token_id, sequences_per_pass, self.config.model.dtype)
+        return evaluate_pairs(
+            self.model,
+            self.eval_records,
+            self.eval_kind,
+            self.eval_loss_fn,
+            self.tokenizer.pad_token_id,
+            sequences_per_pass,
+            self.config.model.dtype,
+        )
 
     def save_final(self, directory: Path, extra: dict[str, Any]) -> None:
         """final/: the merged backbone, tokenizer, head and reward.json (gain, bias and the run's figures)."""
@@ -410,7 +498,12 @@ class RewardModelRun:
 
         model = self.model
         if hasattr(model.backbone, "merge_and_unload"):
-            model = ScalarHeadModel(copy.deepcopy(model.backbone).merge_and_unload(), gain=model.gain, bias=model.bias, pooling=model.pooling)
+            model = ScalarHeadModel(
+                copy.deepcopy(model.backbone).merge_and_unload(),
+                gain=model.gain,
+                bias=model.bias,
+                pooling=model.pooling,
+            )
             model.head.load_state_dict(self.model.head.state_dict())
         model.save(directory, self.tokenizer, extra)
 
@@ -422,7 +515,13 @@ class RewardModelRun:
         stats = reference_statistics(self.model.eval(), self.tokenizer, prompts, self.config)
         std = stats["std"] if stats["std"] > 1e-6 else 1.0
         self.model.gain, self.model.bias = 1.0 / std, -stats["mean"] / std
-        return {"normalized": True, "reference_policy": self.config.normalize.policy or self.config.model.name, "reference_raw_mean": stats["mean"], "reference_raw_std": stats["std"], "reference_responses": stats["num_responses"]}
+        return {
+            "normalized": True,
+            "reference_policy": self.config.normalize.policy or self.config.model.name,
+            "reference_raw_mean": stats["mean"],
+            "reference_raw_std": stats["std"],
+            "reference_responses": stats["num_responses"],
+        }
 
     def train(self) -> dict[str, Any]:
         from rlhfkit.config import save_config
@@ -459,12 +558,28 @@ class RewardModelRun:
             "loss_function": self.loss_name,
             "train_records": len(self.train_records),
             "eval_records": len(self.eval_records),
-            **{key.replace("/", "_"): metrics[key] for key in ("eval/accuracy", "eval/margin", "eval/ece", "eval/loss", "eval/pairs")},
+            **{
+                key.replace("/", "_"): metrics[key]
+                for key in ("eval/accuracy", "eval/margin", "eval/ece", "eval/loss", "eval/pairs")
+            },
         }
-        final = write_directory_atomic(out / "final", lambda tmp: self.save_final(tmp, {**normalization, "eval": figures}))
-        plot_metrics(out / "metrics.jsonl", ["train/loss", "eval/accuracy", "eval/ece"], out / "training.png", "rlhfkit rm")
+        final = write_directory_atomic(
+            out / "final", lambda tmp: self.save_final(tmp, {**normalization, "eval": figures})
+        )
+        plot_metrics(
+            out / "metrics.jsonl", ["train/loss", "eval/accuracy", "eval/ece"], out / "training.png", "rlhfkit rm"
+        )
         plot_reliability(bins, out / "reliability.png")
-        summary = {**figures, **normalization, "gain": self.model.gain, "bias": self.model.bias, "steps": self.step, "train_s": trained_s, "wall_s": time.time() - started, "final": str(final)}
+        summary = {
+            **figures,
+            **normalization,
+            "gain": self.model.gain,
+            "bias": self.model.bias,
+            "steps": self.step,
+            "train_s": trained_s,
+            "wall_s": time.time() - started,
+            "final": str(final),
+        }
         write_json_atomic(out / "summary.json", summary)
         return summary
 

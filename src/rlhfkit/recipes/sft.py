@@ -34,11 +34,17 @@ from rlhfkit.training import OptimConfig
 
 @dataclasses.dataclass
 class SFTDataConfig:
-    train: str = field(str(DEMONSTRATIONS), "demonstrations: prompt + response, or messages ending with the assistant turn")
+    train: str = field(
+        str(DEMONSTRATIONS), "demonstrations: prompt + response, or messages ending with the assistant turn"
+    )
     eval: str = field("", "held-out demonstrations (empty: hold out data.eval_fraction of data.train)")
     eval_fraction: float = field(0.1, "share of data.train held out when data.eval is empty")
-    prompts: str = field(str(EVAL_PROMPTS), "prompts whose sampled answers are logged to samples.jsonl at each evaluation")
-    max_length: int = field(256, "tokens per example; the prompt is cut from the left first, the response never dropped")
+    prompts: str = field(
+        str(EVAL_PROMPTS), "prompts whose sampled answers are logged to samples.jsonl at each evaluation"
+    )
+    max_length: int = field(
+        256, "tokens per example; the prompt is cut from the left first, the response never dropped"
+    )
     packing: bool = field(False, "concatenate examples into rows of max_length tokens")
 
     def __post_init__(self) -> None:
@@ -52,7 +58,9 @@ class SFTDataConfig:
 class SFTTrainConfig:
     steps: int = field(100, "optimiser steps")
     batch_size: int = field(8, "examples (packed rows with data.packing) per optimiser step")
-    micro_batch_size: int = field(0, "examples per forward pass; gradients accumulate up to batch_size (0: = batch_size)")
+    micro_batch_size: int = field(
+        0, "examples per forward pass; gradients accumulate up to batch_size (0: = batch_size)"
+    )
     eval_every: int = field(25, "evaluate every N steps (and at the end)")
     eval_samples: int = field(4, "prompts from data.prompts answered at each evaluation (0: none)")
     checkpoint_every: int = field(50, "save a checkpoint every N steps (and at the end)")
@@ -62,7 +70,9 @@ class SFTTrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.micro_batch_size < 0 or self.batch_size % (self.micro_batch_size or self.batch_size):
-            raise UserError(f"train.batch_size {self.batch_size} is not divisible by train.micro_batch_size {self.micro_batch_size}")
+            raise UserError(
+                f"train.batch_size {self.batch_size} is not divisible by train.micro_batch_size {self.micro_batch_size}"
+            )
 
 
 @dataclasses.dataclass
@@ -85,22 +95,30 @@ class SFTConfig:
 # ---------------------------------------------------------------------------
 
 
-def split_records(train: list[dict[str, Any]], eval_records: list[dict[str, Any]] | None, eval_fraction: float, source: str) -> tuple[list, list]:
+def split_records(
+    train: list[dict[str, Any]], eval_records: list[dict[str, Any]] | None, eval_fraction: float, source: str
+) -> tuple[list, list]:
     """(train, eval): `eval_records` if given, else the last ceil(fraction * N) of `train` (at least 1)."""
     if eval_records:
         return train, eval_records
     held_out = max(1, round(len(train) * eval_fraction))
     if len(train) - held_out < 1:
-        raise UserError(f"{source}: {len(train)} demonstration(s) are too few to hold out an eval split; give data.eval or more records")
+        raise UserError(
+            f"{source}: {len(train)} demonstration(s) are too few to hold out an eval split; give data.eval or more records"
+        )
     return train[:-held_out], train[-held_out:]
 
 
-def tokenize_demonstrations(tokenizer: Any, records: list[dict[str, Any]], max_length: int) -> tuple[list[dict[str, Any]], int]:
+def tokenize_demonstrations(
+    tokenizer: Any, records: list[dict[str, Any]], max_length: int
+) -> tuple[list[dict[str, Any]], int]:
     """Tokenised examples (prompt + response + EOS) and how many responses had to be cut."""
     from rlhfkit.data.collate import tokenize_prompt_response
     from rlhfkit.data.records import demonstration_response
 
-    items = [tokenize_prompt_response(tokenizer, record, demonstration_response(record), max_length) for record in records]
+    items = [
+        tokenize_prompt_response(tokenizer, record, demonstration_response(record), max_length) for record in records
+    ]
     return items, sum(item["truncated"] for item in items)
 
 
@@ -109,7 +127,9 @@ def tokenize_demonstrations(tokenizer: Any, records: list[dict[str, Any]], max_l
 # ---------------------------------------------------------------------------
 
 
-def batch_loss_backward(model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, micro_batch_size: int, dtype: str) -> float:
+def batch_loss_backward(
+    model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, micro_batch_size: int, dtype: str
+) -> float:
     """Backward the mean response-token NLL of `items`, micro-batch by micro-batch; returns the loss.
 
     Each micro-batch's mean is weighted by its share of the batch's response tokens,
@@ -130,14 +150,18 @@ def batch_loss_backward(model: torch.nn.Module, items: list[dict[str, Any]], pad
 
 
 @torch.no_grad()
-def evaluation_loss(model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, batch_size: int, dtype: str) -> float:
+def evaluation_loss(
+    model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, batch_size: int, dtype: str
+) -> float:
     """Mean response-token NLL over all of `items` (token-weighted)."""
     from rlhfkit.data.collate import pad_batch
     from rlhfkit.training import response_token_logprobs
 
     total, count = 0.0, 0
     for start in range(0, len(items), batch_size):
-        logprobs, mask = response_token_logprobs(model, *pad_batch(items[start : start + batch_size], pad_token_id), dtype=dtype)
+        logprobs, mask = response_token_logprobs(
+            model, *pad_batch(items[start : start + batch_size], pad_token_id), dtype=dtype
+        )
         total -= torch.where(mask, logprobs, 0.0).sum().item()
         count += int(mask.sum())
     return total / count
@@ -159,13 +183,17 @@ class SFTRun:
         train_records = load_records(data.train, "demonstrations")
         eval_records = load_records(data.eval, "demonstrations") if data.eval else None
         train_records, eval_records = split_records(train_records, eval_records, data.eval_fraction, data.train)
-        self.sample_prompts = load_records(data.prompts, "prompts")[: config.train.eval_samples] if config.train.eval_samples else []
+        self.sample_prompts = (
+            load_records(data.prompts, "prompts")[: config.train.eval_samples] if config.train.eval_samples else []
+        )
 
         self.tokenizer = load_tokenizer(config.model.name)
         self.train_items, truncated = tokenize_demonstrations(self.tokenizer, train_records, data.max_length)
         self.eval_items, eval_truncated = tokenize_demonstrations(self.tokenizer, eval_records, data.max_length)
         if truncated + eval_truncated:
-            print(f"rlhfkit sft: warning: {truncated + eval_truncated} response(s) longer than data.max_length={data.max_length} were cut at their end (no EOS)")
+            print(
+                f"rlhfkit sft: warning: {truncated + eval_truncated} response(s) longer than data.max_length={data.max_length} were cut at their end (no EOS)"
+            )
         if data.packing:
             self.train_items = pack_items(self.train_items, data.max_length)
         self.num_train_records = len(train_records)
@@ -183,7 +211,13 @@ class SFTRun:
         config = self.config
         indices = batch_indices(len(self.train_items), config.train.batch_size, self.step, config.seed)
         self.model.train()
-        loss = batch_loss_backward(self.model, [self.train_items[i] for i in indices], self.tokenizer.pad_token_id, config.micro_batch_size, config.model.dtype)
+        loss = batch_loss_backward(
+            self.model,
+            [self.train_items[i] for i in indices],
+            self.tokenizer.pad_token_id,
+            config.micro_batch_size,
+            config.model.dtype,
+        )
         learning_rate = self.scheduler.get_last_lr()[0]
         grad_norm = optimizer_step(self.params, self.optimizer, self.scheduler, config.optim.max_grad_norm)
         self.step += 1
@@ -195,13 +229,22 @@ class SFTRun:
         from rlhfkit.rollout.generation import decode_responses, sample
 
         self.model.eval()
-        loss = evaluation_loss(self.model, self.eval_items, self.tokenizer.pad_token_id, self.config.micro_batch_size, self.config.model.dtype)
+        loss = evaluation_loss(
+            self.model,
+            self.eval_items,
+            self.tokenizer.pad_token_id,
+            self.config.micro_batch_size,
+            self.config.model.dtype,
+        )
         answers: list[str] = []
         if self.sample_prompts:
             generator_state = torch.get_rng_state()  # sampling must not shift the training RNG stream
             torch.manual_seed(self.config.seed + self.step)
             texts = [format_prompt(self.tokenizer, record) for record in self.sample_prompts]
-            answers = decode_responses(self.tokenizer, sample(self.model, self.tokenizer, texts, self.config.generation, self.config.model.dtype))
+            answers = decode_responses(
+                self.tokenizer,
+                sample(self.model, self.tokenizer, texts, self.config.generation, self.config.model.dtype),
+            )
             torch.set_rng_state(generator_state)
         return {"eval/loss": loss}, answers
 
@@ -236,10 +279,14 @@ class SFTRun:
                 if self.step % config.train.eval_every == 0 or self.step == config.train.steps:
                     eval_metrics, answers = self.evaluate()
                     metrics.update(eval_metrics)
-                    tracker.log_samples(self.step, [prompt_text(r) for r in self.sample_prompts], answers, [float("nan")] * len(answers))
+                    tracker.log_samples(
+                        self.step, [prompt_text(r) for r in self.sample_prompts], answers, [float("nan")] * len(answers)
+                    )
                 tracker.log(self.step, metrics)
                 if self.step % config.train.checkpoint_every == 0 or self.step == config.train.steps:
-                    save_training_state(out, self.step, self.model, self.optimizer, self.scheduler, {"eval_loss_initial": initial_eval})
+                    save_training_state(
+                        out, self.step, self.model, self.optimizer, self.scheduler, {"eval_loss_initial": initial_eval}
+                    )
         finally:
             tracker.close()
         final = write_directory_atomic(out / "final", self.save_final)
@@ -271,5 +318,7 @@ def run(args: argparse.Namespace) -> int:
     summary = SFTRun(config, resume=args.resume).train()
     initial = summary["eval_loss_initial"]
     shown = f"{initial:.3f} -> " if initial is not None else ""
-    print(f"rlhfkit sft: held-out loss {shown}{summary['eval_loss_final']:.3f} after {summary['steps']} steps; model in {summary['final']}")
+    print(
+        f"rlhfkit sft: held-out loss {shown}{summary['eval_loss_final']:.3f} after {summary['steps']} steps; model in {summary['final']}"
+    )
     return 0

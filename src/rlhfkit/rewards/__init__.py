@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -40,7 +41,10 @@ def rouge_reward() -> RewardFn:
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
     def score(prompts: list[str], responses: list[str], records: list[dict[str, Any]]) -> list[float]:
-        return [scorer.score(record["reference"], response)["rougeL"].fmeasure for record, response in zip(records, responses)]
+        return [
+            scorer.score(record["reference"], response)["rougeL"].fmeasure
+            for record, response in zip(records, responses)
+        ]
 
     return score
 
@@ -67,7 +71,9 @@ def function_reward(spec: str) -> RewardFn:
     return function
 
 
-def score_items(model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, dtype: str, side: str = "right") -> torch.Tensor:
+def score_items(
+    model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, dtype: str, side: str = "right"
+) -> torch.Tensor:
     """Tokenised prompt + response sequences (N of them) -> (N,) reward-model scores."""
     from rlhfkit.data.collate import pad_batch
     from rlhfkit.models import autocast
@@ -88,7 +94,10 @@ def model_reward(directory: str, batch_size: int, dtype: str) -> RewardFn:
 
     @torch.no_grad()
     def score(prompts: list[str], responses: list[str], records: list[dict[str, Any]]) -> list[float]:
-        items = [tokenize_prompt_response(tokenizer, record, response, max_length) for record, response in zip(records, responses)]
+        items = [
+            tokenize_prompt_response(tokenizer, record, response, max_length)
+            for record, response in zip(records, responses)
+        ]
         scores: list[float] = []
         for start in range(0, len(items), batch_size):
             scores += score_items(model, items[start : start + batch_size], tokenizer.pad_token_id, dtype).tolist()
@@ -116,10 +125,14 @@ def validate_records_for_reward(config: RewardConfig, records: list[dict[str, An
     if config.kind == "rouge":
         for i, record in enumerate(records, start=1):
             if not isinstance(record.get("reference"), str):
-                raise UserError(f"{source}: record {i} has no 'reference' string, which reward.kind=rouge compares against")
+                raise UserError(
+                    f"{source}: record {i} has no 'reference' string, which reward.kind=rouge compares against"
+                )
 
 
-def checked_scores(reward: RewardFn, prompts: list[str], responses: list[str], records: list[dict[str, Any]]) -> torch.Tensor:
+def checked_scores(
+    reward: RewardFn, prompts: list[str], responses: list[str], records: list[dict[str, Any]]
+) -> torch.Tensor:
     """Call the reward source and check what comes back: (B,) float32, all finite."""
     name = getattr(reward, "__qualname__", repr(reward))
     try:
@@ -133,5 +146,7 @@ def checked_scores(reward: RewardFn, prompts: list[str], responses: list[str], r
         raise UserError(f"the reward function {name} returned {scores.numel()} scores for {len(responses)} responses")
     bad = [i for i, s in enumerate(scores.tolist()) if not math.isfinite(s)]
     if bad:
-        raise UserError(f"the reward function {name} returned a non-finite score ({scores[bad[0]].item()}) for response {bad[0]}: {responses[bad[0]][:60]!r}")
+        raise UserError(
+            f"the reward function {name} returned a non-finite score ({scores[bad[0]].item()}) for response {bad[0]}: {responses[bad[0]][:60]!r}"
+        )
     return scores

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import yaml
@@ -61,10 +62,14 @@ def load_constitution(path: str | Path) -> list[Principle]:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise UserError(f"constitution file {path}{where} is not valid YAML: {getattr(error, 'problem', error)}") from None
+        raise UserError(
+            f"constitution file {path}{where} is not valid YAML: {getattr(error, 'problem', error)}"
+        ) from None
     items = loaded.get("principles") if isinstance(loaded, dict) else None
     if not isinstance(items, list) or not items:
-        raise UserError(f"constitution file {path}: expected a mapping with a non-empty list 'principles', got {type(loaded).__name__}")
+        raise UserError(
+            f"constitution file {path}: expected a mapping with a non-empty list 'principles', got {type(loaded).__name__}"
+        )
     principles = []
     for index, item in enumerate(items):
         where = f"constitution file {path}: principle {index}"
@@ -87,8 +92,12 @@ class JudgeConfig:
     """The AI judge of `rlhfkit label --judge ai`."""
 
     model: str = field("", "judge model name or directory (empty: the policy, model.name)")
-    constitution: str = field("", "constitution YAML whose `preference` questions the judge answers (empty: the shipped one)")
-    labels: list[str] = field(factory=lambda: ["A", "B"], doc="the two option labels; each must be one token of the judge's vocabulary")
+    constitution: str = field(
+        "", "constitution YAML whose `preference` questions the judge answers (empty: the shipped one)"
+    )
+    labels: list[str] = field(
+        factory=lambda: ["A", "B"], doc="the two option labels; each must be one token of the judge's vocabulary"
+    )
     batch_size: int = field(8, "judge prompts per forward pass")
 
     def __post_init__(self) -> None:
@@ -110,7 +119,9 @@ def constitution_path(configured: str) -> Path:
 # ---------------------------------------------------------------------------
 
 
-def choice_prompt(tokenizer: Any, record: Record, first: str, second: str, preference: str, labels: Sequence[str]) -> str:
+def choice_prompt(
+    tokenizer: Any, record: Record, first: str, second: str, preference: str, labels: Sequence[str]
+) -> str:
     """The judge's input: the question as a user turn, then the start of its answer, ending in '('.
 
     The next token after the returned text is the judge's choice of label.
@@ -133,15 +144,21 @@ def option_token_ids(tokenizer: Any, labels: Sequence[str]) -> tuple[int, int]:
     for label in labels:
         extended = tokenizer(ANSWER_PREFIX + label, add_special_tokens=False).input_ids
         if extended[: len(prefix)] != prefix or len(extended) != len(prefix) + 1:
-            raise UserError(f"judge.labels: {label!r} is not a single token after {ANSWER_PREFIX!r} for this judge's tokenizer; choose labels that are")
+            raise UserError(
+                f"judge.labels: {label!r} is not a single token after {ANSWER_PREFIX!r} for this judge's tokenizer; choose labels that are"
+            )
         ids.append(extended[-1])
     if ids[0] == ids[1] or tokenizer.unk_token_id in ids:
-        raise UserError(f"judge.labels {list(labels)}: the judge's tokenizer maps them to tokens {ids} (unknown or identical); choose labels in its vocabulary")
+        raise UserError(
+            f"judge.labels {list(labels)}: the judge's tokenizer maps them to tokens {ids} (unknown or identical); choose labels in its vocabulary"
+        )
     return ids[0], ids[1]
 
 
 @torch.no_grad()
-def first_option_probabilities(model: Any, tokenizer: Any, texts: list[str], token_ids: tuple[int, int], dtype: str, batch_size: int) -> torch.Tensor:
+def first_option_probabilities(
+    model: Any, tokenizer: Any, texts: list[str], token_ids: tuple[int, int], dtype: str, batch_size: int
+) -> torch.Tensor:
     """(N,) float32: P(first label) / (P(first label) + P(second label)) as the token after each text.
 
     Texts are left-padded in batches of `batch_size`, so the last column is
@@ -151,10 +168,18 @@ def first_option_probabilities(model: Any, tokenizer: Any, texts: list[str], tok
     device = next(model.parameters()).device
     probabilities = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+            padding_side="left",
+        )
         input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)
         with autocast(dtype):
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)).logits
+            logits = model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+            ).logits
         option_logits = logits[:, -1, :].float()[:, option_ids.to(device)]  # (b, 2)
         probabilities.append(torch.softmax(option_logits, dim=-1)[:, 0].cpu())
     return torch.cat(probabilities) if probabilities else torch.zeros(0)
@@ -186,8 +211,12 @@ def judge_pairs(
 ) -> PairJudgement:
     """Ask the judge about each pair (firsts[i], seconds[i]) under preferences[i], in both orders."""
     token_ids = option_token_ids(tokenizer, labels)
-    forward = [choice_prompt(tokenizer, r, x, y, p, labels) for r, x, y, p in zip(records, firsts, seconds, preferences)]
-    swapped = [choice_prompt(tokenizer, r, y, x, p, labels) for r, x, y, p in zip(records, firsts, seconds, preferences)]
+    forward = [
+        choice_prompt(tokenizer, r, x, y, p, labels) for r, x, y, p in zip(records, firsts, seconds, preferences)
+    ]
+    swapped = [
+        choice_prompt(tokenizer, r, y, x, p, labels) for r, x, y, p in zip(records, firsts, seconds, preferences)
+    ]
     probabilities = first_option_probabilities(model, tokenizer, forward + swapped, token_ids, dtype, batch_size)
     n = len(records)
     return PairJudgement(shown_first=probabilities[:n], shown_second=1.0 - probabilities[n:])
@@ -210,7 +239,17 @@ def ai_comparisons(
     its source record and a `meta` with the principle and both orders' probabilities.
     """
     sampled = [rng.choice(principles) for _ in records]
-    verdict = judge_pairs(model, tokenizer, records, firsts, seconds, [p.preference for p in sampled], config.labels, dtype, config.batch_size)
+    verdict = judge_pairs(
+        model,
+        tokenizer,
+        records,
+        firsts,
+        seconds,
+        [p.preference for p in sampled],
+        config.labels,
+        dtype,
+        config.batch_size,
+    )
     comparisons = []
     for i, record in enumerate(records):
         p_first = float(verdict.prob_first[i])

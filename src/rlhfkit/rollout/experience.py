@@ -1,10 +1,10 @@
 """Steps 2-4 of a PPO iteration: score the rollout, shape the rewards, estimate advantages.
 
-    scores  = r_φ(x, y)                                    one per response
-    r_t     = -β·KL_t  (+ score on the last real token)    Ziegler et al. 2019, eq. 2
-    A_t     = GAE(γ, λ) with the rollout-time values V(s_t)
-    R_t     = A_t + V(s_t)                                 value targets
-    A_t     ← whiten(A_t) over the whole batch (all processes)
+scores  = r_φ(x, y)                                    one per response
+r_t     = -β·KL_t  (+ score on the last real token)    Ziegler et al. 2019, eq. 2
+A_t     = GAE(γ, λ) with the rollout-time values V(s_t)
+R_t     = A_t + V(s_t)                                 value targets
+A_t     ← whiten(A_t) over the whole batch (all processes)
 """
 
 from __future__ import annotations
@@ -33,10 +33,21 @@ class Experience:
     returns: torch.Tensor  # (B, R)
     frozen_states: torch.Tensor | None = None  # (B, P + R, H) output of the frozen layers below the adapters
 
-    def select(self, index: torch.Tensor) -> "Experience":
+    def select(self, index: torch.Tensor) -> Experience:
         """The rows `index` of every tensor (a minibatch)."""
         samples = self.samples.select(index)
-        names = ("logprobs", "ref_logprobs", "values", "scores", "raw_scores", "rewards", "kl", "advantages", "returns", "frozen_states")
+        names = (
+            "logprobs",
+            "ref_logprobs",
+            "values",
+            "scores",
+            "raw_scores",
+            "rewards",
+            "kl",
+            "advantages",
+            "returns",
+            "frozen_states",
+        )
         fields = {name: None if getattr(self, name) is None else getattr(self, name)[index] for name in names}
         return Experience(samples=samples, **fields)
 
@@ -104,7 +115,9 @@ def build_experience(
     rewards, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator=kl_estimator)
     advantages, returns = masked_gae(rewards, values, mask, gamma, lam)
     advantages = whiten_across(advantages, mask, gather)
-    return Experience(samples, logprobs, ref_logprobs, values, scores, raw_scores, rewards, kl, advantages, returns, frozen_states)
+    return Experience(
+        samples, logprobs, ref_logprobs, values, scores, raw_scores, rewards, kl, advantages, returns, frozen_states
+    )
 
 
 def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -36,10 +36,15 @@ class Samples:
     logprobs: torch.Tensor | None = None  # (B, R) fp32, log π(token) under the sampling temperature
     hidden: torch.Tensor | None = None  # (B, R, H) last hidden state before each response token
 
-    def select(self, index: torch.Tensor) -> "Samples":
+    def select(self, index: torch.Tensor) -> Samples:
         """The rows `index` (a minibatch, or one process's share)."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return Samples(*(pick(getattr(self, f)) for f in ("query_ids", "query_mask", "response_ids", "response_mask", "ended", "logprobs", "hidden")))
+        return Samples(
+            *(
+                pick(getattr(self, f))
+                for f in ("query_ids", "query_mask", "response_ids", "response_mask", "ended", "logprobs", "hidden")
+            )
+        )
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -78,7 +83,9 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> tup
     return ~eos_seen_before, ended
 
 
-def tokenize_prompts(tokenizer, prompt_texts: list[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize_prompts(
+    tokenizer, prompt_texts: list[str], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded (B, P) ids and a bool mask; the chat template already added any special tokens."""
     tokenizer.padding_side = "left"
     batch = tokenizer(prompt_texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -86,7 +93,14 @@ def tokenize_prompts(tokenizer, prompt_texts: list[str], device: torch.device | 
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompt_texts: list[str], config: GenerationConfig, dtype: str = "float32", keep_scores: bool = False) -> Samples:
+def sample(
+    model,
+    tokenizer,
+    prompt_texts: list[str],
+    config: GenerationConfig,
+    dtype: str = "float32",
+    keep_scores: bool = False,
+) -> Samples:
     """Sample one response per prompt text. With keep_scores, also keep log-probs and last hidden states.
 
     They are kept only when decoding ran in `dtype` itself, so that they are what a forward pass in
@@ -118,7 +132,9 @@ def sample(model, tokenizer, prompt_texts: list[str], config: GenerationConfig, 
     samples = Samples(query_ids, query_mask, response_ids, response_mask, ended)
     if keep_scores:
         logits = torch.stack(out.logits, dim=1).float()  # (B, R, V) raw logits that each token was sampled from
-        logprobs = torch.log_softmax(logits / config.temperature, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        logprobs = (
+            torch.log_softmax(logits / config.temperature, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        )
         samples.logprobs = logprobs.masked_fill(~response_mask, 0.0)
         # hidden_states[t][-1]: last layer at step t; step 0 covers the whole prompt, its last column precedes token 0
         samples.hidden = torch.cat([step[-1][:, -1:, :] for step in out.hidden_states], dim=1).float()
