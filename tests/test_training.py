@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rlhfkit.checkpoint import load_checkpoint, save_checkpoint
 from rlhfkit.data.collate import pad_batch
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
@@ -13,12 +14,12 @@ from rlhfkit.training import (
     OptimConfig,
     batch_indices,
     build_optimizer,
+    load_training_state,
     lr_multiplier,
     optimizer_step,
     response_token_nll,
-    restore_training_state,
-    save_training_state,
     sequence_logprobs,
+    training_state,
 )
 
 ITEMS = [
@@ -95,12 +96,11 @@ def test_save_and_restore_resume_bitwise(tiny, tmp_path):
     stopped = load_causal_lm(directory, tokenizer)
     optimizer, scheduler = build_optimizer(stopped.parameters(), config, total_steps=4)
     _train(stopped, optimizer, scheduler, batch, 2)
-    save_training_state(tmp_path, 2, stopped, optimizer, scheduler, extra={"seen": 6})
+    save_checkpoint(tmp_path, 2, *training_state(stopped, optimizer, scheduler))
 
     resumed = load_causal_lm(directory, tokenizer)
     optimizer, scheduler = build_optimizer(resumed.parameters(), config, total_steps=4)
-    state = restore_training_state(tmp_path / "checkpoints" / "step-2", resumed, optimizer, scheduler)
-    assert state["step"] == 2 and state["extra"] == {"seen": 6}
+    load_training_state(*load_checkpoint(tmp_path / "checkpoints" / "step-2"), resumed, optimizer, scheduler)
     _train(resumed, optimizer, scheduler, batch, 2)
     for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
         assert torch.equal(a, b), name

@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 import yaml
 
 from rlhfkit.errors import UserError
@@ -73,7 +74,6 @@ def fastest_precision() -> str:
     slow kernels: on this project's AVX2-only VM 1-17 GFLOP/s against ~100 in fp32, and PPO 14-25x
     slower (benchmarks/RESULTS.md).
     """
-    import torch
 
     if torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 
@@ -57,8 +59,6 @@ class Tracker:
         self._samples = self.samples_path.open("a")
         self._writer = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
             self._writer = SummaryWriter(
                 log_dir=str(self.out_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None
             )
@@ -73,7 +73,7 @@ class Tracker:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self._writer.add_scalar(key, value, step)
-        self.progress.update(1)
+        self.progress.update(step - self.progress.n)
         shown = {
             k.split("/")[-1]: record[k]
             for k in ("reward/score_mean", "kl/mean", "loss", "train/loss", "charts/episodic_return")
@@ -116,16 +116,18 @@ def write_jsonl_atomic(path: str | Path, records: list[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
+def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (5.5, 3.6), squeeze: bool = True):
+    """(figure, axes) on matplotlib's object API: no pyplot, so no GUI backend and no global figure state."""
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(nrows, ncols, squeeze=squeeze)
+
+
 def plot_metrics(metrics_path: str | Path, keys: Sequence[str], out_png: str | Path, title: str = "") -> Path:
     """One panel per metric key against step; keys missing from the file are skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     records = read_jsonl(metrics_path)
     keys = [k for k in keys if any(r.get(k) is not None for r in records)]
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.2 * max(len(keys), 1), 3.2), squeeze=False)
+    fig, axes = new_figure(1, max(len(keys), 1), figsize=(4.2 * max(len(keys), 1), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
@@ -137,5 +139,4 @@ def plot_metrics(metrics_path: str | Path, keys: Sequence[str], out_png: str | P
     fig.tight_layout()
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return out_png

@@ -6,9 +6,10 @@
   tokens only (the SFT loss, DPO's policy terms, PPO-ptx).
 - `batch_indices`: which records optimiser step k uses, a pure function of
   (k, seed), so the data position of a resumed run is just its step.
-- `save_training_state` / `restore_training_state`: trainable weights (all
-  weights, or only the LoRA adapter and heads), optimiser, scheduler and RNG
-  in one atomic `checkpoints/step-N/`, so a resumed run ends bitwise equal.
+- `training_state` / `load_training_state`: what a checkpoint holds of a trained
+  model (all weights, or only the LoRA adapter and heads), its optimiser and
+  scheduler; the run skeleton (`rlhfkit.runtime.run`) adds the step and RNG
+  streams and writes it atomically, so a resumed run ends bitwise equal.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from rlhfkit.algorithms import logprobs_from_logits, masked_mean
-from rlhfkit.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rlhfkit.config import field
 from rlhfkit.errors import UserError
 from rlhfkit.models import autocast, position_ids_from_mask
@@ -177,34 +176,24 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_training_state(
-    out_dir: str | Path,
-    step: int,
-    model: nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write `checkpoints/step-{step}/` atomically: trainable weights, optimiser, scheduler, RNG, `extra`."""
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_state(),
-        "extra": extra or {},
-    }
-    return save_checkpoint(out_dir, step, {"trainable": trainable_state(model)}, state)
+def training_state(
+    model: nn.Module, optimizer: Any, scheduler: Any
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """What a checkpoint holds of a trained model: (trainable weights, optimiser and scheduler state)."""
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    return {"trainable": trainable_state(model)}, state
 
 
-def restore_training_state(checkpoint: str | Path, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Load what `save_training_state` wrote into model, optimiser, scheduler and the RNGs; returns the state dict."""
-    tensors, state = load_checkpoint(checkpoint)
+def load_training_state(
+    tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any], model: nn.Module, optimizer: Any, scheduler: Any
+) -> None:
+    """Load what `training_state` returned into model, optimiser and scheduler."""
     expected = set(trainable_state(model))
     saved = tensors["trainable"]
     if set(saved) != expected:
         missing = sorted(expected ^ set(saved))[:3]
         raise UserError(
-            f"{checkpoint}: its weights do not match this model (e.g. {missing}); resume with the configuration the run started with"
+            f"checkpoint weights do not match this model (e.g. {missing}); resume with the run's own configuration"
         )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -212,45 +201,3 @@ def restore_training_state(checkpoint: str | Path, model: nn.Module, optimizer: 
                 parameter.copy_(saved[name])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return state
-
-
-# ---------------------------------------------------------------------------
-# The run's output directory
-# ---------------------------------------------------------------------------
-
-
-def resolve_out_dir(out: str, command: str, resume: bool) -> tuple[Path, Path | None]:
-    """(output directory, checkpoint to resume from) — checked, not created.
-
-    `out` empty: `runs/<command>-<YYYYmmdd-HHMMSS>`. With `resume` the
-    directory must hold a checkpoint; without it, it must not hold an earlier
-    run (whose checkpoints a fresh start would overwrite).
-    """
-    import time
-
-    from rlhfkit.checkpoint import latest_checkpoint
-
-    directory = Path(out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
-    checkpoint = latest_checkpoint(directory)
-    if resume and checkpoint is None:
-        raise UserError(f"--resume: {directory} has no checkpoint to resume from")
-    if not resume and (checkpoint is not None or (directory / "final").exists()):
-        raise UserError(f"{directory} already holds a run; pass --resume to continue it, or choose another --out")
-    return directory, checkpoint if resume else None
-
-
-def run_config(cls: type, args: Any) -> Any:
-    """The command's config from --config/--set/--out; with --resume, the run's own config.yaml is the base."""
-    import yaml
-
-    from rlhfkit.config import config_from_args
-
-    base = None
-    if getattr(args, "resume", False):
-        out = args.out or next((item.partition("=")[2] for item in reversed(args.set) if item.startswith("out=")), "")
-        saved = Path(out, "config.yaml") if out else None
-        if saved is not None and saved.is_file():
-            base = yaml.safe_load(saved.read_text())
-    return config_from_args(cls, args, base=base)

@@ -12,7 +12,8 @@ from rlhfkit.cli import main
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
-from rlhfkit.recipes.sft import batch_loss_backward
+from rlhfkit.recipes.sft import batch_loss_backward, response_tokens
+from rlhfkit.runtime import Runtime
 
 POSITIVE = {"good", "great", "happy", "love", "wonderful", "joy"}
 TOPICS = "cat dog food movie book weather friend house music game work life water tree city day".split()
@@ -63,7 +64,9 @@ def test_loss_is_response_only_and_micro_batching_is_exact(tiny):
             captured.append(output)
 
     model.lm_head.register_forward_hook(keep_logits)
-    loss = batch_loss_backward(model, items, tokenizer.pad_token_id, micro_batch_size=2, dtype="float32")
+    runtime = Runtime("float32")
+    tokens = response_tokens(items)
+    loss = batch_loss_backward(model, items, tokenizer.pad_token_id, runtime, micro_batch_size=2, total_tokens=tokens)
 
     # Hand computation, one unpadded sequence at a time: -mean over the 3 + 4 response tokens (EOS included)
     # of log softmax(logits[t - 1])[token t].
@@ -88,7 +91,7 @@ def test_loss_is_response_only_and_micro_batching_is_exact(tiny):
     whole = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     assert batch_loss_backward(
-        model, items, tokenizer.pad_token_id, micro_batch_size=1, dtype="float32"
+        model, items, tokenizer.pad_token_id, runtime, micro_batch_size=1, total_tokens=tokens
     ) == pytest.approx(loss, abs=1e-6)
     for a, p in zip(whole, model.parameters()):
         torch.testing.assert_close(p.grad, a, atol=1e-6, rtol=1e-5)
@@ -129,7 +132,8 @@ def test_sft_lowers_held_out_loss_and_moves_generations(tiny, demonstrations, tm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval_loss_final"] < 0.5 * summary["eval_loss_initial"]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == list(range(1, 31)) and metrics[-1]["eval/loss"] == summary["eval_loss_final"]
+    assert [m["step"] for m in metrics] == list(range(0, 31))  # step 0: the evaluation before training
+    assert metrics[-1]["eval/loss"] == summary["eval_loss_final"]
     assert (out / "training.png").is_file() and (out / "config.yaml").is_file()
     tokenizer = load_tokenizer(str(out / "final"))
     before, after = positive_share(tiny, tokenizer), positive_share(str(out / "final"), tokenizer)
@@ -189,7 +193,7 @@ def test_resume_after_a_stop_ends_bitwise_equal(tiny, demonstrations, tmp_path):
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").read_text().splitlines()]
-    assert metrics == [1, 2, 3, 4]
+    assert metrics == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(

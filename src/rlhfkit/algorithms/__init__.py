@@ -5,6 +5,7 @@ Both the language-model PPO recipe and the Gymnasium PPO recipe use this one cop
 """
 
 from rlhfkit.algorithms.advantages import generalized_advantage_estimation, masked_gae
+from rlhfkit.algorithms.aggregation import share_weight
 from rlhfkit.algorithms.core import explained_variance, masked_mean, masked_var, whiten
 from rlhfkit.algorithms.dpo import conservative_dpo_loss, dpo_loss, ipo_loss
 from rlhfkit.algorithms.kl import (
@@ -57,6 +58,7 @@ __all__ = [
     "masked_var",
     "preference_accuracy",
     "ranking_loss",
+    "share_weight",
     "soft_bradley_terry_loss",
     "update_kl_penalty_beta",
     "whiten",

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import datasets
+import pyarrow.parquet as pq
+
 from rlhfkit.errors import UserError
 
 Record = dict[str, Any]
@@ -62,14 +65,10 @@ def _read_csv(path: Path) -> list[tuple[int, Any]]:
 
 
 def _read_parquet(path: Path) -> list[tuple[int, Any]]:
-    import pyarrow.parquet as pq
-
     return list(enumerate(pq.read_table(path).to_pylist(), start=1))
 
 
 def _read_dataset(name: str) -> list[tuple[int, Any]]:
-    import datasets
-
     dataset_id, _, split = name.partition(":")
     try:
         dataset = datasets.load_dataset(dataset_id, split=split or "train")

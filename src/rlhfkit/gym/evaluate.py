@@ -15,6 +15,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from PIL import Image
 
 from rlhfkit.errors import UserError
 from rlhfkit.gym.envs import EnvSpec, make_env, to_env_actions
@@ -85,7 +86,6 @@ def evaluate(
 
 def write_gif(frames: list[np.ndarray], path: Path, fps: float) -> Path:
     """(H, W, 3) uint8 frames -> a looping GIF at `fps` frames per second."""
-    from PIL import Image
 
     images = [Image.fromarray(frame) for frame in frames]
     path.parent.mkdir(parents=True, exist_ok=True)

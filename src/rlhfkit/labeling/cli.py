@@ -11,7 +11,10 @@ import socket
 import sys
 from pathlib import Path
 
+import uvicorn
+
 from rlhfkit.errors import UserError
+from rlhfkit.labeling.app import ServeSettings, create_app
 from rlhfkit.labeling.db import open_db
 from rlhfkit.labeling.export import build_export, check_writable, write_jsonl
 from rlhfkit.labeling.labelers import add_labeler, count_labelers
@@ -83,10 +86,6 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from rlhfkit.labeling.app import ServeSettings, create_app
-
     if args.judgements_per_task < 1:
         raise UserError(f"--judgements-per-task must be at least 1, got {args.judgements_per_task}")
     if args.lease_minutes <= 0:

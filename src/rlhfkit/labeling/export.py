@@ -52,9 +52,7 @@ def _meta(row: JudgementRow) -> Record:
         "choice": row.choice,
         "shown_order": row.display_order,
         "comment": row.comment,
-        "judged_at": datetime.fromtimestamp(row.created_at, UTC)
-        .isoformat(timespec="seconds")
-        .replace("+00:00", "Z"),
+        "judged_at": datetime.fromtimestamp(row.created_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
     extra = {k: v for k, v in row.record.items() if k not in (key, "responses")}
     if extra:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rlhfkit.errors import UserError
+from rlhfkit.models.loading import load_backbone
 
 HEAD_FILE = "scalar_head.safetensors"
 REWARD_FILE = "reward.json"
@@ -115,8 +116,6 @@ class ScalarHeadModel(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path) -> ScalarHeadModel:
-        from rlhfkit.models.loading import load_backbone
-
         directory = Path(directory)
         if not (directory / HEAD_FILE).is_file() or not (directory / REWARD_FILE).is_file():
             raise UserError(

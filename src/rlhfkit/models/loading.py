@@ -9,13 +9,17 @@ second instead of ~20.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import os
 import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging
 
 from rlhfkit.errors import UserError
 
@@ -25,7 +29,6 @@ PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>")
 
 def quiet_transformers() -> None:
     """Per-file progress bars of transformers drown our own; keep its warnings and errors."""
-    from transformers.utils import logging
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
@@ -42,8 +45,6 @@ def _embedded_gguf(key: str) -> Path:
         )
     package, filename = EMBEDDED[key]
     try:
-        import importlib.util
-
         spec = importlib.util.find_spec(package)
     except ImportError:
         spec = None
@@ -59,7 +60,6 @@ def _embedded_gguf(key: str) -> Path:
 
 def _convert_gguf(gguf_path: Path, target: Path) -> Path:
     """De-quantise a GGUF into a plain safetensors model directory (atomically)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     directory, filename = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
@@ -113,7 +113,6 @@ def resolve_model_path(name: str) -> str:
 
 def load_tokenizer(name: str):
     """The model's tokenizer with a pad token that is not EOS, so EOS is never masked as padding."""
-    from transformers import AutoTokenizer
 
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
@@ -145,7 +144,6 @@ def disable_dropout(model: nn.Module) -> nn.Module:
 
 def load_causal_lm(name: str, tokenizer=None) -> nn.Module:
     """A causal LM in float32 weights (forward passes use bf16 autocast where configured), dropout off."""
-    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), dtype=torch.float32)
     if tokenizer is not None:
@@ -159,7 +157,6 @@ def load_causal_lm(name: str, tokenizer=None) -> nn.Module:
 
 def load_backbone(name: str, tokenizer=None) -> nn.Module:
     """The transformer without its LM head (for reward models and separate critics)."""
-    from transformers import AutoModel
 
     model = AutoModel.from_pretrained(resolve_model_path(name), dtype=torch.float32)
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -172,6 +169,5 @@ def autocast(dtype: str):
     if dtype == "bfloat16":
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    import contextlib
 
     return contextlib.nullcontext()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from rlhfkit.config import LoRAConfig
@@ -11,8 +13,6 @@ from rlhfkit.errors import UserError
 
 
 def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [t for t in config.target_modules if t in present]
     if not targets:
@@ -38,8 +38,6 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
 
 
 def is_lora(model: nn.Module) -> bool:
-    from peft import PeftModel
-
     return isinstance(model, PeftModel)
 
 
@@ -71,3 +69,8 @@ def decoder_from_layer(model: nn.Module, first: int):
         yield
     finally:
         decoder.layers = all_layers
+
+
+def merged(model: nn.Module) -> nn.Module:
+    """The model as plain transformers weights: a LoRA adapter merged into a copy (the model itself is kept)."""
+    return copy.deepcopy(model).merge_and_unload() if isinstance(model, PeftModel) else model

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 WORDS = (
     "the a an and or but so to of in on at for with is are was be it this that you i we they he she "
@@ -28,8 +30,6 @@ CHAT_TEMPLATE = (
 
 def build_tiny_model(directory: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
     """Write a tiny Llama model and its tokenizer to `directory` (a regular HF model directory)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     directory = Path(directory)
     vocab = {token: i for i, token in enumerate((*SPECIALS, *WORDS))}

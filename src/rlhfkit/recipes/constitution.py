@@ -29,22 +29,38 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from rlhfkit.assets import PROMPTS
+from rlhfkit.checkpoint import seed_everything
 from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, config_from_args, field, save_config
 from rlhfkit.data.records import Record, format_prompt, load_records, prompt_messages, prompt_text
 from rlhfkit.errors import UserError
-from rlhfkit.rewards.ai_judge import JudgeConfig, Principle, constitution_path, load_constitution
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.recipes.generate import output_directory
+from rlhfkit.recipes.label import distinct_responses
+from rlhfkit.rewards.ai_judge import (
+    JudgeConfig,
+    Principle,
+    ai_comparisons,
+    constitution_path,
+    load_constitution,
+    option_token_ids,
+)
+from rlhfkit.rollout.generation import decode_responses, sample
+from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic, write_jsonl_atomic
 
 Generate = Callable[[list[str]], list[str]]  # formatted model inputs -> decoded responses, one per input
 
 
 def _default_prompts() -> str:
-    from rlhfkit.assets import PROMPTS
-
     return str(PROMPTS)
 
 
@@ -162,13 +178,6 @@ def run(args: argparse.Namespace) -> int:
     principles = load_constitution(constitution_path(config.critique.constitution))
     records = load_records(config.data.prompts, "prompts", limit=config.data.limit or None)
 
-    import torch
-
-    from rlhfkit.checkpoint import seed_everything
-    from rlhfkit.models import load_causal_lm, load_tokenizer
-    from rlhfkit.rollout.generation import decode_responses, sample
-    from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic, write_jsonl_atomic
-
     seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model.name)
     model = load_causal_lm(config.model.name, tokenizer).eval()
@@ -250,14 +259,6 @@ class AILabelConfig:
 
 def run_ai_labels(args: argparse.Namespace) -> int:
     """Comparisons of every pair of distinct candidate responses, soft-labelled by the AI judge."""
-    import itertools
-    import time
-
-    from rlhfkit.models import load_causal_lm, load_tokenizer
-    from rlhfkit.recipes.generate import output_directory
-    from rlhfkit.recipes.label import distinct_responses
-    from rlhfkit.rewards.ai_judge import ai_comparisons, option_token_ids
-    from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
     if getattr(args, "format", None) not in (None, "comparisons"):
         raise UserError(f"--judge ai writes comparisons (with soft labels), not {args.format}")

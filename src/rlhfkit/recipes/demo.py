@@ -30,10 +30,31 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rlhfkit.assets import EVAL_PROMPTS, PROMPTS
-from rlhfkit.config import EMBEDDED_MODEL, add_config_arguments, config_from_args, field, resolve_precision, save_config
+from rlhfkit.checkpoint import latest_checkpoint
+from rlhfkit.cli import main
+from rlhfkit.config import (
+    EMBEDDED_MODEL,
+    GenerationConfig,
+    RewardConfig,
+    add_config_arguments,
+    config_from_args,
+    field,
+    resolve_precision,
+    save_config,
+)
+from rlhfkit.data import format_prompt, load_records, prompt_text
 from rlhfkit.errors import UserError
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.models.actor_critic import response_logprobs
 from rlhfkit.models.heads import check_pooling
+from rlhfkit.models.tiny import build_tiny_model
+from rlhfkit.rewards import build_reward, checked_scores
+from rlhfkit.rollout.experience import sequence_kl
+from rlhfkit.rollout.generation import decode_responses, sample
+from rlhfkit.tracking import new_figure, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 
 @dataclasses.dataclass
@@ -104,8 +125,6 @@ QUICK = {
 
 def stage(name: str, out: Path, argv: list[str]) -> Path:
     """Run one `rlhfkit` command into out/name unless it already finished; resume it if it has a checkpoint."""
-    from rlhfkit.checkpoint import latest_checkpoint
-    from rlhfkit.cli import main
 
     directory = out / name
     if (directory / "summary.json").exists():
@@ -123,7 +142,6 @@ def stage(name: str, out: Path, argv: list[str]) -> Path:
 
 def split_candidates(candidates: Path, heldout_fraction: float, directory: Path) -> tuple[Path, Path]:
     """The candidates of the last `heldout_fraction` of the prompts (at least one) go to heldout.jsonl, the rest to train.jsonl."""
-    from rlhfkit.tracking import read_jsonl, write_jsonl_atomic
 
     train, heldout = directory / "train.jsonl", directory / "heldout.jsonl"
     if not heldout.exists():
@@ -176,16 +194,6 @@ def run_pipeline(config: DemoConfig, out: Path) -> dict[str, Any]:
 
 def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str, Any]:
     """Stage 5: the reference and the tuned policy answer the same held-out prompts."""
-    import torch
-
-    from rlhfkit.config import GenerationConfig, RewardConfig
-    from rlhfkit.data import format_prompt, load_records, prompt_text
-    from rlhfkit.models import load_causal_lm, load_tokenizer
-    from rlhfkit.models.actor_critic import response_logprobs
-    from rlhfkit.rewards import build_reward, checked_scores
-    from rlhfkit.rollout.experience import sequence_kl
-    from rlhfkit.rollout.generation import decode_responses, sample
-    from rlhfkit.tracking import write_json_atomic
 
     path = out / "5-evaluate" / "evaluation.json"
     if path.exists():
@@ -247,15 +255,6 @@ def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str
 
 def plot_demo(config: DemoConfig, stages: dict[str, Path], out: Path) -> list[Path]:
     """Reward and gold score against step, KL against step, gold against KL (over-optimisation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rlhfkit.config import RewardConfig
-    from rlhfkit.data import load_records, prompt_text
-    from rlhfkit.rewards import build_reward, checked_scores
-    from rlhfkit.tracking import read_jsonl
 
     metrics = read_jsonl(stages["ppo"] / "metrics.jsonl")
     samples = read_jsonl(stages["ppo"] / "samples.jsonl")
@@ -277,10 +276,9 @@ def plot_demo(config: DemoConfig, stages: dict[str, Path], out: Path) -> list[Pa
     def save(fig, name: str) -> None:
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
-        plt.close(fig)
         paths.append(out / name)
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = new_figure(figsize=(5.5, 3.6))
     ax.plot(steps, learned, marker=".", label="learned reward (proxy)")
     ax.plot(steps, gold, marker=".", label=f"gold judge ({config.judge})")
     ax.set_xlabel("PPO step")
@@ -288,13 +286,13 @@ def plot_demo(config: DemoConfig, stages: dict[str, Path], out: Path) -> list[Pa
     ax.legend()
     ax.grid(alpha=0.3)
     save(fig, "reward_vs_step.png")
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = new_figure(figsize=(5.5, 3.6))
     ax.plot(steps, kl, marker=".", color="tab:red")
     ax.set_xlabel("PPO step")
     ax.set_ylabel("KL(π ‖ π_ref) per response")
     ax.grid(alpha=0.3)
     save(fig, "kl_vs_step.png")
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = new_figure(figsize=(5.5, 3.6))
     points = ax.scatter(kl, gold, c=steps, cmap="viridis", marker="o", label="gold judge")
     ax.scatter(kl, learned, c=steps, cmap="viridis", marker="^", alpha=0.6, label="learned reward")
     fig.colorbar(points, ax=ax, label="PPO step")
@@ -315,8 +313,6 @@ def write_report(
     out: Path,
     wall_s: float,
 ) -> dict[str, Any]:
-    from rlhfkit.tracking import write_json_atomic
-
     summary = {
         "gold_before": evaluation["gold_before"],
         "gold_after": evaluation["gold_after"],
@@ -378,7 +374,6 @@ Model `{config.model}`; gold judge `{config.judge}` (label noise T={config.label
 
 def accumulated_seconds(out: Path, seconds: float) -> float:
     """Wall time over every invocation on this directory (an interrupted run and its continuation)."""
-    from rlhfkit.tracking import write_json_atomic
 
     path = out / "wall_time.json"
     total = (json.loads(path.read_text())["wall_s"] if path.exists() else 0.0) + seconds
@@ -399,8 +394,6 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     if args.quick and config.model == EMBEDDED_MODEL:
-        from rlhfkit.models.tiny import build_tiny_model
-
         tiny = out / "tiny-model"
         if not (tiny / "config.json").exists():
             build_tiny_model(tiny, seed=config.seed)

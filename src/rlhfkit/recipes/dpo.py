@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import functools
 import time
@@ -33,13 +34,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from rlhfkit.algorithms import conservative_dpo_loss, dpo_loss, ipo_loss
 from rlhfkit.assets import EVAL_PROMPTS
 from rlhfkit.checkpoint import write_directory_atomic
-from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, add_config_arguments, field
+from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, add_config_arguments, field, save_config
+from rlhfkit.data import format_prompt, load_records, prompt_text
+from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.errors import UserError
-from rlhfkit.training import OptimConfig
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.models.lora import apply_lora, is_lora
+from rlhfkit.rewards import build_reward, checked_scores
+from rlhfkit.rollout.generation import decode_responses, sample
+from rlhfkit.tracking import Tracker, plot_metrics, read_jsonl, write_json_atomic
+from rlhfkit.training import (
+    OptimConfig,
+    batch_indices,
+    build_optimizer,
+    optimizer_step,
+    resolve_out_dir,
+    restore_training_state,
+    run_config,
+    save_training_state,
+    sequence_logprobs,
+)
 
 LOSSES = ("dpo", "ipo", "conservative")
 REFERENCE_FILE = "reference_logprobs.safetensors"
@@ -135,7 +154,6 @@ def tokenize_pairs(
     tokenizer: Any, records: list[dict[str, Any]], max_length: int
 ) -> tuple[list[tuple[dict, dict]], int]:
     """(chosen item, rejected item) per comparison, each prompt + response + EOS; and how many responses were cut."""
-    from rlhfkit.data.collate import tokenize_prompt_response
 
     pairs = [
         (
@@ -151,8 +169,6 @@ def pair_logprobs(
     model: torch.nn.Module, pairs: list[tuple[dict, dict]], pad_token_id: int, dtype: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs (N,), (N,) of the chosen and rejected responses, in one forward of 2N rows."""
-    from rlhfkit.data.collate import pad_batch
-    from rlhfkit.training import sequence_logprobs
 
     items = [chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs]
     logprobs = sequence_logprobs(model, *pad_batch(items, pad_token_id), dtype=dtype)  # (2N,)
@@ -161,7 +177,6 @@ def pair_logprobs(
 
 def reference_mode(model: Any) -> contextlib.AbstractContextManager:
     """Where `model` is the reference: with LoRA, the base with the adapter disabled; else the model as it is."""
-    from rlhfkit.models.lora import is_lora
 
     return model.disable_adapter() if is_lora(model) else contextlib.nullcontext()
 
@@ -203,14 +218,6 @@ class DPORun:
     """DPO, validated at construction (before any output), trained by `train()`."""
 
     def __init__(self, config: DPOConfig, resume: bool = False):
-        import copy
-
-        from rlhfkit.data import load_records
-        from rlhfkit.models import load_causal_lm, load_tokenizer
-        from rlhfkit.models.lora import apply_lora
-        from rlhfkit.rewards import build_reward
-        from rlhfkit.training import build_optimizer, resolve_out_dir
-
         self.config = config
         data = config.data
         # 1. load and validate all input before any output exists
@@ -265,7 +272,6 @@ class DPORun:
 
     def cache_reference(self) -> dict[str, torch.Tensor]:
         """The reference log-probs of train and eval pairs: computed and cached by a fresh run, read back on resume."""
-        from safetensors.torch import load_file, save_file
 
         path = self.out / REFERENCE_FILE
         if self.checkpoint is not None and path.is_file():
@@ -287,8 +293,6 @@ class DPORun:
     # 3. one optimiser step ----------------------------------------------------------
 
     def train_step(self, reference: dict[str, torch.Tensor]) -> dict[str, float]:
-        from rlhfkit.training import batch_indices, optimizer_step
-
         config = self.config
         indices = batch_indices(len(self.train_pairs), config.train.batch_size, self.step, config.seed)
         self.model.train()
@@ -340,10 +344,6 @@ class DPORun:
     @torch.no_grad()
     def heldout_kl(self) -> tuple[dict[str, float], list[str], list[float]]:
         """Answers to the held-out prompts, KL(π‖π_ref) per answer (Σ log π - log π_ref), and gold scores."""
-        from rlhfkit.data import format_prompt, prompt_text
-        from rlhfkit.rewards import checked_scores
-        from rlhfkit.rollout.generation import decode_responses, sample
-        from rlhfkit.training import sequence_logprobs
 
         if not self.kl_prompts:
             return {}, [], []
@@ -377,7 +377,6 @@ class DPORun:
 
     def save_final(self, directory: Path) -> None:
         """A plain model directory + tokenizer (LoRA merged into a copy), loadable as a policy."""
-        import copy
 
         model: Any = self.model
         if hasattr(model, "merge_and_unload"):
@@ -386,11 +385,6 @@ class DPORun:
         self.tokenizer.save_pretrained(directory)
 
     def train(self) -> dict[str, Any]:
-        from rlhfkit.config import save_config
-        from rlhfkit.data import prompt_text
-        from rlhfkit.tracking import Tracker, plot_metrics, read_jsonl, write_json_atomic
-        from rlhfkit.training import restore_training_state, save_training_state
-
         config, out = self.config, self.out
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
@@ -441,8 +435,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlhfkit.training import run_config
-
     config = run_config(DPOConfig, args)
     summary = DPORun(config, resume=args.resume).train()
     final = summary["final_eval"]

@@ -18,10 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from rlhfkit.assets import PROMPTS
+from rlhfkit.checkpoint import seed_everything
 from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, config_from_args, field, save_config
+from rlhfkit.data import format_prompt, load_records
 from rlhfkit.errors import UserError
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.rollout.generation import decode_responses, sample
+from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
 
 @dataclasses.dataclass
@@ -60,10 +66,6 @@ def generate_candidates(
     model: torch.nn.Module, tokenizer: Any, records: list[dict[str, Any]], config: GenerateConfig
 ) -> list[list[str]]:
     """K responses per prompt record, in record order: (N,) lists of K strings."""
-    from tqdm.auto import tqdm
-
-    from rlhfkit.data import format_prompt
-    from rlhfkit.rollout.generation import decode_responses, sample
 
     k = config.num_responses
     answers: list[list[str]] = []
@@ -92,11 +94,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlhfkit.checkpoint import seed_everything
-    from rlhfkit.data import load_records
-    from rlhfkit.models import load_causal_lm, load_tokenizer
-    from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
-
     config = config_from_args(GenerateConfig, args)
     out = output_directory(config.out, "generate", "candidates.jsonl")
     records = load_records(config.data.prompts, "prompts", limit=config.data.limit or None)

@@ -25,6 +25,8 @@ import random
 import time
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from rlhfkit.config import (
     REWARD_KINDS,
     RewardConfig,
@@ -34,7 +36,12 @@ from rlhfkit.config import (
     resolve_precision,
     save_config,
 )
+from rlhfkit.data import load_records, prompt_text
 from rlhfkit.errors import UserError
+from rlhfkit.recipes.constitution import run_ai_labels
+from rlhfkit.recipes.generate import output_directory
+from rlhfkit.rewards import build_reward, checked_scores, validate_records_for_reward
+from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
 FORMATS = ("comparisons", "rankings", "choices")
 
@@ -116,13 +123,13 @@ def label_record(
             if first is None:
                 ties += 1
                 continue
-            w, l = (a, b) if first else (b, a)
+            winner, loser = (a, b) if first else (b, a)
             labelled.append(
                 {
                     **base,
-                    "chosen": responses[w],
-                    "rejected": responses[l],
-                    "meta": {"judge": judge, "scores": [scores[w], scores[l]]},
+                    "chosen": responses[winner],
+                    "rejected": responses[loser],
+                    "meta": {"judge": judge, "scores": [scores[winner], scores[loser]]},
                 }
             )
         return labelled, ties
@@ -157,13 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.judge == "ai":  # Constitutional AI's RL stage has its own keys (model.*, judge.*)
-        from rlhfkit.recipes.constitution import run_ai_labels
-
         return run_ai_labels(args)
-    from rlhfkit.data import load_records, prompt_text
-    from rlhfkit.recipes.generate import output_directory
-    from rlhfkit.rewards import build_reward, checked_scores, validate_records_for_reward
-    from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
     args.set = [
         *([f"reward.kind={args.judge}"] if args.judge else []),
@@ -183,7 +184,6 @@ def run(args: argparse.Namespace) -> int:
     rng = random.Random(config.seed)
     labelled: list[dict[str, Any]] = []
     ties = too_few = 0
-    from tqdm.auto import tqdm
 
     for record in tqdm(records, desc=f"label: {config.reward.kind} judge", unit="prompt"):
         if len(record["responses"]) < 2:

@@ -26,12 +26,15 @@ Where this departs from a naive implementation, and why:
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from safetensors.torch import save_file
 
 from rlhfkit.algorithms import (
     KL_ESTIMATORS,
@@ -55,9 +58,27 @@ from rlhfkit.config import (
     field,
     save_config,
 )
+from rlhfkit.data import format_prompt, load_records, prompt_text
+from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
+from rlhfkit.data.records import demonstration_response
 from rlhfkit.errors import UserError
-from rlhfkit.rewards import RewardFn
-from rlhfkit.training import OptimConfig
+from rlhfkit.models import ScalarHeadModel, ValueHead, load_backbone, load_causal_lm, load_tokenizer
+from rlhfkit.models.actor_critic import ActorCritic, response_logprobs
+from rlhfkit.models.lora import apply_lora
+from rlhfkit.rewards import RewardFn, build_reward, checked_scores, validate_records_for_reward
+from rlhfkit.rollout.experience import RunningMoments, build_experience, sequence_kl, shape_scores
+from rlhfkit.rollout.generation import decode_responses, sample
+from rlhfkit.tracking import Tracker, plot_metrics, read_jsonl, write_json_atomic
+from rlhfkit.training import (
+    OptimConfig,
+    batch_indices,
+    build_optimizer,
+    optimizer_step,
+    resolve_out_dir,
+    response_token_nll,
+    restore_training_state,
+    save_training_state,
+)
 
 # ---------------------------------------------------------------------------
 # Configuration
@@ -198,11 +219,6 @@ class PPOTrainer:
     """
 
     def __init__(self, config: PPOConfig, reward: RewardFn | None = None, prompts: list[dict[str, Any]] | None = None):
-        from accelerate import Accelerator
-
-        from rlhfkit.data import load_records
-        from rlhfkit.rewards import build_reward, validate_records_for_reward
-
         self.config = config
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.prompts = prompts if prompts is not None else load_records(config.data.prompts, "prompts")
@@ -223,7 +239,6 @@ class PPOTrainer:
             else FixedKLController(config.kl.coef)
         )
         self.penalty_beta = config.ppo.penalty_beta
-        from rlhfkit.rollout.experience import RunningMoments
 
         self.score_moments = RunningMoments() if config.score.normalize else None
         self.step = 0
@@ -231,11 +246,6 @@ class PPOTrainer:
     # -- set-up ---------------------------------------------------------------
 
     def _build_models(self) -> None:
-        from rlhfkit.models import ScalarHeadModel, ValueHead, load_backbone, load_causal_lm, load_tokenizer
-        from rlhfkit.models.actor_critic import ActorCritic
-        from rlhfkit.models.lora import apply_lora
-        from rlhfkit.training import build_optimizer
-
         config = self.config
         torch.manual_seed(config.seed)
         self.tokenizer = load_tokenizer(config.model.name)
@@ -267,7 +277,6 @@ class PPOTrainer:
 
     def prompt_batch(self, step: int) -> list[dict[str, Any]]:
         """This process's share of iteration `step`'s prompts (epoch-wise permutations, seeded)."""
-        from rlhfkit.training import batch_indices
 
         indices = batch_indices(len(self.prompts), self.config.train.batch_size, step, self.config.seed)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
@@ -284,8 +293,6 @@ class PPOTrainer:
 
     def generate(self, records: list[dict[str, Any]]):
         """Step 1: one sampled response per prompt record."""
-        from rlhfkit.data import format_prompt
-        from rlhfkit.rollout.generation import sample
 
         model = self.unwrapped
         texts = [self._truncated_prompt(format_prompt(self.tokenizer, r)) for r in records]
@@ -302,11 +309,6 @@ class PPOTrainer:
 
     def score(self, samples, records: list[dict[str, Any]]):
         """Steps 2-4 on sampled responses: scores, reference log-probs, shaped rewards, advantages."""
-        from rlhfkit.data import prompt_text
-        from rlhfkit.models.actor_critic import response_logprobs
-        from rlhfkit.rewards import checked_scores
-        from rlhfkit.rollout.experience import build_experience, shape_scores
-        from rlhfkit.rollout.generation import decode_responses
 
         config, model = self.config, self.unwrapped
         responses = decode_responses(self.tokenizer, samples)
@@ -393,7 +395,6 @@ class PPOTrainer:
         (`token_normaliser` = tokens in the global minibatch / processes, since DDP averages
         gradients over processes), so the step equals one over the whole minibatch at once.
         """
-        from rlhfkit.training import optimizer_step
 
         config = self.config
         totals: dict[str, float] = {}
@@ -441,8 +442,6 @@ class PPOTrainer:
 
     def _ptx_backward(self) -> float:
         """PPO-ptx (InstructGPT eq. 2): γ · SFT loss on a minibatch of demonstrations, added to the gradient."""
-        from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
-        from rlhfkit.data.records import demonstration_response
 
         config = self.config
         picks = torch.randint(len(self.ptx_records), (config.micro_batch_size,)).tolist()
@@ -456,7 +455,6 @@ class PPOTrainer:
             for i in picks
         ]
         ids, mask, response_mask = pad_batch(items, self.tokenizer.pad_token_id)
-        from rlhfkit.training import response_token_nll
 
         loss = response_token_nll(self.unwrapped.policy, ids, mask, response_mask, config.model.dtype)
         self.accelerator.backward(config.ppo.ptx_coef * loss)
@@ -464,7 +462,6 @@ class PPOTrainer:
 
     def train_step(self) -> tuple[dict[str, float], list[dict[str, Any]], list[str], torch.Tensor]:
         """One PPO iteration (steps 1-5); returns metrics and what was sampled."""
-        from rlhfkit.rollout.experience import sequence_kl
 
         started = time.perf_counter()
         records = self.prompt_batch(self.step)
@@ -509,8 +506,6 @@ class PPOTrainer:
     # -- checkpoints -----------------------------------------------------------
 
     def save_checkpoint(self, out_dir: Path) -> None:
-        from rlhfkit.training import save_training_state
-
         if not self.accelerator.is_main_process:
             return
         extra = {"kl_controller": self.kl_controller.state_dict(), "penalty_beta": self.penalty_beta}
@@ -519,8 +514,6 @@ class PPOTrainer:
         save_training_state(out_dir, self.step, self.unwrapped, self.optimizer, self.scheduler, extra)
 
     def load_checkpoint(self, path: Path) -> None:
-        from rlhfkit.training import restore_training_state
-
         state = restore_training_state(path, self.unwrapped, self.optimizer, self.scheduler)
         extra = state["extra"]
         self.kl_controller.load_state_dict(extra["kl_controller"])
@@ -531,13 +524,10 @@ class PPOTrainer:
 
     def save_final(self, directory: Path) -> None:
         """`final/`: the policy as a plain model directory (LoRA merged) + tokenizer, and the critic."""
-        from safetensors.torch import save_file
 
         model = self.unwrapped
         policy = model.policy
         if hasattr(policy, "merge_and_unload"):
-            import copy
-
             policy = copy.deepcopy(policy).merge_and_unload()
         policy.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
@@ -549,9 +539,6 @@ class PPOTrainer:
     # -- the whole run -----------------------------------------------------------
 
     def train(self, out_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-        from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic
-        from rlhfkit.training import resolve_out_dir
-
         config = self.config
         out, checkpoint = resolve_out_dir(str(out_dir or config.out), "ppo", resume)
         main = self.accelerator.is_main_process
@@ -569,8 +556,6 @@ class PPOTrainer:
                 metrics, records, responses, scores = self.train_step()
                 first = first or metrics
                 if tracker is not None:
-                    from rlhfkit.data import prompt_text
-
                     tracker.log(self.step, metrics)
                     tracker.log_samples(self.step, [prompt_text(r) for r in records], responses, scores.tolist())
                 every = config.train.checkpoint_every
@@ -588,7 +573,6 @@ class PPOTrainer:
                 out / "training.png",
                 "rlhfkit ppo",
             )
-            from rlhfkit.tracking import read_jsonl
 
             history = read_jsonl(out / "metrics.jsonl")
             summary = {
@@ -616,8 +600,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlhfkit.training import resolve_out_dir
-
     config = config_from_args(PPOConfig, args)
     out, _ = resolve_out_dir(config.out, "ppo", args.resume)  # refuse to overwrite an earlier run before any heavy work
     trainer = PPOTrainer(config)  # loads and validates data, reward source and models before any output

@@ -33,13 +33,38 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from rlhfkit.algorithms import (
+    best_of_k_loss,
+    bradley_terry_loss,
+    preference_accuracy,
+    ranking_loss,
+    soft_bradley_terry_loss,
+)
 from rlhfkit.checkpoint import write_directory_atomic
-from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field
+from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field, save_config
+from rlhfkit.data import format_prompt, load_records, prompt_messages
+from rlhfkit.data.collate import tokenize_prompt_response
+from rlhfkit.data.records import detect_kind, read_rows
 from rlhfkit.errors import UserError
+from rlhfkit.models import ScalarHeadModel, load_backbone, load_causal_lm, load_tokenizer
 from rlhfkit.models.heads import check_pooling
+from rlhfkit.models.lora import apply_lora
+from rlhfkit.recipes.sft import split_records
 from rlhfkit.rewards import score_items
-from rlhfkit.training import OptimConfig
+from rlhfkit.rollout.generation import decode_responses, sample
+from rlhfkit.tracking import Tracker, new_figure, plot_metrics, write_json_atomic
+from rlhfkit.training import (
+    OptimConfig,
+    batch_indices,
+    build_optimizer,
+    optimizer_step,
+    resolve_out_dir,
+    restore_training_state,
+    run_config,
+    save_training_state,
+)
 
 PREFERENCE_KINDS = ("comparisons", "rankings", "choices")
 
@@ -124,7 +149,6 @@ class RMConfig:
 
 def preference_kind(source: str) -> str:
     """comparisons, rankings or choices: what the file's first record is."""
-    from rlhfkit.data.records import detect_kind, read_rows
 
     name, rows = read_rows(source)
     if not rows or not isinstance(rows[0][1], dict):
@@ -167,7 +191,6 @@ def check_loss_fields(records: list[dict[str, Any]], kind: str, source: str) -> 
 
 def preference_loss(name: str) -> Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]:
     """rewards (N, K_max) best-first + targets -> (N,) loss per record; picked once from the record kind."""
-    from rlhfkit.algorithms import best_of_k_loss, bradley_terry_loss, ranking_loss, soft_bradley_terry_loss
 
     losses = {
         "bradley_terry": lambda r, t: bradley_terry_loss(r[:, 0], r[:, 1], t["margin"]),
@@ -192,7 +215,6 @@ def tokenize_preferences(
     tokenizer: Any, records: list[dict[str, Any]], kind: str, max_length: int
 ) -> tuple[list[dict[str, Any]], int]:
     """Each record with its tokenised responses under "items"; and how many responses were cut."""
-    from rlhfkit.data.collate import tokenize_prompt_response
 
     tokenized, cut = [], 0
     for record in records:
@@ -292,7 +314,6 @@ def evaluate_pairs(
 
     `batch_size` counts sequences per forward pass here.
     """
-    from rlhfkit.algorithms import preference_accuracy
 
     # All pairs of a prompt share its responses: score each distinct sequence once.
     sequences: list[dict[str, Any]] = []
@@ -333,12 +354,7 @@ def evaluate_pairs(
 
 
 def plot_reliability(bins: list[dict[str, float]], out_png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = new_figure(figsize=(4, 4))
     ax.plot([0.5, 1], [0.5, 1], "--", color="grey", label="perfect calibration")
     ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label="reward model")
     ax.set_xlabel("confidence max(σ(Δr), 1 - σ(Δr))")
@@ -347,7 +363,6 @@ def plot_reliability(bins: list[dict[str, float]], out_png: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------
@@ -359,12 +374,6 @@ def reference_statistics(
     model: torch.nn.Module, tokenizer: Any, prompts: list[dict[str, Any]], config: RMConfig
 ) -> dict[str, float]:
     """Mean and std of the (raw) reward of one reference-policy response per prompt."""
-    from tqdm.auto import tqdm
-
-    from rlhfkit.data import format_prompt
-    from rlhfkit.data.collate import tokenize_prompt_response
-    from rlhfkit.models import load_causal_lm
-    from rlhfkit.rollout.generation import decode_responses, sample
 
     normalize = config.normalize
     policy = load_causal_lm(normalize.policy or config.model.name, tokenizer).eval()
@@ -396,7 +405,6 @@ def reference_statistics(
 
 def unique_prompts(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     """Up to `limit` distinct prompts (as prompt records) in order of first appearance."""
-    from rlhfkit.data import prompt_messages
 
     seen, prompts = set(), []
     for record in records:
@@ -420,12 +428,6 @@ class RewardModelRun:
     """Reward-model training, validated at construction (before any output), trained by `train()`."""
 
     def __init__(self, config: RMConfig, resume: bool = False):
-        from rlhfkit.data import load_records
-        from rlhfkit.models import ScalarHeadModel, load_backbone, load_tokenizer
-        from rlhfkit.models.lora import apply_lora
-        from rlhfkit.recipes.sft import split_records
-        from rlhfkit.training import build_optimizer, resolve_out_dir
-
         self.config = config
         data = config.data
         if not data.train:
@@ -463,8 +465,6 @@ class RewardModelRun:
         self.step = 0
 
     def train_step(self) -> dict[str, float]:
-        from rlhfkit.training import batch_indices, optimizer_step
-
         config = self.config
         records = [
             self.train_records[i]
@@ -494,7 +494,6 @@ class RewardModelRun:
 
     def save_final(self, directory: Path, extra: dict[str, Any]) -> None:
         """final/: the merged backbone, tokenizer, head and reward.json (gain, bias and the run's figures)."""
-        from rlhfkit.models import ScalarHeadModel
 
         model = self.model
         if hasattr(model.backbone, "merge_and_unload"):
@@ -524,10 +523,6 @@ class RewardModelRun:
         }
 
     def train(self) -> dict[str, Any]:
-        from rlhfkit.config import save_config
-        from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic
-        from rlhfkit.training import restore_training_state, save_training_state
-
         config, out = self.config, self.out
         if self.checkpoint is not None:
             self.step = restore_training_state(self.checkpoint, self.model, self.optimizer, self.scheduler)["step"]
@@ -589,8 +584,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlhfkit.training import run_config
-
     config = run_config(RMConfig, args)
     summary = RewardModelRun(config, resume=args.resume).train()
     print(

@@ -19,17 +19,32 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlhfkit.algorithms import share_weight
 from rlhfkit.assets import DEMONSTRATIONS, EVAL_PROMPTS
-from rlhfkit.checkpoint import write_directory_atomic
-from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field, save_config
+from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field
+from rlhfkit.data import format_prompt, load_records, prompt_text
+from rlhfkit.data.collate import pack_items, pad_batch, tokenize_prompt_response
+from rlhfkit.data.records import demonstration_response
 from rlhfkit.errors import UserError
-from rlhfkit.training import OptimConfig
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.models.lora import apply_lora, merged
+from rlhfkit.rollout.generation import decode_responses, sample
+from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, fit, run_config
+from rlhfkit.training import (
+    OptimConfig,
+    batch_indices,
+    build_optimizer,
+    load_training_state,
+    optimizer_step,
+    response_token_logprobs,
+    response_token_nll,
+    training_state,
+)
 
 
 @dataclasses.dataclass
@@ -104,7 +119,8 @@ def split_records(
     held_out = max(1, round(len(train) * eval_fraction))
     if len(train) - held_out < 1:
         raise UserError(
-            f"{source}: {len(train)} demonstration(s) are too few to hold out an eval split; give data.eval or more records"
+            f"{source}: {len(train)} demonstration(s) are too few to hold out an eval split; "
+            "give data.eval or more records"
         )
     return train[:-held_out], train[-held_out:]
 
@@ -113,8 +129,6 @@ def tokenize_demonstrations(
     tokenizer: Any, records: list[dict[str, Any]], max_length: int
 ) -> tuple[list[dict[str, Any]], int]:
     """Tokenised examples (prompt + response + EOS) and how many responses had to be cut."""
-    from rlhfkit.data.collate import tokenize_prompt_response
-    from rlhfkit.data.records import demonstration_response
 
     items = [
         tokenize_prompt_response(tokenizer, record, demonstration_response(record), max_length) for record in records
@@ -128,57 +142,58 @@ def tokenize_demonstrations(
 
 
 def batch_loss_backward(
-    model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, micro_batch_size: int, dtype: str
+    model: torch.nn.Module,
+    items: list[dict[str, Any]],
+    pad_token_id: int,
+    runtime: Runtime,
+    micro_batch_size: int,
+    total_tokens: int,
 ) -> float:
-    """Backward the mean response-token NLL of `items`, micro-batch by micro-batch; returns the loss.
+    """Backward the response-token NLL of this process's `items`, micro-batch by micro-batch; returns its share.
 
-    Each micro-batch's mean is weighted by its share of the batch's response tokens,
-    so the gradient equals that of one forward over the whole batch.
+    Each micro-batch's mean is weighted by its share of the global batch's `total_tokens`
+    (`share_weight`), so the gradient equals that of one forward over the whole batch, however
+    it is split into micro-batches and processes; the returned shares sum to the batch's loss.
     """
-    from rlhfkit.data.collate import pad_batch
-    from rlhfkit.training import response_token_nll
-
-    total_tokens = sum(sum(item["response_mask"][1:]) for item in items)
     loss_sum = 0.0
     for start in range(0, len(items), micro_batch_size):
         chunk = items[start : start + micro_batch_size]
-        tokens = sum(sum(item["response_mask"][1:]) for item in chunk)
-        loss = response_token_nll(model, *pad_batch(chunk, pad_token_id), dtype=dtype) * (tokens / total_tokens)
-        loss.backward()
-        loss_sum += loss.item()
+        weight = share_weight(response_tokens(chunk), total_tokens, runtime.num_processes)
+        batch = runtime.to_device(pad_batch(chunk, pad_token_id))
+        loss = response_token_nll(model, *batch, dtype=runtime.precision) * weight
+        runtime.backward(loss)
+        loss_sum += loss.item() / runtime.num_processes
     return loss_sum
+
+
+def response_tokens(items: list[dict[str, Any]]) -> int:
+    """Tokens the loss counts in `items`: response tokens after the first position."""
+    return sum(sum(item["response_mask"][1:]) for item in items)
 
 
 @torch.no_grad()
 def evaluation_loss(
-    model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, batch_size: int, dtype: str
+    model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, runtime: Runtime, batch_size: int
 ) -> float:
     """Mean response-token NLL over all of `items` (token-weighted)."""
-    from rlhfkit.data.collate import pad_batch
-    from rlhfkit.training import response_token_logprobs
-
     total, count = 0.0, 0
     for start in range(0, len(items), batch_size):
-        logprobs, mask = response_token_logprobs(
-            model, *pad_batch(items[start : start + batch_size], pad_token_id), dtype=dtype
-        )
+        batch = runtime.to_device(pad_batch(items[start : start + batch_size], pad_token_id))
+        logprobs, mask = response_token_logprobs(model, *batch, dtype=runtime.precision)
         total -= torch.where(mask, logprobs, 0.0).sum().item()
         count += int(mask.sum())
     return total / count
 
 
-class SFTRun:
-    """Supervised fine-tuning, validated at construction (before any output), trained by `train()`."""
+class SFTTrainer:
+    """Supervised fine-tuning, validated at construction (before any output); `rlhfkit.runtime.fit` runs it."""
 
-    def __init__(self, config: SFTConfig, resume: bool = False):
-        from rlhfkit.data import load_records
-        from rlhfkit.data.collate import pack_items
-        from rlhfkit.models import load_causal_lm, load_tokenizer
-        from rlhfkit.models.lora import apply_lora
-        from rlhfkit.training import build_optimizer, resolve_out_dir
+    command = "sft"
+    plot_keys = ("train/loss", "eval/loss")
 
+    def __init__(self, config: SFTConfig, runtime: Runtime | None = None):
         self.config = config
-        self.out, self.checkpoint = resolve_out_dir(config.out, "sft", resume)
+        self.runtime = runtime or Runtime(config.model.dtype, config.seed)
         data = config.data
         train_records = load_records(data.train, "demonstrations")
         eval_records = load_records(data.eval, "demonstrations") if data.eval else None
@@ -192,119 +207,81 @@ class SFTRun:
         self.eval_items, eval_truncated = tokenize_demonstrations(self.tokenizer, eval_records, data.max_length)
         if truncated + eval_truncated:
             print(
-                f"rlhfkit sft: warning: {truncated + eval_truncated} response(s) longer than data.max_length={data.max_length} were cut at their end (no EOS)"
+                f"rlhfkit sft: warning: {truncated + eval_truncated} response(s) longer than "
+                f"data.max_length={data.max_length} were cut at their end (no EOS)"
             )
         if data.packing:
             self.train_items = pack_items(self.train_items, data.max_length)
         self.num_train_records = len(train_records)
 
-        torch.manual_seed(config.seed)
         model = load_causal_lm(config.model.name, self.tokenizer)
-        self.model = apply_lora(model, config.model.lora) if config.model.lora.enabled else model
+        model = apply_lora(model, config.model.lora) if config.model.lora.enabled else model
+        optimizer, self.scheduler = build_optimizer(model.parameters(), config.optim, config.train.steps)
+        self.model, self.optimizer = self.runtime.prepare(model, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = build_optimizer(self.params, config.optim, config.train.steps)
-        self.step = 0
+        self.step, self.total_steps = 0, config.train.steps
+        self.eval_every, self.checkpoint_every = config.train.eval_every, config.train.checkpoint_every
 
-    def train_step(self) -> dict[str, float]:
-        from rlhfkit.training import batch_indices, optimizer_step
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.runtime.unwrap(self.model)
 
+    def train_step(self) -> StepOutput:
         config = self.config
         indices = batch_indices(len(self.train_items), config.train.batch_size, self.step, config.seed)
+        batch = [self.train_items[i] for i in indices]
         self.model.train()
+        local = self.runtime.shard(batch)
+        pad = self.tokenizer.pad_token_id
         loss = batch_loss_backward(
-            self.model,
-            [self.train_items[i] for i in indices],
-            self.tokenizer.pad_token_id,
-            config.micro_batch_size,
-            config.model.dtype,
+            self.model, local, pad, self.runtime, config.micro_batch_size, response_tokens(batch)
         )
         learning_rate = self.scheduler.get_last_lr()[0]
         grad_norm = optimizer_step(self.params, self.optimizer, self.scheduler, config.optim.max_grad_norm)
         self.step += 1
-        return {"train/loss": loss, "train/grad_norm": grad_norm, "train/learning_rate": learning_rate}
+        loss = float(self.runtime.sum(torch.tensor(loss, device=self.runtime.device)))
+        return {"train/loss": loss, "train/grad_norm": grad_norm, "train/learning_rate": learning_rate}, None
 
-    def evaluate(self) -> tuple[dict[str, float], list[str]]:
-        """Held-out loss, and answers to the sample prompts."""
-        from rlhfkit.data import format_prompt
-        from rlhfkit.rollout.generation import decode_responses, sample
-
-        self.model.eval()
+    def evaluate(self) -> StepOutput:
+        """Held-out loss, and answers to the sample prompts (sampled on their own seed)."""
+        model = self.unwrapped.eval()
         loss = evaluation_loss(
-            self.model,
-            self.eval_items,
-            self.tokenizer.pad_token_id,
-            self.config.micro_batch_size,
-            self.config.model.dtype,
+            model, self.eval_items, self.tokenizer.pad_token_id, self.runtime, self.config.micro_batch_size
         )
-        answers: list[str] = []
-        if self.sample_prompts:
-            generator_state = torch.get_rng_state()  # sampling must not shift the training RNG stream
-            torch.manual_seed(self.config.seed + self.step)
-            texts = [format_prompt(self.tokenizer, record) for record in self.sample_prompts]
-            answers = decode_responses(
-                self.tokenizer,
-                sample(self.model, self.tokenizer, texts, self.config.generation, self.config.model.dtype),
-            )
-            torch.set_rng_state(generator_state)
-        return {"eval/loss": loss}, answers
+        if not self.sample_prompts:
+            return {"eval/loss": loss}, None
+        texts = [format_prompt(self.tokenizer, record) for record in self.sample_prompts]
+        with self.runtime.forked_rng(self.config.seed + self.step):
+            samples = sample(model, self.tokenizer, texts, self.config.generation, self.runtime.precision)
+        answers = decode_responses(self.tokenizer, samples)
+        prompts = [prompt_text(r) for r in self.sample_prompts]
+        return {"eval/loss": loss}, Samples(prompts, answers, [float("nan")] * len(answers))
+
+    def checkpoint_state(self) -> tuple[dict, dict[str, Any]]:
+        return training_state(self.unwrapped, self.optimizer, self.scheduler)
+
+    def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
+        load_training_state(tensors, state, self.unwrapped, self.optimizer, self.scheduler)
 
     def save_final(self, directory: Path) -> None:
         """A plain model directory + tokenizer (LoRA merged into a copy), the PPO policy and reference."""
-        import copy
-
-        model = self.model
-        if hasattr(model, "merge_and_unload"):
-            model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(directory)
+        merged(self.unwrapped).save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
 
-    def train(self) -> dict[str, Any]:
-        from rlhfkit.data import prompt_text
-        from rlhfkit.tracking import Tracker, plot_metrics, read_jsonl, write_json_atomic
-        from rlhfkit.training import restore_training_state, save_training_state
-
-        config, out = self.config, self.out
-        if self.checkpoint is not None:
-            state = restore_training_state(self.checkpoint, self.model, self.optimizer, self.scheduler)
-            self.step, initial_eval = state["step"], state["extra"]["eval_loss_initial"]
-        else:
-            initial_eval = self.evaluate()[0]["eval/loss"]
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
-        started = time.time()
-        tracker = Tracker(out, config.train.steps, "sft", start_step=self.step)
-        try:
-            while self.step < config.train.steps:
-                metrics = self.train_step()
-                if self.step % config.train.eval_every == 0 or self.step == config.train.steps:
-                    eval_metrics, answers = self.evaluate()
-                    metrics.update(eval_metrics)
-                    tracker.log_samples(
-                        self.step, [prompt_text(r) for r in self.sample_prompts], answers, [float("nan")] * len(answers)
-                    )
-                tracker.log(self.step, metrics)
-                if self.step % config.train.checkpoint_every == 0 or self.step == config.train.steps:
-                    save_training_state(
-                        out, self.step, self.model, self.optimizer, self.scheduler, {"eval_loss_initial": initial_eval}
-                    )
-        finally:
-            tracker.close()
-        final = write_directory_atomic(out / "final", self.save_final)
-        plot_metrics(out / "metrics.jsonl", ["train/loss", "eval/loss"], out / "training.png", "rlhfkit sft")
-        history = read_jsonl(out / "metrics.jsonl")
+    def summary(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
         evals = [h["eval/loss"] for h in history if h.get("eval/loss") is not None]
-        summary = {
-            "steps": self.step,
+        trained = [h for h in history if "train/loss" in h]
+        return {
             "train_records": self.num_train_records,
             "eval_records": len(self.eval_items),
-            "eval_loss_initial": initial_eval,
-            "eval_loss_final": evals[-1] if evals else None,
-            "train_loss_last": history[-1]["train/loss"] if history else None,
-            "wall_s": time.time() - started,
-            "final": str(final),
+            "eval_loss_initial": evals[0],
+            "eval_loss_final": evals[-1],
+            "train_loss_last": trained[-1]["train/loss"] if trained else None,
         }
-        write_json_atomic(out / "summary.json", summary)
-        return summary
+
+    def train(self, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+        """The Python API: the whole run into `out` (default: config.out); returns summary.json's figures."""
+        return fit(self, RunDirectory.resolve(str(out or self.config.out), self.command, resume))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -312,13 +289,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlhfkit.training import run_config
-
     config = run_config(SFTConfig, args)
-    summary = SFTRun(config, resume=args.resume).train()
-    initial = summary["eval_loss_initial"]
-    shown = f"{initial:.3f} -> " if initial is not None else ""
-    print(
-        f"rlhfkit sft: held-out loss {shown}{summary['eval_loss_final']:.3f} after {summary['steps']} steps; model in {summary['final']}"
-    )
+    run_directory = RunDirectory.resolve(config.out, "sft", args.resume)  # before any model loads
+    summary = fit(SFTTrainer(config), run_directory)
+    if summary:
+        print(
+            f"rlhfkit sft: held-out loss {summary['eval_loss_initial']:.3f} -> {summary['eval_loss_final']:.3f} "
+            f"after {summary['steps']} steps; model in {summary['final']}"
+        )
     return 0

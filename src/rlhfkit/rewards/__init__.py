@@ -15,16 +15,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from rouge_score import rouge_scorer
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from rlhfkit.config import RewardConfig
+from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.errors import UserError
+from rlhfkit.models import ScalarHeadModel, autocast, load_tokenizer
 
 RewardFn = Callable[[list[str], list[str], list[dict[str, Any]]], Sequence[float]]
 
 
 def sentiment_reward() -> RewardFn:
     """VADER compound score in [-1, 1]: 'people prefer the more positive answer'."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     analyzer = SentimentIntensityAnalyzer()
 
@@ -36,7 +39,6 @@ def sentiment_reward() -> RewardFn:
 
 def rouge_reward() -> RewardFn:
     """ROUGE-L F1 of the response against the prompt record's `reference` field."""
-    from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -75,8 +77,6 @@ def score_items(
     model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, dtype: str, side: str = "right"
 ) -> torch.Tensor:
     """Tokenised prompt + response sequences (N of them) -> (N,) reward-model scores."""
-    from rlhfkit.data.collate import pad_batch
-    from rlhfkit.models import autocast
 
     input_ids, attention_mask, response_mask = pad_batch(items, pad_token_id, side=side)
     with autocast(dtype):
@@ -85,8 +85,6 @@ def score_items(
 
 def model_reward(directory: str, batch_size: int, dtype: str) -> RewardFn:
     """A reward model trained by `rlhfkit rm`: its normalised score of prompt + response + EOS, tokenised as in training."""
-    from rlhfkit.data.collate import tokenize_prompt_response
-    from rlhfkit.models import ScalarHeadModel, load_tokenizer
 
     model = ScalarHeadModel.load(directory).eval()
     tokenizer = load_tokenizer(directory)

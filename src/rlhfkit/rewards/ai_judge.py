@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import yaml
 
+from rlhfkit.assets import CONSTITUTION
 from rlhfkit.config import field
 from rlhfkit.data.records import Record, format_prompt, prompt_text
 from rlhfkit.errors import UserError
@@ -109,7 +110,6 @@ class JudgeConfig:
 
 def constitution_path(configured: str) -> Path:
     """The configured constitution, or the shipped default for ''."""
-    from rlhfkit.assets import CONSTITUTION
 
     return Path(configured) if configured else CONSTITUTION
 

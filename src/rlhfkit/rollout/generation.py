@@ -19,6 +19,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig as HFGenerationConfig
 
 from rlhfkit.config import GenerationConfig
 from rlhfkit.models.loading import autocast
@@ -108,7 +109,6 @@ def sample(
     and the caller runs that forward pass.
     """
     keep_scores = keep_scores and decodes_in(dtype)
-    from transformers import GenerationConfig as HFGenerationConfig
 
     device = next(model.parameters()).device
     query_ids, query_mask = tokenize_prompts(tokenizer, prompt_texts, device)

@@ -1,0 +1,135 @@
+"""The one place that knows where and how a run computes: device, precision, processes and RNG.
+
+Every trainer (SFT, RM, DPO, PPO, Gym) gets its models, optimisers, batches and reward tensors
+through a `Runtime`. It wraps Hugging Face Accelerate, so the same recipe runs in one CPU
+process, on one GPU, and under `accelerate launch` with N processes (DDP over NCCL on GPUs,
+gloo on CPUs) without a line of recipe code changing.
+
+What it adds to Accelerate:
+- `shard(items)`: this process's rows of a global batch (rank, rank + N, ...), so that every
+  process draws the same global batch from the same seed and keeps its share;
+- `gather(tensor)` pads (B, T) tensors across processes before gathering (responses differ in
+  length per process);
+- `rng_state()` / `set_rng_state()`: Python, NumPy, torch CPU and every CUDA device, so a
+  resumed run continues the same random streams on a GPU too;
+- `autocast()`: the run's forward-pass precision on the run's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from rlhfkit.checkpoint import rng_state, seed_everything, set_rng_state
+from rlhfkit.models import autocast
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """Device, precision, processes and RNG of one run.
+
+    precision: "float32" or "bfloat16" (autocast over fp32 weights; log-probs and losses stay fp32).
+    """
+
+    def __init__(self, precision: str = "float32", seed: int | None = None):
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.precision = precision
+        if seed is not None:
+            seed_everything(seed)
+
+    # -- where --------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def process_index(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def is_main(self) -> bool:
+        """True on the one process that writes files (metrics, checkpoints, final/, summary)."""
+        return self.accelerator.is_main_process
+
+    def describe(self) -> dict[str, Any]:
+        """What summary.json records of the runtime."""
+        return {"device": str(self.device), "num_processes": self.num_processes, "precision": self.precision}
+
+    # -- how ------------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward-pass precision context: bf16 autocast on the run's device, or nothing for fp32."""
+        return autocast(self.precision)
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Model on the device (wrapped for DDP with several processes) and its optimiser."""
+        return self.accelerator.prepare(model, optimizer)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def to_device(self, value: Any) -> Any:
+        """A tensor, or a dict / list / tuple of them, on the run's device."""
+        if isinstance(value, torch.Tensor):
+            return value.to(self.device)
+        if isinstance(value, dict):
+            return {key: self.to_device(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.to_device(item) for item in value)
+        return value
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    # -- processes --------------------------------------------------------------------------
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This process's rows of a global batch: rows rank, rank + N, rank + 2N, ..."""
+        return list(items[self.process_index :: self.num_processes])
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All processes' rows, in process order; (B, T) tensors are right-padded to the longest T first."""
+        if self.num_processes == 1:
+            return tensor
+        if tensor.dim() > 1:
+            tensor = self.accelerator.pad_across_processes(tensor, dim=1)
+        return self.accelerator.gather(tensor)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of `tensor` over processes (every process gets it)."""
+        return self.accelerator.reduce(tensor, "sum") if self.num_processes > 1 else tensor
+
+    def wait(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    # -- randomness ---------------------------------------------------------------------------
+
+    def rng_state(self) -> dict[str, Any]:
+        return rng_state()
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        set_rng_state(state)
+
+    @contextlib.contextmanager
+    def forked_rng(self, seed: int) -> Iterator[None]:
+        """Run the block on its own seed and leave the run's random streams where they were.
+
+        Evaluation samples inside it, so evaluating (or not) never shifts what training draws.
+        """
+        state = rng_state()
+        seed_everything(seed)
+        try:
+            yield
+        finally:
+            set_rng_state(state)

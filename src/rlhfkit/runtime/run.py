@@ -1,0 +1,185 @@
+"""The run skeleton every trainer fills in: output directory, config.yaml, resume, tracking, final/.
+
+A trainer (SFT, RM, DPO, PPO, Gym) implements only what is its own — one training step, its
+evaluation, what its checkpoint and `final/` hold, and its summary figures (the `Trainer`
+protocol). `fit` does the rest, the same way for every command:
+
+    1 restore   from the newest checkpoint with --resume (weights, optimiser, RNG, counters)
+    2 record    config.yaml (the fully resolved configuration)
+    3 evaluate  once before the first step (logged as step 0), so every run shows where it started
+    4 loop      train_step; evaluate every `eval_every` steps; log metrics and samples;
+                checkpoint every `checkpoint_every` steps (and at the end)
+    5 finish    final/ written atomically, the metric plots, summary.json (with the runtime)
+
+Under several processes every process runs every step; only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import torch
+import yaml
+
+from rlhfkit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_directory_atomic
+from rlhfkit.config import config_from_args, save_config
+from rlhfkit.errors import UserError
+from rlhfkit.runtime.core import Runtime
+from rlhfkit.tracking import Tracker, plot_metrics, read_jsonl, write_json_atomic
+
+T = TypeVar("T")
+Tensors = dict[str, dict[str, torch.Tensor]]
+
+
+@dataclasses.dataclass
+class Samples:
+    """What the model produced at a step, for samples.jsonl (scores NaN where none were taken)."""
+
+    prompts: list[str]
+    responses: list[str]
+    scores: list[float]
+
+
+StepOutput = tuple[dict[str, float], Samples | None]
+
+
+class Trainer(Protocol):
+    """What a recipe implements; `fit` owns everything else."""
+
+    command: str  # names the default output directory and the progress bar
+    config: Any  # the command's typed config (written to config.yaml)
+    runtime: Runtime
+    step: int  # steps completed; train_step advances it by one
+    total_steps: int
+    eval_every: int  # 0: evaluate only before the first and after the last step
+    checkpoint_every: int  # 0: checkpoint only at the end
+    plot_keys: Sequence[str]  # metrics drawn in training.png
+
+    def train_step(self) -> StepOutput: ...
+
+    def evaluate(self) -> StepOutput: ...
+
+    def checkpoint_state(self) -> tuple[Tensors, dict[str, Any]]: ...
+
+    def load_checkpoint_state(self, tensors: Tensors, state: dict[str, Any]) -> None: ...
+
+    def save_final(self, directory: Path) -> None: ...
+
+    def summary(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass
+class RunDirectory:
+    """A run's output directory and the checkpoint to resume from: checked before any model loads."""
+
+    path: Path
+    checkpoint: Path | None
+
+    @classmethod
+    def resolve(cls, out: str, command: str, resume: bool) -> RunDirectory:
+        """`out` empty: `runs/<command>-<YYYYmmdd-HHMMSS>`.
+
+        With `resume` the directory must hold a checkpoint; without it, it must not hold an
+        earlier run (whose checkpoints a fresh start would overwrite).
+        """
+        path = Path(out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out {path} is a file, not a directory")
+        checkpoint = latest_checkpoint(path)
+        if resume and checkpoint is None:
+            raise UserError(f"--resume: {path} has no checkpoint to resume from")
+        if not resume and (checkpoint is not None or (path / "final").exists()):
+            raise UserError(f"{path} already holds a run; pass --resume to continue it, or choose another --out")
+        return cls(path, checkpoint if resume else None)
+
+
+def run_config(cls: type[T], args: argparse.Namespace) -> T:
+    """The command's config from --config / --set / --out; with --resume the run's own config.yaml is the base.
+
+    So a resumed run continues with the model, batch, lengths and coefficients it started with,
+    and `--set` on the resume command changes only the keys it names.
+    """
+    base = None
+    if getattr(args, "resume", False):
+        out = args.out or next((item.partition("=")[2] for item in reversed(args.set) if item.startswith("out=")), "")
+        saved = Path(out, "config.yaml") if out else None
+        if saved is None or not saved.is_file():
+            raise UserError(f"--resume: {saved or '--out'} is missing; name the run to continue with --out DIR")
+        base = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    return config_from_args(cls, args, base=base)
+
+
+def due(step: int, every: int, total: int) -> bool:
+    """True at every `every`-th step and at the last one (every = 0: only the last)."""
+    return step == total or (every > 0 and step % every == 0)
+
+
+def fit(trainer: Trainer, run: RunDirectory) -> dict[str, Any]:
+    """Steps 1-5 of the module docstring; returns the summary (empty on processes other than the main one)."""
+    runtime, out = trainer.runtime, run.path
+    if run.checkpoint is not None:
+        restore(trainer, run.checkpoint)
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(trainer.config, out / "config.yaml")
+    tracker = (
+        Tracker(out, trainer.total_steps, f"rlhfkit {trainer.command}", start_step=trainer.step)
+        if runtime.is_main
+        else None
+    )
+    started = time.time()
+    try:
+        if trainer.step == 0:
+            log(tracker, 0, *trainer.evaluate())
+        while trainer.step < trainer.total_steps:
+            metrics, samples = trainer.train_step()
+            if due(trainer.step, trainer.eval_every, trainer.total_steps):
+                eval_metrics, eval_samples = trainer.evaluate()
+                metrics, samples = {**metrics, **eval_metrics}, eval_samples or samples
+            log(tracker, trainer.step, metrics, samples)
+            if due(trainer.step, trainer.checkpoint_every, trainer.total_steps) and runtime.is_main:
+                tensors, state = trainer.checkpoint_state()
+                save_checkpoint(out, trainer.step, tensors, {**state, "step": trainer.step, "rng": runtime.rng_state()})
+    finally:
+        if tracker is not None:
+            tracker.close()
+    summary = finish(trainer, out, time.time() - started) if runtime.is_main else {}
+    runtime.wait()
+    return summary
+
+
+def restore(trainer: Trainer, checkpoint: Path) -> None:
+    """Weights, optimiser and counters from `checkpoint`, then the RNG streams as they were when it was written."""
+    tensors, state = load_checkpoint(checkpoint)
+    trainer.load_checkpoint_state(tensors, state)
+    trainer.step = state["step"]
+    trainer.runtime.set_rng_state(state["rng"])
+
+
+def log(tracker: Tracker | None, step: int, metrics: dict[str, float], samples: Samples | None) -> None:
+    if tracker is None or not metrics:
+        return
+    tracker.log(step, metrics)
+    if samples is not None:
+        tracker.log_samples(step, samples.prompts, samples.responses, samples.scores)
+
+
+def finish(trainer: Trainer, out: Path, seconds: float) -> dict[str, Any]:
+    """final/, training.png and summary.json; the trainer adds its own figures (and any further plots)."""
+    final = write_directory_atomic(out / "final", trainer.save_final)
+    plot_metrics(out / "metrics.jsonl", trainer.plot_keys, out / "training.png", f"rlhfkit {trainer.command}")
+    history = read_jsonl(out / "metrics.jsonl")
+    summary = {
+        "steps": trainer.step,
+        **trainer.summary(out, history),
+        **trainer.runtime.describe(),
+        "wall_s": seconds,
+        "final": str(final),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    return summary
