@@ -25,6 +25,7 @@ from rlhfkit.algorithms.policy import (
     logprobs_from_logits,
     update_kl_penalty_beta,
 )
+from rlhfkit.algorithms.ppo_update import ppo_epochs
 from rlhfkit.algorithms.preference import (
     best_of_k_loss,
     bradley_terry_loss,
@@ -56,6 +57,7 @@ __all__ = [
     "masked_gae",
     "masked_mean",
     "masked_var",
+    "ppo_epochs",
     "preference_accuracy",
     "ranking_loss",
     "share_weight",
