@@ -33,11 +33,13 @@ from rlhfkit.algorithms.preference import (
     ranking_loss,
     soft_bradley_terry_loss,
 )
+from rlhfkit.algorithms.running import RunningMeanStd
 
 __all__ = [
     "KL_ESTIMATORS",
     "AdaptiveKLController",
     "FixedKLController",
+    "RunningMeanStd",
     "best_of_k_loss",
     "bradley_terry_loss",
     "clipped_policy_loss",

@@ -40,6 +40,7 @@ from rlhfkit.algorithms import (
     KL_ESTIMATORS,
     AdaptiveKLController,
     FixedKLController,
+    RunningMeanStd,
     clipped_policy_loss,
     clipped_value_loss,
     explained_variance,
@@ -66,7 +67,7 @@ from rlhfkit.models import ScalarHeadModel, ValueHead, load_backbone, load_causa
 from rlhfkit.models.actor_critic import ActorCritic, response_logprobs
 from rlhfkit.models.lora import apply_lora
 from rlhfkit.rewards import RewardFn, build_reward, checked_scores, validate_records_for_reward
-from rlhfkit.rollout.experience import RunningMoments, build_experience, sequence_kl, shape_scores
+from rlhfkit.rollout.experience import build_experience, sequence_kl, shape_scores
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.tracking import Tracker, plot_metrics, read_jsonl, write_json_atomic
 from rlhfkit.training import (
@@ -240,7 +241,7 @@ class PPOTrainer:
         )
         self.penalty_beta = config.ppo.penalty_beta
 
-        self.score_moments = RunningMoments() if config.score.normalize else None
+        self.score_moments = RunningMeanStd() if config.score.normalize else None
         self.step = 0
 
     # -- set-up ---------------------------------------------------------------

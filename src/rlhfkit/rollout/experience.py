@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.algorithms import kl_k1, kl_shaped_rewards, masked_gae, masked_mean, masked_var
+from rlhfkit.algorithms import RunningMeanStd, kl_k1, kl_shaped_rewards, masked_gae, masked_mean, masked_var
 from rlhfkit.rollout.generation import Samples
 
 
@@ -52,32 +52,8 @@ class Experience:
         return Experience(samples=samples, **fields)
 
 
-class RunningMoments:
-    """Running mean and standard deviation of scores across iterations (Welford's parallel update)."""
-
-    def __init__(self) -> None:
-        self.mean, self.var, self.count = 0.0, 1.0, 0.0
-
-    def update(self, x: torch.Tensor) -> None:
-        batch_mean, batch_var, n = x.mean().item(), x.var(unbiased=False).item(), float(x.numel())
-        delta, total = batch_mean - self.mean, self.count + n
-        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
-        self.mean += delta * n / total
-        self.count = total
-
-    @property
-    def std(self) -> float:
-        return max(self.var, 1e-8) ** 0.5
-
-    def state_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
-
-
 def shape_scores(
-    raw_scores: torch.Tensor, ended: torch.Tensor, no_eos_penalty: float, moments: RunningMoments | None, clip: float
+    raw_scores: torch.Tensor, ended: torch.Tensor, no_eos_penalty: float, moments: RunningMeanStd | None, clip: float
 ) -> torch.Tensor:
     """(B,) -> (B,): optional running normalisation, clipping to ±clip, then a penalty for responses with no EOS."""
     scores = raw_scores
