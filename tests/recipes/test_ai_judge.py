@@ -1,5 +1,6 @@
 """The AI judge: option probabilities read from next-token logits, both orders averaged; the constitution loader."""
 
+import json
 import math
 import random
 from types import SimpleNamespace
@@ -8,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from rlhfkit.cli import main
+from rlhfkit.data import load_records
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
@@ -19,6 +22,7 @@ from rlhfkit.rewards.ai_judge import (
     first_option_probabilities,
     judge_pairs,
     option_token_ids,
+    position_bias,
 )
 
 LABELS = ["yes", "no"]  # the tiny word-level vocabulary has no "A"/"B"
@@ -33,7 +37,7 @@ def tiny(tmp_path_factory):
 
 
 class GoodBeforeBadJudge(nn.Module):
-    """A fake judge: logit(first label) = +1 if 'good' occurs before 'bad' in the input, else -1; plus 0.5 position bias.
+    """A fake judge: logit(first label) = +1 if 'good' comes before 'bad' in the input, else -1; plus 0.5 position bias.
 
     logit(second label) = 0 and every other token -inf, so P(first label) = sigmoid(logit).
     """
@@ -135,21 +139,27 @@ def test_embedded_tokenizer_labels_are_single_tokens():
     assert tokenizer.convert_ids_to_tokens([a, b]) == ["A", "B"]
 
 
-def test_label_judge_ai_command_compares_every_pair(tiny, tmp_path, capsys):
-    from rlhfkit.cli import main
-    from rlhfkit.data import load_records
-    from rlhfkit.models.tiny import build_tiny_model
+def test_position_bias_by_hand():
+    # P(x wins) shown first / shown second: (0.9, 0.8) both pick x; (0.6, 0.3) picks x first, y second;
+    # (0.2, 0.4) both pick y. The option shown first wins in pair 1 once of two, in pair 2 twice
+    # (x first, then y first), in pair 3 once: 4 of 6. Both orders agree in pairs 1 and 3: 2 of 3.
+    comparisons = [
+        {"meta": {"p_first_shown_first": a, "p_first_shown_second": b}} for a, b in ((0.9, 0.8), (0.6, 0.3), (0.2, 0.4))
+    ]
+    assert position_bias(comparisons) == pytest.approx({"first_shown_wins": 4 / 6, "orders_agree": 2 / 3})
 
-    model_dir = build_tiny_model(tmp_path / "tiny")
+
+def test_label_judge_ai_command_compares_every_pair(tiny_model_dir, tmp_path, capsys):
     candidates = tmp_path / "candidates.jsonl"
     candidates.write_text(
-        '{"prompt": "tell me", "responses": ["good day", "bad day", "the cat", "good day"]}\n{"prompt": "say", "responses": ["a", "b"]}\n'
+        '{"prompt": "tell me", "responses": ["good day", "bad day", "the cat", "good day"]}\n'
+        '{"prompt": "say", "responses": ["a", "b"]}\n'
     )
     sets = [
         "--set",
         f"data.train={candidates}",
         "--set",
-        f"model.name={model_dir}",
+        f"model.name={tiny_model_dir}",
         "--set",
         "model.dtype=float32",
         "--set",
@@ -168,3 +178,6 @@ def test_label_judge_ai_command_compares_every_pair(tiny, tmp_path, capsys):
     for c in comparisons:
         p_first = (c["meta"]["p_first_shown_first"] + c["meta"]["p_first_shown_second"]) / 2
         assert c["label"] == pytest.approx(max(p_first, 1 - p_first), abs=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["judge"] == "ai" and summary["records"] == 4
+    assert summary["first_shown_wins"] == pytest.approx(position_bias(comparisons)["first_shown_wins"])

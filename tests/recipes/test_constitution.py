@@ -9,7 +9,6 @@ from rlhfkit.assets import CONSTITUTION
 from rlhfkit.cli import main
 from rlhfkit.data import load_records
 from rlhfkit.errors import UserError
-from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.recipes.constitution import critique_and_revise
 from rlhfkit.rewards.ai_judge import Principle, load_constitution
 
@@ -26,7 +25,9 @@ def test_shipped_constitution():
 def test_missing_field_names_file_and_principle_index(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(
-        "principles:\n  - {name: a, critique: c, revision: r, preference: p}\n  - {name: b, critique: c, preference: p}\n"
+        "principles:\n"
+        "  - {name: a, critique: c, revision: r, preference: p}\n"
+        "  - {name: b, critique: c, preference: p}\n"
     )
     with pytest.raises(UserError) as error:
         load_constitution(path)
@@ -83,15 +84,10 @@ def test_empty_final_revision_falls_back_to_last_non_empty_text():
     assert chains[0]["final"] == "rev1"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny")))
-
-
-def test_command_writes_demonstrations_for_sft(tiny, tmp_path):
+def test_command_writes_demonstrations_for_sft_and_refuses_to_overwrite_them(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     sets = [
-        f"model.name={tiny}",
+        f"model.name={tiny_model_dir}",
         "model.dtype=float32",
         "data.limit=5",
         "critique.batch_size=2",
@@ -109,14 +105,21 @@ def test_command_writes_demonstrations_for_sft(tiny, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["demonstrations"] == len(demonstrations) and summary["prompts"] == 5
     assert (out / "config.yaml").is_file() and (out / "constitution.png").is_file()
+    # a rerun into the same directory is refused in one line, like generate and label; the result is kept
+    written = (out / "demonstrations.jsonl").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["constitution", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{out} already holds a finished constitution run" in error
+    assert (out / "demonstrations.jsonl").stat().st_mtime_ns == written
 
 
-def test_bad_constitution_exits_2_and_writes_nothing(tiny, tmp_path, capsys):
+def test_bad_constitution_exits_2_and_writes_nothing(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("principles:\n  - {name: a, critique: c, revision: r}\n")
     out = tmp_path / "run"
     code = main(
-        ["constitution", "--out", str(out), "--set", f"model.name={tiny}", "--set", f"critique.constitution={bad}"]
+        ["constitution", "--out", str(out), "--set", f"model.name={tiny_model_dir}", f"critique.constitution={bad}"]
     )
     assert code == 2
     assert f"{bad}: principle 0" in capsys.readouterr().err

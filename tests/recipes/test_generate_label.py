@@ -7,15 +7,10 @@ import random
 import pytest
 
 from rlhfkit.cli import main
+from rlhfkit.config import RewardConfig
 from rlhfkit.data.records import load_records
-from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.recipes.generate import candidates_record
-from rlhfkit.recipes.label import label_record, noisy_order, prefer_first
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+from rlhfkit.recipes.label import LabelConfig, LabelDataConfig, label, label_record, noisy_order, prefer_first
 
 
 def write_jsonl(path, rows):
@@ -23,7 +18,7 @@ def write_jsonl(path, rows):
     return path
 
 
-def test_generate_writes_k_responses_per_prompt_keeping_the_prompt_record(tiny, tmp_path):
+def test_generate_writes_k_responses_per_prompt_keeping_the_prompt_record(tiny_model_dir, tmp_path):
     prompts = write_jsonl(
         tmp_path / "prompts.jsonl",
         [
@@ -36,7 +31,7 @@ def test_generate_writes_k_responses_per_prompt_keeping_the_prompt_record(tiny, 
     args = [
         "generate",
         "--set",
-        f"model.name={tiny}",
+        f"model.name={tiny_model_dir}",
         f"data.prompts={prompts}",
         "num_responses=3",
         "batch_size=2",
@@ -183,3 +178,18 @@ def test_label_bad_input_exits_2_without_output(tmp_path, judge_module, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # the rest is the progress bar
     assert len(errors) == 1 and "produced no comparisons (1 tied" in errors[0]
     assert not out.exists()
+
+
+def test_label_api_returns_its_file_and_a_finished_run_is_never_overwritten(tmp_path, judge_module, capsys):
+    candidates = write_jsonl(tmp_path / "candidates.jsonl", CANDIDATES)
+    out = tmp_path / "labels"
+    reward = RewardConfig(kind="function", function=judge_module)
+    path = label(LabelConfig(data=LabelDataConfig(train=str(candidates)), reward=reward, out=str(out)))
+    assert path == out / "comparisons.jsonl" and len(load_records(path, "comparisons")) == 3
+    summary = (out / "summary.json").read_text()
+    # another format into the same directory would overwrite its summary.json and config.yaml: refused
+    rerun = ["label", "--judge", "function", "--format", "rankings", "--set", f"reward.function={judge_module}"]
+    capsys.readouterr()
+    assert main([*rerun, f"data.train={candidates}", f"out={out}"]) == 2
+    assert f"{out} already holds a finished label run" in capsys.readouterr().err
+    assert not (out / "rankings.jsonl").exists() and (out / "summary.json").read_text() == summary

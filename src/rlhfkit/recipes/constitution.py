@@ -22,16 +22,19 @@ response, critique and revision with its principle), `config.yaml`,
 `metrics.jsonl` (one line per batch) and its plot `constitution.png`,
 `summary.json`. The two JSONL files
 appear only when the run completes (written under temporary names, then
-renamed). There is no `--resume`: a run has no trained state to continue.
+renamed). There is no `--resume`: a run has no trained state to continue, and
+a directory that holds a finished run is refused, as by `generate` and `label`.
+
+The RL stage of Constitutional AI, a judge model labelling pairs of responses,
+is `rlhfkit label --judge ai` (recipes/label.py, rewards/ai_judge.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
+import json
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,15 +48,7 @@ from rlhfkit.data.records import Record, format_prompt, load_records, prompt_mes
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.recipes.generate import output_directory
-from rlhfkit.recipes.label import distinct_responses
-from rlhfkit.rewards.ai_judge import (
-    JudgeConfig,
-    Principle,
-    ai_comparisons,
-    constitution_path,
-    load_constitution,
-    option_token_ids,
-)
+from rlhfkit.rewards.ai_judge import Principle, constitution_path, load_constitution
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic, write_jsonl_atomic
 
@@ -92,7 +87,7 @@ class ConstitutionConfig:
     critique: CritiqueConfig = field(factory=CritiqueConfig, doc="the constitution and the rounds")
     generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of responses, critiques and revisions")
     seed: int = field(0, "seed for sampling and for the choice of principles")
-    out: str = field("runs/constitution", "output directory")
+    out: str = field("", "output directory (default runs/constitution-<time>)")
 
 
 # ---------------------------------------------------------------------------
@@ -163,6 +158,69 @@ def demonstration(record: Record, final: str) -> Record:
     return {"messages": [*prompt_messages(record), {"role": "assistant", "content": final}]}
 
 
+def chain_metrics(chains: list[dict[str, Any]]) -> dict[str, float]:
+    """A batch's response and final lengths in words, and the share of prompts whose text the rounds changed."""
+    return {
+        "constitution/response_words": sum(len(c["response"].split()) for c in chains) / len(chains),
+        "constitution/final_words": sum(len(c["final"].split()) for c in chains) / len(chains),
+        "constitution/changed_fraction": sum(c["final"] != c["response"] for c in chains) / len(chains),
+    }
+
+
+def revise_all(
+    config: ConstitutionConfig, records: list[Record], principles: list[Principle], out: Path
+) -> list[dict[str, Any]]:
+    """Chains for every record, `critique.batch_size` prompts at a time, with one metrics line per batch."""
+    tokenizer = load_tokenizer(config.model.name)
+    model = load_causal_lm(config.model.name, tokenizer).eval()
+
+    def generate(texts: list[str]) -> list[str]:
+        return decode_responses(tokenizer, sample(model, tokenizer, texts, config.generation, config.model.dtype))
+
+    def format_messages(messages: list[dict[str, str]]) -> str:
+        return format_prompt(tokenizer, {"messages": messages})
+
+    batch_size = config.critique.batch_size
+    batches = [records[start : start + batch_size] for start in range(0, len(records), batch_size)]
+    tracker = Tracker(out, len(batches), "constitution: critique and revise")
+    rng = random.Random(config.seed)
+    chains: list[dict[str, Any]] = []
+    with torch.no_grad():
+        for step, batch in enumerate(batches, start=1):
+            new = critique_and_revise(batch, principles, config.critique.revisions, generate, format_messages, rng)
+            tracker.log(step, chain_metrics(new))
+            chains += new
+    tracker.close()
+    return chains
+
+
+def constitution(config: ConstitutionConfig) -> Path:
+    """The Python API of `rlhfkit constitution`: writes config.out and returns its demonstrations.jsonl."""
+    out = output_directory(config.out, "constitution")  # 1. validate everything before any heavy work or output
+    principles = load_constitution(constitution_path(config.critique.constitution))
+    records = load_records(config.data.prompts, "prompts", limit=config.data.limit or None)
+    seed_everything(config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    chains = revise_all(config, records, principles, out)
+    plot_metrics(out / "metrics.jsonl", list(chain_metrics(chains)), out / "constitution.png")
+    demonstrations = [demonstration(r, c["final"]) for r, c in zip(records, chains) if c["final"].strip()]
+    path = out / "demonstrations.jsonl"
+    write_jsonl_atomic(out / "chains.jsonl", chains)
+    write_jsonl_atomic(path, demonstrations)
+    summary = {
+        "prompts": len(records),
+        "demonstrations": len(demonstrations),
+        "left_out_empty": len(records) - len(demonstrations),
+        "revisions": config.critique.revisions,
+        "principles": [p.name for p in principles],
+        "changed_fraction": sum(c["final"] != c["response"] for c in chains) / max(1, len(chains)),
+        "demonstrations_file": str(path),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    return path
+
+
 # ---------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------
@@ -173,145 +231,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(ConstitutionConfig, args)
-    # 1. validate everything before any heavy work or any output
-    principles = load_constitution(constitution_path(config.critique.constitution))
-    records = load_records(config.data.prompts, "prompts", limit=config.data.limit or None)
-
-    seed_everything(config.seed)
-    tokenizer = load_tokenizer(config.model.name)
-    model = load_causal_lm(config.model.name, tokenizer).eval()
-
-    def generate(texts: list[str]) -> list[str]:
-        return decode_responses(tokenizer, sample(model, tokenizer, texts, config.generation, config.model.dtype))
-
-    def format_messages(messages: list[dict[str, str]]) -> str:
-        return format_prompt(tokenizer, {"messages": messages})
-
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-    batch_size = config.critique.batch_size
-    batches = [records[start : start + batch_size] for start in range(0, len(records), batch_size)]
-    tracker = Tracker(out, len(batches), "constitution: critique and revise")
-    rng = random.Random(config.seed)
-    chains: list[dict[str, Any]] = []
-    with torch.no_grad():
-        for step, batch in enumerate(batches, start=1):
-            new = critique_and_revise(batch, principles, config.critique.revisions, generate, format_messages, rng)
-            chains += new
-            tracker.log(
-                step,
-                {
-                    "constitution/response_words": sum(len(c["response"].split()) for c in new) / len(new),
-                    "constitution/final_words": sum(len(c["final"].split()) for c in new) / len(new),
-                    "constitution/changed_fraction": sum(c["final"] != c["response"] for c in new) / len(new),
-                },
-            )
-    tracker.close()
-    plot_metrics(
-        out / "metrics.jsonl",
-        ["constitution/response_words", "constitution/final_words", "constitution/changed_fraction"],
-        out / "constitution.png",
-    )
-    demonstrations = [demonstration(r, c["final"]) for r, c in zip(records, chains) if c["final"].strip()]
-    write_jsonl_atomic(out / "chains.jsonl", chains)
-    write_jsonl_atomic(out / "demonstrations.jsonl", demonstrations)
-    summary = {
-        "prompts": len(records),
-        "demonstrations": len(demonstrations),
-        "left_out_empty": len(records) - len(demonstrations),
-        "revisions": config.critique.revisions,
-        "principles": [p.name for p in principles],
-        "changed_fraction": sum(c["final"] != c["response"] for c in chains) / max(1, len(chains)),
-        "demonstrations_file": str(out / "demonstrations.jsonl"),
-    }
-    write_json_atomic(out / "summary.json", summary)
-    print(
-        f"rlhfkit constitution: {len(demonstrations)} demonstrations in {out / 'demonstrations.jsonl'}; next: rlhfkit sft --set data.train={out / 'demonstrations.jsonl'}"
-    )
-    return 0
-
-
-# ---------------------------------------------------------------------------
-# The RL stage's labels: `rlhfkit label --judge ai` (recipes/label.py dispatches here)
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class AILabelDataConfig:
-    train: str = field(
-        "", 'candidates: prompt + "responses" (e.g. OUT/candidates.jsonl of `rlhfkit generate`); required'
-    )
-
-
-@dataclasses.dataclass
-class AILabelConfig:
-    data: AILabelDataConfig = field(factory=AILabelDataConfig, doc="data")
-    model: ModelConfig = field(
-        factory=ModelConfig,
-        doc="the policy: the judge unless judge.model names another (model.dtype is the judge's precision)",
-    )
-    judge: JudgeConfig = field(factory=JudgeConfig, doc="the AI judge")
-    seed: int = field(0, "seed for the choice of principles")
-    out: str = field("", "output directory (default runs/label-<time>)")
-
-
-def run_ai_labels(args: argparse.Namespace) -> int:
-    """Comparisons of every pair of distinct candidate responses, soft-labelled by the AI judge."""
-
-    if getattr(args, "format", None) not in (None, "comparisons"):
-        raise UserError(f"--judge ai writes comparisons (with soft labels), not {args.format}")
-    config = config_from_args(AILabelConfig, args)
-    if not config.data.train:
-        raise UserError(
-            'data.train is required: a candidates file (prompt + "responses"), e.g. OUT/candidates.jsonl of `rlhfkit generate`'
-        )
-    out = output_directory(config.out, "label", "comparisons.jsonl")
-    principles = load_constitution(constitution_path(config.judge.constitution))
-    records = [distinct_responses(r) for r in load_records(config.data.train, "candidates")]
-    pairs = [
-        (r, r["responses"][a], r["responses"][b])
-        for r in records
-        for a, b in itertools.combinations(range(len(r["responses"])), 2)
-    ]
-    if not pairs:
-        raise UserError(f"{config.data.train}: no prompt has two distinct responses to compare")
-    judge_name = config.judge.model or config.model.name
-    tokenizer = load_tokenizer(judge_name)
-    option_token_ids(tokenizer, config.judge.labels)  # fail on unusable labels before the model loads
-    model = load_causal_lm(judge_name, tokenizer).eval()
-    started = time.time()
-    comparisons = ai_comparisons(
-        model,
-        tokenizer,
-        [p[0] for p in pairs],
-        [p[1] for p in pairs],
-        [p[2] for p in pairs],
-        principles,
-        config.judge,
-        config.model.dtype,
-        random.Random(config.seed),
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-    path = out / "comparisons.jsonl"
-    write_jsonl_atomic(path, comparisons)
-    shown_first = [c["meta"]["p_first_shown_first"] for c in comparisons]
-    shown_second = [c["meta"]["p_first_shown_second"] for c in comparisons]
-    summary = {
-        "judge": "ai",
-        "judge_model": judge_name,
-        "candidates": len(records),
-        "records": len(comparisons),
-        "label_mean": sum(c["label"] for c in comparisons) / len(comparisons),
-        # position bias: how often the option shown first wins; 0.5 for an unbiased judge
-        "first_shown_wins": (sum(p >= 0.5 for p in shown_first) + sum(p < 0.5 for p in shown_second))
-        / (2 * len(comparisons)),
-        "orders_agree": sum((a >= 0.5) == (b >= 0.5) for a, b in zip(shown_first, shown_second)) / len(comparisons),
-        "wall_s": time.time() - started,
-        "output": str(path),
-    }
-    write_json_atomic(out / "summary.json", summary)
-    print(f"rlhfkit label: {len(comparisons)} comparisons soft-labelled by the AI judge {judge_name} in {path}")
+    path = constitution(config_from_args(ConstitutionConfig, args))
+    count = json.loads((path.parent / "summary.json").read_text())["demonstrations"]
+    print(f"rlhfkit constitution: {count} demonstrations in {path}; next: rlhfkit sft --set data.train={path}")
     return 0

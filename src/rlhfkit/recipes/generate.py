@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from rlhfkit.data import format_prompt, load_records
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.rollout.generation import decode_responses, sample
+from rlhfkit.runtime import RunDirectory
 from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
 
@@ -81,21 +83,21 @@ def generate_candidates(
     return answers
 
 
-def output_directory(out: str, command: str, filename: str) -> Path:
-    """The output directory (default runs/<command>-<time>), refusing to overwrite an earlier result."""
-    directory = Path(out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (directory / filename).exists():
-        raise UserError(f"{directory / filename} already exists; choose another --out")
-    return directory
+def output_directory(out: str, command: str) -> Path:
+    """Where `generate`, `label` and `constitution` write: `out`, or runs/<command>-<time> as for every command.
+
+    These commands have nothing to resume, so a directory that holds a finished run (its
+    summary.json, written last) is refused rather than overwritten.
+    """
+    path = RunDirectory.resolve(out, command, resume=False).path
+    if (path / "summary.json").exists():
+        raise UserError(f"{path} already holds a finished {command} run; choose another --out")
+    return path
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, GenerateConfig, resume=False)
-
-
-def run(args: argparse.Namespace) -> int:
-    config = config_from_args(GenerateConfig, args)
-    out = output_directory(config.out, "generate", "candidates.jsonl")
+def generate(config: GenerateConfig) -> Path:
+    """The Python API of `rlhfkit generate`: writes config.out and returns its candidates.jsonl."""
+    out = output_directory(config.out, "generate")
     records = load_records(config.data.prompts, "prompts", limit=config.data.limit or None)
     tokenizer = load_tokenizer(config.model.name)
     model = load_causal_lm(config.model.name, tokenizer).eval()
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     kept = [c for c in candidates if c["responses"]]
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    write_jsonl_atomic(out / "candidates.jsonl", kept)
+    path = out / "candidates.jsonl"
+    write_jsonl_atomic(path, kept)
     summary = {
         "prompts": len(records),
         "records": len(kept),
@@ -114,10 +117,18 @@ def run(args: argparse.Namespace) -> int:
         "empty_responses_dropped": sum(len(a) for a in answers) - sum(len(c["responses"]) for c in candidates),
         "prompts_dropped": len(candidates) - len(kept),
         "wall_s": time.time() - started,
-        "candidates": str(out / "candidates.jsonl"),
+        "candidates": str(path),
     }
     write_json_atomic(out / "summary.json", summary)
-    print(
-        f"rlhfkit generate: {summary['responses']} responses to {summary['records']} prompts in {summary['candidates']}"
-    )
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, GenerateConfig, resume=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = generate(config_from_args(GenerateConfig, args))
+    summary = json.loads((path.parent / "summary.json").read_text())
+    print(f"rlhfkit generate: {summary['responses']} responses to {summary['records']} prompts in {path}")
     return 0

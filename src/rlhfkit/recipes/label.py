@@ -10,6 +10,10 @@
                over s / T, drawn with Gumbel noise), which is the same law for K = 2
     4 write    OUT/comparisons.jsonl | rankings.jsonl | choices.jsonl and summary.json
 
+`--judge ai` (the RL stage of Constitutional AI, "RLAIF") compares every pair of distinct
+responses with a judge model instead (rewards/ai_judge.py): comparisons with soft labels
+P(chosen ≻ rejected), under the keys model.*, judge.* of `AILabelConfig`.
+
 Without noise, a pair the judge scores exactly equal says nothing and is skipped (for rankings
 and choices, a record whose order or best is tied); the summary counts them. Duplicate
 responses of one prompt are merged first, since a record may not compare a text with itself.
@@ -20,15 +24,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import math
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from rlhfkit.config import (
     REWARD_KINDS,
+    ModelConfig,
     RewardConfig,
     add_config_arguments,
     config_from_args,
@@ -38,9 +45,16 @@ from rlhfkit.config import (
 )
 from rlhfkit.data import load_records, prompt_text
 from rlhfkit.errors import UserError
-from rlhfkit.recipes.constitution import run_ai_labels
 from rlhfkit.recipes.generate import output_directory
 from rlhfkit.rewards import build_reward, checked_scores, validate_records_for_reward
+from rlhfkit.rewards.ai_judge import (
+    JudgeConfig,
+    ai_comparisons,
+    constitution_path,
+    load_constitution,
+    load_judge,
+    position_bias,
+)
 from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
 FORMATS = ("comparisons", "rankings", "choices")
@@ -80,6 +94,20 @@ class LabelConfig:
         self.dtype = resolve_precision(self.dtype, "dtype")
 
 
+@dataclasses.dataclass
+class AILabelConfig:
+    """The keys of `rlhfkit label --judge ai`: a judge model instead of a reward source."""
+
+    data: LabelDataConfig = field(factory=LabelDataConfig, doc="data")
+    model: ModelConfig = field(
+        factory=ModelConfig,
+        doc="the policy: the judge unless judge.model names another (model.dtype is the judge's precision)",
+    )
+    judge: JudgeConfig = field(factory=JudgeConfig, doc="the AI judge")
+    seed: int = field(0, "seed for the choice of principles")
+    out: str = field("", "output directory (default runs/label-<time>)")
+
+
 # ---------------------------------------------------------------------------
 # Labelling: scores -> preferences (pure, given an RNG)
 # ---------------------------------------------------------------------------
@@ -110,34 +138,35 @@ def prompt_fields(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key not in ("responses", "best")}
 
 
+def compare_pairs(
+    record: dict[str, Any], scores: list[float], temperature: float, judge: str, rng: random.Random
+) -> tuple[list[dict[str, Any]], int]:
+    """A comparison for every pair of the record's responses that the judge separates; and the ties skipped."""
+    responses, base = record["responses"], prompt_fields(record)
+    labelled, ties = [], 0
+    for a, b in itertools.combinations(range(len(responses)), 2):
+        first = prefer_first(scores[a], scores[b], temperature, rng)
+        if first is None:
+            ties += 1
+            continue
+        winner, loser = (a, b) if first else (b, a)
+        meta = {"judge": judge, "scores": [scores[winner], scores[loser]]}
+        labelled.append({**base, "chosen": responses[winner], "rejected": responses[loser], "meta": meta})
+    return labelled, ties
+
+
 def label_record(
     record: dict[str, Any], scores: list[float], fmt: str, temperature: float, judge: str, rng: random.Random
 ) -> tuple[list[dict[str, Any]], int]:
-    """Preference records from one candidates record (distinct responses) and the judge's scores; and the ties skipped."""
-    responses = record["responses"]
-    base = prompt_fields(record)
+    """Preference records from one candidates record (distinct responses) and the judge's scores; and ties skipped."""
     if fmt == "comparisons":
-        labelled, ties = [], 0
-        for a, b in itertools.combinations(range(len(responses)), 2):
-            first = prefer_first(scores[a], scores[b], temperature, rng)
-            if first is None:
-                ties += 1
-                continue
-            winner, loser = (a, b) if first else (b, a)
-            labelled.append(
-                {
-                    **base,
-                    "chosen": responses[winner],
-                    "rejected": responses[loser],
-                    "meta": {"judge": judge, "scores": [scores[winner], scores[loser]]},
-                }
-            )
-        return labelled, ties
+        return compare_pairs(record, scores, temperature, judge, rng)
     order = noisy_order(scores, temperature, rng)
     if order is None:
         return [], 1
-    meta = {"judge": judge, "scores": [scores[i] for i in order]}
+    responses, base = record["responses"], prompt_fields(record)
     if fmt == "rankings":
+        meta = {"judge": judge, "scores": [scores[i] for i in order]}
         return [{**base, "responses": [responses[i] for i in order], "meta": meta}], 0
     return [{**base, "responses": responses, "best": order[0], "meta": {"judge": judge, "scores": scores}}], 0
 
@@ -145,6 +174,107 @@ def label_record(
 def distinct_responses(record: dict[str, Any]) -> dict[str, Any]:
     """The record with duplicate responses merged (first occurrence kept)."""
     return {**record, "responses": list(dict.fromkeys(record["responses"]))}
+
+
+def load_candidates(source: str) -> list[dict[str, Any]]:
+    """The candidates records of data.train, each with its duplicate responses merged."""
+    if not source:
+        raise UserError(
+            'data.train is required: a candidates file (prompt + "responses"), '
+            "e.g. OUT/candidates.jsonl of `rlhfkit generate`"
+        )
+    return [distinct_responses(r) for r in load_records(source, "candidates")]
+
+
+def write_labels(out: Path, config: Any, fmt: str, records: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
+    """config.yaml, OUT/<fmt>.jsonl and summary.json (last: its presence means the run finished)."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    path = out / f"{fmt}.jsonl"
+    write_jsonl_atomic(path, records)
+    write_json_atomic(out / "summary.json", {**summary, "output": str(path)})
+    return path
+
+
+# ---------------------------------------------------------------------------
+# The labellers: a reward source as the judge, or a judge model (--judge ai)
+# ---------------------------------------------------------------------------
+
+
+def label(config: LabelConfig) -> Path:
+    """The Python API of `rlhfkit label --judge KIND`: writes config.out and returns the records file."""
+    out = output_directory(config.out, "label")
+    records = load_candidates(config.data.train)
+    validate_records_for_reward(config.reward, records, config.data.train)
+    judge = build_reward(config.reward, config.dtype)
+    started = time.time()
+    rng = random.Random(config.seed)
+    labelled: list[dict[str, Any]] = []
+    ties = too_few = 0
+    for record in tqdm(records, desc=f"label: {config.reward.kind} judge", unit="prompt"):
+        k = len(record["responses"])
+        if k < 2:
+            too_few += 1
+            continue
+        scores = checked_scores(judge, [prompt_text(record)] * k, record["responses"], [record] * k).tolist()
+        new, skipped = label_record(record, scores, config.format, config.noise.temperature, config.reward.kind, rng)
+        labelled += new
+        ties += skipped
+    if not labelled:
+        raise UserError(
+            f"{config.data.train}: the {config.reward.kind} judge produced no {config.format} "
+            f"({ties} tied, {too_few} prompts with fewer than 2 distinct responses)"
+        )
+    summary = {
+        "judge": config.reward.kind,
+        "format": config.format,
+        "noise_temperature": config.noise.temperature,
+        "candidates": len(records),
+        "records": len(labelled),
+        "ties_skipped": ties,
+        "prompts_with_fewer_than_2_distinct_responses": too_few,
+        "wall_s": time.time() - started,
+    }
+    return write_labels(out, config, config.format, labelled, summary)
+
+
+def label_with_ai(config: AILabelConfig) -> Path:
+    """The Python API of `rlhfkit label --judge ai`: every pair of distinct responses, soft-labelled by the judge."""
+    out = output_directory(config.out, "label")
+    principles = load_constitution(constitution_path(config.judge.constitution))
+    records = load_candidates(config.data.train)
+    pairs = [
+        (r, r["responses"][a], r["responses"][b])
+        for r in records
+        for a, b in itertools.combinations(range(len(r["responses"])), 2)
+    ]
+    if not pairs:
+        raise UserError(f"{config.data.train}: no prompt has two distinct responses to compare")
+    judge_name = config.judge.model or config.model.name
+    model, tokenizer = load_judge(judge_name, config.judge.labels)
+    started = time.time()
+    sources, firsts, seconds = (list(column) for column in zip(*pairs))
+    comparisons = ai_comparisons(
+        model,
+        tokenizer,
+        sources,
+        firsts,
+        seconds,
+        principles,
+        config.judge,
+        config.model.dtype,
+        random.Random(config.seed),
+    )
+    summary = {
+        "judge": "ai",
+        "judge_model": judge_name,
+        "candidates": len(records),
+        "records": len(comparisons),
+        "label_mean": sum(c["label"] for c in comparisons) / len(comparisons),
+        **position_bias(comparisons),
+        "wall_s": time.time() - started,
+    }
+    return write_labels(out, config, "comparisons", comparisons, summary)
 
 
 # ---------------------------------------------------------------------------
@@ -157,62 +287,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--judge",
         choices=(*REWARD_KINDS, "ai"),
-        help="the judge's kind (same as --set reward.kind=KIND); ai: a judge model's soft labels (keys: see docs/dpo-and-ai-feedback.md)",
+        help="the judge's kind (same as --set reward.kind=KIND); "
+        "ai: a judge model's soft labels (keys: see docs/dpo-and-ai-feedback.md)",
     )
     parser.add_argument("--format", choices=FORMATS, help="records to write (same as --set format=...)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.judge == "ai":  # Constitutional AI's RL stage has its own keys (model.*, judge.*)
-        return run_ai_labels(args)
-
-    args.set = [
-        *([f"reward.kind={args.judge}"] if args.judge else []),
-        *([f"format={args.format}"] if args.format else []),
-        *args.set,
-    ]
-    config = config_from_args(LabelConfig, args)
-    if not config.data.train:
-        raise UserError(
-            'data.train is required: a candidates file (prompt + "responses"), e.g. OUT/candidates.jsonl of `rlhfkit generate`'
-        )
-    out = output_directory(config.out, "label", f"{config.format}.jsonl")
-    records = [distinct_responses(r) for r in load_records(config.data.train, "candidates")]
-    validate_records_for_reward(config.reward, records, config.data.train)
-    judge = build_reward(config.reward, config.dtype)
-    started = time.time()
-    rng = random.Random(config.seed)
-    labelled: list[dict[str, Any]] = []
-    ties = too_few = 0
-
-    for record in tqdm(records, desc=f"label: {config.reward.kind} judge", unit="prompt"):
-        if len(record["responses"]) < 2:
-            too_few += 1
-            continue
-        k = len(record["responses"])
-        scores = checked_scores(judge, [prompt_text(record)] * k, record["responses"], [record] * k).tolist()
-        new, skipped = label_record(record, scores, config.format, config.noise.temperature, config.reward.kind, rng)
-        labelled += new
-        ties += skipped
-    if not labelled:
-        raise UserError(
-            f"{config.data.train}: the {config.reward.kind} judge produced no {config.format} ({ties} tied, {too_few} prompts with fewer than 2 distinct responses)"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-    path = out / f"{config.format}.jsonl"
-    write_jsonl_atomic(path, labelled)
-    summary = {
-        "judge": config.reward.kind,
-        "format": config.format,
-        "noise_temperature": config.noise.temperature,
-        "candidates": len(records),
-        "records": len(labelled),
-        "ties_skipped": ties,
-        "prompts_with_fewer_than_2_distinct_responses": too_few,
-        "wall_s": time.time() - started,
-        "output": str(path),
-    }
-    write_json_atomic(out / "summary.json", summary)
-    print(f"rlhfkit label: {len(labelled)} {config.format} from {len(records)} prompts ({ties} ties skipped) in {path}")
+        if args.format not in (None, "comparisons"):
+            raise UserError(f"--judge ai writes comparisons (with soft labels), not {args.format}")
+        path = label_with_ai(config_from_args(AILabelConfig, args))
+    else:
+        args.set = [
+            *([f"reward.kind={args.judge}"] if args.judge else []),
+            *([f"format={args.format}"] if args.format else []),
+            *args.set,
+        ]
+        path = label(config_from_args(LabelConfig, args))
+    summary = json.loads((path.parent / "summary.json").read_text())
+    print(
+        f"rlhfkit label: {summary['records']} {path.stem} from {summary['candidates']} prompts "
+        f"by the {summary['judge']} judge in {path}"
+    )
     return 0

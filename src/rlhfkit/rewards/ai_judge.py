@@ -37,7 +37,7 @@ from rlhfkit.config import field
 from rlhfkit.data.records import Record, format_prompt, prompt_text
 from rlhfkit.errors import UserError
 from rlhfkit.models.heads import position_ids_from_mask
-from rlhfkit.models.loading import autocast
+from rlhfkit.models.loading import autocast, load_causal_lm, load_tokenizer
 
 PRINCIPLE_FIELDS = ("name", "critique", "revision", "preference")
 ANSWER_PREFIX = "Answer: ("
@@ -54,7 +54,10 @@ class Principle:
 
 
 def load_constitution(path: str | Path) -> list[Principle]:
-    """Read a constitution YAML (`principles: [{name, critique, revision, preference}, ...]`); UserError names file and index."""
+    """Read a constitution YAML: `principles: [{name, critique, revision, preference}, ...]`.
+
+    A UserError names the file and the principle's index.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"constitution file {path} does not exist")
@@ -69,7 +72,8 @@ def load_constitution(path: str | Path) -> list[Principle]:
     items = loaded.get("principles") if isinstance(loaded, dict) else None
     if not isinstance(items, list) or not items:
         raise UserError(
-            f"constitution file {path}: expected a mapping with a non-empty list 'principles', got {type(loaded).__name__}"
+            f"constitution file {path}: expected a mapping with a non-empty list 'principles', "
+            f"got {type(loaded).__name__}"
         )
     principles = []
     for index, item in enumerate(items):
@@ -138,21 +142,33 @@ def choice_prompt(
 
 
 def option_token_ids(tokenizer: Any, labels: Sequence[str]) -> tuple[int, int]:
-    """The token id of each label as it follows '(' in the judge prompt; UserError unless each is one distinct known token."""
+    """The token id of each label as it follows '(' in the judge prompt.
+
+    A UserError unless each label is one known token, distinct from the other.
+    """
     prefix = tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids
     ids = []
     for label in labels:
         extended = tokenizer(ANSWER_PREFIX + label, add_special_tokens=False).input_ids
         if extended[: len(prefix)] != prefix or len(extended) != len(prefix) + 1:
             raise UserError(
-                f"judge.labels: {label!r} is not a single token after {ANSWER_PREFIX!r} for this judge's tokenizer; choose labels that are"
+                f"judge.labels: {label!r} is not a single token after {ANSWER_PREFIX!r} for this judge's tokenizer; "
+                "choose labels that are"
             )
         ids.append(extended[-1])
     if ids[0] == ids[1] or tokenizer.unk_token_id in ids:
         raise UserError(
-            f"judge.labels {list(labels)}: the judge's tokenizer maps them to tokens {ids} (unknown or identical); choose labels in its vocabulary"
+            f"judge.labels {list(labels)}: the judge's tokenizer maps them to tokens {ids} (unknown or identical); "
+            "choose labels in its vocabulary"
         )
     return ids[0], ids[1]
+
+
+def load_judge(name: str, labels: Sequence[str]) -> tuple[Any, Any]:
+    """(model, tokenizer) of the judge, in eval mode; unusable labels fail before the model loads."""
+    tokenizer = load_tokenizer(name)
+    option_token_ids(tokenizer, labels)
+    return load_causal_lm(name, tokenizer).eval(), tokenizer
 
 
 @torch.no_grad()
@@ -270,3 +286,16 @@ def ai_comparisons(
             }
         )
     return comparisons
+
+
+def position_bias(comparisons: list[Record]) -> dict[str, float]:
+    """How much the judge's verdicts depend on the order the responses are shown in.
+
+    `first_shown_wins`: how often the option shown first wins (0.5 for an unbiased judge);
+    `orders_agree`: how often both orders pick the same response (1 for an order-blind judge).
+    """
+    shown_first = [c["meta"]["p_first_shown_first"] for c in comparisons]
+    shown_second = [c["meta"]["p_first_shown_second"] for c in comparisons]
+    first_wins = sum(p >= 0.5 for p in shown_first) + sum(p < 0.5 for p in shown_second)
+    agree = sum((a >= 0.5) == (b >= 0.5) for a, b in zip(shown_first, shown_second))
+    return {"first_shown_wins": first_wins / (2 * len(comparisons)), "orders_agree": agree / len(comparisons)}
