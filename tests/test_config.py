@@ -28,3 +28,34 @@ def test_auto_is_saved_resolved_and_a_bad_precision_is_refused(tmp_path):
     assert f"dtype: {fastest_precision()}" in (tmp_path / "config.yaml").read_text()
     with pytest.raises(UserError, match="model.dtype must be auto, float32 or bfloat16, got 'fp16'"):
         load_config(PPOConfig, overrides=["model.dtype=fp16"])
+
+
+def test_a_typo_gets_the_closest_key_even_in_another_section():
+    from rlhfkit.recipes.sft import SFTConfig
+
+    with pytest.raises(UserError, match=r"'lora.enabled'; did you mean 'model.lora.enabled'\?"):
+        load_config(SFTConfig, overrides=["lora.enabled=true"])
+    with pytest.raises(UserError, match=r"'trian.steps'; did you mean 'train.steps'\?"):
+        load_config(SFTConfig, overrides=["trian.steps=3"])
+    with pytest.raises(UserError, match=r"'train.stepz'; did you mean 'train.steps'\?"):
+        load_config(SFTConfig, overrides=["train.stepz=3"])
+
+
+def test_a_section_given_as_a_scalar_is_refused_even_with_a_set_under_it(tmp_path):
+    from rlhfkit.recipes.sft import SFTConfig
+
+    path = tmp_path / "config.yaml"
+    path.write_text("train: 5\n")
+    with pytest.raises(UserError, match="'train' is a section; expected a mapping, got 5"):
+        load_config(SFTConfig, path, overrides=["train.steps=3"])
+    with pytest.raises(UserError, match="'train' is a section"):
+        load_config(SFTConfig, path)
+
+
+def test_help_prints_the_defaults_a_run_really_uses(capsys):
+    from rlhfkit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["sft", "--help"])
+    text = capsys.readouterr().out
+    assert "optim.learning_rate = 2e-05" in text  # SFT's own optimiser default, not OptimConfig's 1e-05

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 import torch
 import yaml
 
-from rlhfkit.errors import UserError
+from rlhfkit.errors import UserError, read_text
 
 T = TypeVar("T")
 
@@ -53,7 +54,8 @@ class LoRAConfig:
     )
     top_layers: int = field(
         0,
-        "adapt only the last N transformer layers (0: all); backward stops below them, and PPO updates start from the frozen layers' output",
+        "adapt only the last N transformer layers (0: all); backward stops below them, "
+        "and PPO updates start from the frozen layers' output",
     )
 
     def __post_init__(self) -> None:
@@ -95,7 +97,8 @@ class ModelConfig:
     name: str = field(EMBEDDED_MODEL, "embedded:smollm2-135m-instruct, a local directory, a hub id or a .gguf path")
     dtype: str = field(
         "auto",
-        "compute precision of forward passes: auto (bfloat16 where the GPU or CPU has native bf16, else float32), float32, or bfloat16 (autocast over fp32 weights; log-probs and losses stay fp32)",
+        "compute precision of forward passes: auto (bfloat16 where the GPU or CPU has native bf16, else float32), "
+        "float32, or bfloat16 (autocast over fp32 weights; log-probs and losses stay fp32)",
     )
     lora: LoRAConfig = field(factory=LoRAConfig, doc="LoRA adapters")
 
@@ -152,13 +155,13 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, root: type) -> Any:
     """Check `value` against the annotation `tp`, converting ints to floats where a float is wanted."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"config key {key!r} is a section; expected a mapping, got {value!r}")
-        return _build(tp, value, key + ".")
+        return _build(tp, value, key + ".", root)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -167,7 +170,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return _coerce(value, arg, key, root)
             except UserError:
                 pass
         raise UserError(f"config key {key!r}: {value!r} is not one of {', '.join(_type_name(a) for a in args)}")
@@ -177,7 +180,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise UserError(f"config key {key!r}: expected a list, got {value!r}")
-        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, item_type, f"{key}[{i}]", root) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"config key {key!r}: expected a mapping, got {value!r}")
@@ -206,15 +209,47 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+def _build(cls: type[T], values: dict[str, Any], prefix: str = "", root: type | None = None) -> T:
+    """`cls` from `values`, checked; `root` is the command's config class (for key suggestions)."""
+    root = root or cls
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        known = ", ".join(prefix + name for name in fields)
-        raise UserError(f"unknown config key {prefix + unknown[0]!r}; known keys here: {known}")
-    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
+        raise UserError(
+            unknown_key_message(_first_leaf(prefix + unknown[0], values[unknown[0]]), root, prefix, list(fields))
+        )
+    kwargs = {name: _coerce(value, hints[name], prefix + name, root) for name, value in values.items()}
     return cls(**kwargs)
+
+
+def _first_leaf(key: str, value: Any) -> str:
+    """`lora` given as {enabled: true} -> `lora.enabled`: the key as the user typed it."""
+    while isinstance(value, dict) and value:
+        name, value = next(iter(value.items()))
+        key = f"{key}.{name}"
+    return key
+
+
+def all_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a config class, sections included."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += all_keys(hints[f.name], prefix + f.name + ".")
+    return keys
+
+
+def unknown_key_message(key: str, root: type, prefix: str, siblings: list[str]) -> str:
+    """'unknown config key K; did you mean M?' — the closest key anywhere in the command's config, else the siblings."""
+    candidates = all_keys(root)
+    under_a_section = [k for k in candidates if k.endswith("." + key)]
+    close = under_a_section or difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if close:
+        return f"unknown config key {key!r}; did you mean {close[0]!r}?"
+    return f"unknown config key {key!r}; known keys here: {', '.join(prefix + name for name in siblings)}"
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -228,13 +263,18 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`update` over `base`, section by section; a section given as a scalar on one side is refused, not dropped."""
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
+        current = merged.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            merged[key] = _merge(current, value, prefix + key + ".")
+            continue
+        if isinstance(value, dict) != isinstance(current, dict) and current is not None:
+            section, scalar = (value, current) if isinstance(value, dict) else (current, value)
+            raise UserError(f"config key {prefix + key!r} is a section; expected a mapping, got {scalar!r}")
+        merged[key] = value
     return merged
 
 
@@ -253,15 +293,17 @@ def load_config(
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"config file {path} does not exist")
+            raise UserError(f"config file {path} {'is not a file' if path.exists() else 'does not exist'}")
+        text = read_text(path)  # UTF-8 (a byte-order mark is fine); other bytes name the line and offset
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            raise UserError(
-                f"config file {path}{where} is not valid YAML: {getattr(error, 'problem', error)}"
-            ) from None
+            mark, position = getattr(error, "problem_mark", None), getattr(error, "position", None)
+            line = mark.line + 1 if mark is not None else text.count("\n", 0, position) + 1 if position else None
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise UserError(f"config file {path}{f':{line}' if line else ''} is not valid YAML: {problem}") from None
+        except RecursionError:
+            raise UserError(f"config file {path} is nested too deeply to be a configuration") from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
         values = _merge(values, loaded)
@@ -283,23 +325,25 @@ def save_config(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def field_docs(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, default, doc) for every leaf field, for `--help`."""
+def field_docs(config: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, doc) for every leaf field of a default-built config instance, for `--help`.
+
+    Read from an instance, not the class, so a section built by a factory (SFT's optimiser with its
+    own learning rate) shows the value the command really starts from.
+    """
     rows: list[tuple[str, Any, str]] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += field_docs(tp, prefix + f.name + ".")
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        rows.append((prefix + f.name, default, f.metadata.get("doc", "")))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += field_docs(value, prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, value, f.metadata.get("doc", "")))
     return rows
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, resume: bool = True) -> None:
     """The options every training command shares: --config, --set, --out, --resume; keys listed in --help."""
-    keys = "\n".join(f"  {key} = {default!r}\n      {doc}" for key, default, doc in field_docs(cls))
+    keys = "\n".join(f"  {key} = {default!r}\n      {doc}" for key, default, doc in field_docs(cls()))
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "configuration keys (--set key=value):\n" + keys
     parser.add_argument("--config", help="a YAML file of configuration keys")
