@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean browser
+.PHONY: demo test lint install clean browser
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,9 +25,14 @@ demo: $(STAMP)
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+# The formatter and the linter (configured in pyproject.toml) gate the suite.
+lint: $(STAMP)
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+
 # One torch thread per process: the tests use tiny models, and on a shared 2-core machine two
 # OpenMP threads competing with other work ran generation up to 16x slower than one.
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 clean:
