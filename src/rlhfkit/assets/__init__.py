@@ -11,3 +11,5 @@ CONSTITUTION = (
 DEMONSTRATIONS = (
     ASSETS / "demonstrations.jsonl"
 )  # short, friendly prompt + response pairs: the default data.train of `rlhfkit sft`
+# 200 small arithmetic and word problems, each with its answer as "reference": prompts for reward.kind=verifiable
+ARITHMETIC = ASSETS / "arithmetic.jsonl"
