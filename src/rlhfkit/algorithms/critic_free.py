@@ -67,7 +67,7 @@ def grpo_advantages(scores: Tensor, group_size: int, scale_by_std: bool = True, 
 
 
 def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
-    """REINFORCE leave-one-out (Ahmadian et al. 2024, "Back to basics", eq. 6), one per response.
+    """REINFORCE leave-one-out (Ahmadian et al. 2024, "Back to basics"; Kool et al. 2019), one per response.
 
         A_i = r_i - 1/(K-1) sum_{j != i} r_j = K/(K-1) (r_i - mean(r_1..r_K))
 
