@@ -18,7 +18,6 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 import yaml
 
 from rlhfkit.errors import UserError, read_text
@@ -68,28 +67,12 @@ class LoRAConfig:
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
-def fastest_precision() -> str:
-    """bfloat16 where the hardware computes it natively, float32 elsewhere.
-
-    Native: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX (MEASURED.md: bf16 autocast
-    forward passes 1.75x faster than fp32 on such a Zen 4). Without them bf16 matmuls fall back to
-    slow kernels: on this project's AVX2-only VM 1-17 GFLOP/s against ~100 in fp32, and PPO 14-25x
-    slower (benchmarks/RESULTS.md).
-    """
-
-    if torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    native = [
-        getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    ]
-    return "bfloat16" if any(check() for check in native) else "float32"
-
-
-def resolve_precision(value: str, key: str) -> str:
-    """`auto` -> what `fastest_precision` finds; float32 and bfloat16 as given; anything else refused."""
+def check_precision(value: str, key: str) -> str:
+    """auto, float32 or bfloat16; anything else refused. `auto` is resolved by measurement once the model
+    has loaded (`rlhfkit.runtime.precision`), and config.yaml records the resolved value."""
     if value not in PRECISIONS:
         raise UserError(f"{key} must be auto, float32 or bfloat16, got {value!r}")
-    return fastest_precision() if value == "auto" else value
+    return value
 
 
 @dataclasses.dataclass
@@ -97,13 +80,13 @@ class ModelConfig:
     name: str = field(EMBEDDED_MODEL, "embedded:smollm2-135m-instruct, a local directory, a hub id or a .gguf path")
     dtype: str = field(
         "auto",
-        "compute precision of forward passes: auto (bfloat16 where the GPU or CPU has native bf16, else float32), "
-        "float32, or bfloat16 (autocast over fp32 weights; log-probs and losses stay fp32)",
+        "compute precision of forward passes: auto (the faster of the two, measured on this machine for this model "
+        "and cached), float32, or bfloat16 (autocast over fp32 weights; log-probs and losses stay fp32)",
     )
     lora: LoRAConfig = field(factory=LoRAConfig, doc="LoRA adapters")
 
     def __post_init__(self) -> None:
-        self.dtype = resolve_precision(self.dtype, "model.dtype")
+        self.dtype = check_precision(self.dtype, "model.dtype")
 
 
 @dataclasses.dataclass

@@ -15,10 +15,12 @@
                  over the reference as the gold judge sees it, length, side-by-side samples
     6 report     report.md, summary.json and PNG plots
 
-Each stage is the ordinary command writing into its own sub-directory, so every stage's output
-follows the same contract as running it by hand. A stage whose summary.json exists is done and
-skipped; one with a checkpoint resumes from it. Rerunning `rlhfkit demo --out DIR` after an
-interruption therefore continues where it stopped.
+Each stage is the ordinary command's Python API (`generate`, `label`, `RewardModelTrainer`,
+`PPOTrainer`) with a typed config built from the demo's, writing into its own sub-directory, so
+every stage's output follows the same contract as running it by hand. A stage whose summary.json
+exists is done and skipped; one with a checkpoint resumes from it. Rerunning `rlhfkit demo --out
+DIR` after an interruption therefore continues where it stopped. Stages 5 and 6 live in
+`recipes/demo_report.py`.
 """
 
 from __future__ import annotations
@@ -27,34 +29,38 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rlhfkit.assets import EVAL_PROMPTS, PROMPTS
 from rlhfkit.checkpoint import latest_checkpoint
-from rlhfkit.cli import main
 from rlhfkit.config import (
     EMBEDDED_MODEL,
     GenerationConfig,
+    LoRAConfig,
+    ModelConfig,
     RewardConfig,
     add_config_arguments,
+    check_precision,
     config_from_args,
     field,
-    resolve_precision,
     save_config,
 )
-from rlhfkit.data import format_prompt, load_records, prompt_text
+from rlhfkit.data import load_records
 from rlhfkit.errors import UserError
-from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.models.actor_critic import response_logprobs
 from rlhfkit.models.heads import check_pooling
 from rlhfkit.models.tiny import build_tiny_model
-from rlhfkit.rewards import build_reward, checked_scores
-from rlhfkit.rollout.experience import sequence_kl
-from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.tracking import new_figure, read_jsonl, write_json_atomic, write_jsonl_atomic
+from rlhfkit.recipes.demo_report import evaluate_policies, plot_demo, write_report, write_summary
+from rlhfkit.recipes.generate import GenerateConfig, GenerateDataConfig, generate
+from rlhfkit.recipes.label import LabelConfig, LabelDataConfig, NoiseConfig, label
+from rlhfkit.recipes.ppo import PPOTrainer
+from rlhfkit.recipes.ppo_config import KLConfig, PPOConfig, PPODataConfig, PPOTrainConfig
+from rlhfkit.recipes.reward import NormalizeConfig, RewardModelTrainer, RMConfig, RMDataConfig, RMTrainConfig
+from rlhfkit.rewards import build_reward
+from rlhfkit.runtime import RunDirectory
+from rlhfkit.tracking import read_jsonl, write_json_atomic, write_jsonl_atomic
+from rlhfkit.training import OptimConfig
 
 
 @dataclasses.dataclass
@@ -98,22 +104,26 @@ class DemoConfig:
     out: str = field("", "output directory (default runs/demo-<time>)")
 
     def __post_init__(self) -> None:
-        self.dtype = resolve_precision(self.dtype, "dtype")
+        self.dtype = check_precision(self.dtype, "dtype")
         if self.judge not in ("sentiment", "length", "rouge", "function"):
             raise UserError(f"judge must be sentiment, length, rouge or function, got {self.judge!r}")
         if not 0 < self.rm_heldout_fraction < 1:
             raise UserError(f"rm_heldout_fraction must be in (0, 1), got {self.rm_heldout_fraction}")
         if self.label_noise <= 0:
             raise UserError(
-                f"label_noise must be positive (noise-free rankings drop every prompt with tied scores), got {self.label_noise}"
+                f"label_noise must be positive (noise-free rankings drop every prompt with tied scores), "
+                f"got {self.label_noise}"
             )
         if self.num_candidates < 2:
             raise UserError(f"num_candidates must be at least 2 to form pairs, got {self.num_candidates}")
         check_pooling(self.rm_pooling, "rm_pooling")
         if self.ppo_top_layers < 0:
             raise UserError(f"ppo_top_layers must be >= 0 (0: LoRA on every layer), got {self.ppo_top_layers}")
-        if self.ppo_batch_size % 4:
-            raise UserError(f"ppo_batch_size {self.ppo_batch_size} must be divisible by the PPO minibatch of 4")
+
+    @property
+    def gold_judge(self) -> RewardConfig:
+        """The judge that labels the preference data and scores the evaluation."""
+        return RewardConfig(kind=self.judge, function=self.judge_function)
 
 
 # A tiny random model and small stages: the same pipeline in well under two minutes (what the tests run).
@@ -123,36 +133,116 @@ QUICK = {
 }  # fmt: skip
 
 
-def stage(name: str, out: Path, argv: list[str]) -> Path:
-    """Run one `rlhfkit` command into out/name unless it already finished; resume it if it has a checkpoint."""
+# ---------------------------------------------------------------------------
+# 1-4: each stage's typed config, built from the demo's
+# ---------------------------------------------------------------------------
 
+
+def generate_config(config: DemoConfig, out: Path) -> GenerateConfig:
+    return GenerateConfig(
+        model=ModelConfig(name=config.model, dtype=config.dtype),
+        data=GenerateDataConfig(prompts=config.prompts, limit=config.num_prompts),
+        generation=GenerationConfig(max_new_tokens=config.max_new_tokens),
+        num_responses=config.num_candidates,
+        seed=config.seed,
+        out=str(out),
+    )
+
+
+def label_config(config: DemoConfig, candidates: Path, fmt: str, noise: float, out: Path) -> LabelConfig:
+    return LabelConfig(
+        data=LabelDataConfig(train=str(candidates)),
+        reward=config.gold_judge,
+        format=fmt,
+        noise=NoiseConfig(temperature=noise),
+        dtype=config.dtype,
+        seed=config.seed,
+        out=str(out),
+    )
+
+
+def rm_config(config: DemoConfig, rankings: Path, heldout: Path, out: Path) -> RMConfig:
+    """A LoRA reward model on the rankings, evaluated at the end on the held-out prompts' comparisons."""
+    return RMConfig(
+        model=ModelConfig(name=config.model, dtype=config.dtype, lora=LoRAConfig(enabled=True)),
+        data=RMDataConfig(train=str(rankings), eval=str(heldout)),
+        train=RMTrainConfig(
+            steps=config.rm_steps,
+            batch_size=config.rm_batch_size,
+            eval_every=config.rm_steps,
+            checkpoint_every=max(config.rm_steps // 2, 1),
+        ),
+        optim=OptimConfig(learning_rate=config.rm_learning_rate),
+        pooling=config.rm_pooling,
+        normalize=NormalizeConfig(
+            num_prompts=config.ppo_batch_size, generation=GenerationConfig(max_new_tokens=config.max_new_tokens)
+        ),
+        seed=config.seed,
+        out=str(out),
+    )
+
+
+def ppo_config(config: DemoConfig, reward_model: Path, out: Path) -> PPOConfig:
+    """PPO with LoRA on the policy's top layers against the learned reward model (its minibatch derived)."""
+    lora = LoRAConfig(enabled=True, top_layers=config.ppo_top_layers)
+    return PPOConfig(
+        model=ModelConfig(name=config.model, dtype=config.dtype, lora=lora),
+        data=PPODataConfig(prompts=config.prompts),
+        generation=GenerationConfig(max_new_tokens=config.max_new_tokens),
+        reward=RewardConfig(kind="model", model=str(reward_model)),
+        kl=KLConfig(coef=config.kl_coef),
+        train=PPOTrainConfig(
+            steps=config.ppo_steps,
+            batch_size=config.ppo_batch_size,
+            ppo_epochs=config.ppo_epochs,
+            checkpoint_every=max(config.ppo_steps // 4, 1),
+        ),
+        optim=OptimConfig(learning_rate=config.ppo_learning_rate),
+        seed=config.seed,
+        out=str(out),
+    )
+
+
+# ---------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------
+
+
+def stage(name: str, out: Path, work: Callable[[bool], object]) -> Path:
+    """`work(resume)` into out/name unless it already finished (its summary.json); resume where it has a checkpoint."""
     directory = out / name
     if (directory / "summary.json").exists():
         print(f"rlhfkit demo: stage {name} already done, skipping", flush=True)
         return directory
-    resume = ["--resume"] if latest_checkpoint(directory) is not None else []
+    resume = latest_checkpoint(directory) is not None
     print(f"rlhfkit demo: stage {name}{' (resuming)' if resume else ''}", flush=True)
-    code = main([*argv, "--out", str(directory), *resume])
-    if code != 0:
+    try:
+        work(resume)
+    except UserError as error:
         raise UserError(
-            f"stage {name} failed (exit {code}); fix the cause above and rerun `rlhfkit demo --out {out}` to continue"
-        )
+            f"stage {name}: {error}; fix the cause and rerun `rlhfkit demo --out {out}` to continue"
+        ) from None
     return directory
 
 
-def split_candidates(candidates: Path, heldout_fraction: float, directory: Path) -> tuple[Path, Path]:
-    """The candidates of the last `heldout_fraction` of the prompts (at least one) go to heldout.jsonl, the rest to train.jsonl."""
+def split_paths(directory: Path) -> tuple[Path, Path]:
+    """The training and the held-out candidates that `split_candidates` writes into `directory`."""
+    return directory / "train.jsonl", directory / "heldout.jsonl"
 
-    train, heldout = directory / "train.jsonl", directory / "heldout.jsonl"
+
+def split_candidates(candidates: Path, heldout_fraction: float, directory: Path) -> tuple[Path, Path]:
+    """The candidates of the last `heldout_fraction` of the prompts go to heldout.jsonl, the rest to train.jsonl.
+
+    Each side keeps at least one prompt.
+    """
+    train, heldout = split_paths(directory)
     if not heldout.exists():
         records = read_jsonl(candidates)
         if len(records) < 2:
             raise UserError(
                 f"{candidates}: {len(records)} prompt(s) with candidates; the demo needs at least 2 to hold one out"
             )
-        heldout_count = min(
-            len(records) - 1, max(1, round(len(records) * heldout_fraction))
-        )  # both sides keep a prompt
+        heldout_count = min(len(records) - 1, max(1, round(len(records) * heldout_fraction)))
         cut = len(records) - heldout_count
         directory.mkdir(parents=True, exist_ok=True)
         write_jsonl_atomic(train, records[:cut])
@@ -160,215 +250,74 @@ def split_candidates(candidates: Path, heldout_fraction: float, directory: Path)
     return train, heldout
 
 
-def judge_settings(config: DemoConfig) -> list[str]:
-    settings = [f"reward.kind={config.judge}"]
-    if config.judge == "function":
-        settings.append(f"reward.function={config.judge_function}")
-    return settings
+def stage_configs(config: DemoConfig, out: Path) -> dict[str, Any]:
+    """Every stage's typed config, keyed by its directory under `out`: all built, so checked, before any stage runs."""
+    train_candidates, heldout_candidates = split_paths(out / "2-split")
+    rankings, heldout = out / "2-label" / "rankings.jsonl", out / "2-label-heldout" / "comparisons.jsonl"
+    builders = {
+        "1-generate": lambda: generate_config(config, out / "1-generate"),
+        "2-label": lambda: label_config(config, train_candidates, "rankings", config.label_noise, out / "2-label"),
+        "2-label-heldout": lambda: label_config(
+            config, heldout_candidates, "comparisons", 0.0, out / "2-label-heldout"
+        ),
+        "3-rm": lambda: rm_config(config, rankings, heldout, out / "3-rm"),
+        "4-ppo": lambda: ppo_config(config, out / "3-rm" / "final", out / "4-ppo"),
+    }
+    configs = {}
+    for name, build in builders.items():
+        try:
+            configs[name] = build()
+        except UserError as error:
+            raise UserError(f"stage {name}: {error} (from the demo's settings)") from None
+    return configs
 
 
-def run_pipeline(config: DemoConfig, out: Path) -> dict[str, Any]:
-    model = config.model
-    common = [f"model.dtype={config.dtype}", f"seed={config.seed}"]
-    generated = stage("1-generate", out, ["generate", "--set", f"model.name={model}", f"data.prompts={config.prompts}", f"data.limit={config.num_prompts}",
-                                          f"num_responses={config.num_candidates}", f"generation.max_new_tokens={config.max_new_tokens}", *common])  # fmt: skip
-    train_candidates, heldout_candidates = split_candidates(
-        generated / "candidates.jsonl", config.rm_heldout_fraction, out / "2-split"
-    )
-    labelled = stage("2-label", out, ["label", "--set", f"data.train={train_candidates}", "format=rankings", f"noise.temperature={config.label_noise}",
-                                      f"seed={config.seed}", f"dtype={config.dtype}", *judge_settings(config)])  # fmt: skip
-    heldout = stage("2-label-heldout", out, ["label", "--set", f"data.train={heldout_candidates}", "noise.temperature=0",
-                                             f"dtype={config.dtype}", *judge_settings(config)])  # fmt: skip
-    reward_model = stage("3-rm", out, ["rm", "--set", f"model.name={model}", "model.lora.enabled=true",
-                                       f"data.train={labelled / 'rankings.jsonl'}", f"data.eval={heldout / 'comparisons.jsonl'}",
-                                       f"train.steps={config.rm_steps}", f"train.batch_size={config.rm_batch_size}", f"optim.learning_rate={config.rm_learning_rate}", f"pooling={config.rm_pooling}",
-                                       f"train.eval_every={config.rm_steps}", f"train.checkpoint_every={max(config.rm_steps // 2, 1)}",
-                                       f"normalize.num_prompts={config.ppo_batch_size}", f"normalize.generation.max_new_tokens={config.max_new_tokens}", *common])  # fmt: skip
-    policy = stage("4-ppo", out, ["ppo", "--set", f"model.name={model}", "model.lora.enabled=true", f"model.lora.top_layers={config.ppo_top_layers}", f"data.prompts={config.prompts}",
-                                  "reward.kind=model", f"reward.model={reward_model / 'final'}", f"train.steps={config.ppo_steps}",
-                                  f"train.batch_size={config.ppo_batch_size}", "train.mini_batch_size=4", f"train.ppo_epochs={config.ppo_epochs}",
-                                  f"optim.learning_rate={config.ppo_learning_rate}", f"kl.coef={config.kl_coef}", f"generation.max_new_tokens={config.max_new_tokens}",
-                                  f"train.checkpoint_every={max(config.ppo_steps // 4, 1)}", *common])  # fmt: skip
+def run_pipeline(config: DemoConfig, configs: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Stages 1-4 with their `stage_configs`; returns each stage's directory."""
+    rm, ppo = configs["3-rm"], configs["4-ppo"]
+    generated = stage("1-generate", out, lambda _: generate(configs["1-generate"]))
+    split_candidates(generated / "candidates.jsonl", config.rm_heldout_fraction, out / "2-split")
+    labelled = stage("2-label", out, lambda _: label(configs["2-label"]))
+    heldout = stage("2-label-heldout", out, lambda _: label(configs["2-label-heldout"]))
+    reward_model = stage("3-rm", out, lambda resume: RewardModelTrainer(rm).train(rm.out, resume=resume))
+    policy = stage("4-ppo", out, lambda resume: PPOTrainer(ppo).train(ppo.out, resume=resume))
     return {"generate": generated, "label": labelled, "heldout": heldout, "rm": reward_model, "ppo": policy}
 
 
 def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str, Any]:
-    """Stage 5: the reference and the tuned policy answer the same held-out prompts."""
-
+    """Stage 5 (demo_report.evaluate_policies) into 5-evaluate/evaluation.json, unless it is there already."""
     path = out / "5-evaluate" / "evaluation.json"
     if path.exists():
         print("rlhfkit demo: stage 5-evaluate already done, skipping", flush=True)
         return json.loads(path.read_text())
     print("rlhfkit demo: stage 5-evaluate", flush=True)
-    records = load_records(config.eval_prompts, "prompts")[: config.num_eval_prompts]
-    prompts = [prompt_text(r) for r in records]
-    tokenizer = load_tokenizer(config.model)
-    reference = load_causal_lm(config.model, tokenizer).eval()
-    tuned = load_causal_lm(str(stages["ppo"] / "final"), tokenizer).eval()
-    gold = build_reward(RewardConfig(kind=config.judge, function=config.judge_function), config.dtype)
-    learned = build_reward(RewardConfig(kind="model", model=str(stages["rm"] / "final")), config.dtype)
-    generation = GenerationConfig(max_new_tokens=config.max_new_tokens)
-    texts = [format_prompt(tokenizer, r) for r in records]
-    results: dict[str, dict[str, Any]] = {}
-    for name, model in (("reference", reference), ("tuned", tuned)):
-        torch.manual_seed(config.seed + 1)
-        samples = sample(model, tokenizer, texts, generation, config.dtype, keep_scores=True)
-        responses = decode_responses(tokenizer, samples)
-        batch = (samples.input_ids, samples.attention_mask, samples.response_ids, 1.0, config.dtype)
-        ref_logprobs, _ = response_logprobs(reference, *batch)
-        logprobs = (
-            samples.logprobs if samples.logprobs is not None else response_logprobs(model, *batch)[0]
-        )  # both in one precision
-        kl = sequence_kl(
-            logprobs.masked_fill(~samples.response_mask, 0.0),
-            ref_logprobs.masked_fill(~samples.response_mask, 0.0),
-            samples.response_mask,
-        )
-        results[name] = {
-            "responses": responses,
-            "gold": checked_scores(gold, prompts, responses, records),
-            "learned": checked_scores(learned, prompts, responses, records),
-            "kl": kl,
-            "length": samples.response_mask.sum(-1).float(),
-        }
-    ref, new = results["reference"], results["tuned"]
-    wins = (new["gold"] > ref["gold"]).float() + 0.5 * (new["gold"] == ref["gold"]).float()
-    evaluation = {
-        "num_prompts": len(records),
-        "gold_before": float(ref["gold"].mean()),
-        "gold_after": float(new["gold"].mean()),
-        "learned_before": float(ref["learned"].mean()),
-        "learned_after": float(new["learned"].mean()),
-        "kl_final": float(new["kl"].mean()),
-        "win_rate": float(wins.mean()),
-        "length_before": float(ref["length"].mean()),
-        "length_after": float(new["length"].mean()),
-        "side_by_side": [
-            {"prompt": p, "reference": a, "tuned": b, "gold_reference": float(ga), "gold_tuned": float(gb)}
-            for p, a, b, ga, gb in zip(prompts, ref["responses"], new["responses"], ref["gold"], new["gold"])
-        ],
+    judges = {
+        "gold": build_reward(config.gold_judge, config.dtype),
+        "learned": build_reward(RewardConfig(kind="model", model=str(stages["rm"] / "final")), config.dtype),
     }
+    evaluation = evaluate_policies(
+        config.model,
+        str(stages["ppo"] / "final"),
+        load_records(config.eval_prompts, "prompts")[: config.num_eval_prompts],
+        judges,
+        GenerationConfig(max_new_tokens=config.max_new_tokens),
+        config.dtype,
+        config.seed,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, evaluation)
     return evaluation
 
 
-def plot_demo(config: DemoConfig, stages: dict[str, Path], out: Path) -> list[Path]:
-    """Reward and gold score against step, KL against step, gold against KL (over-optimisation)."""
-
-    metrics = read_jsonl(stages["ppo"] / "metrics.jsonl")
-    samples = read_jsonl(stages["ppo"] / "samples.jsonl")
-    gold = build_reward(RewardConfig(kind=config.judge, function=config.judge_function), config.dtype)
-    by_prompt = {prompt_text(r): r for r in load_records(config.prompts, "prompts")}  # fields such as `reference`
-    records = [by_prompt.get(s["prompt"], {"prompt": s["prompt"]}) for s in samples]
-    gold_scores = checked_scores(
-        gold, [s["prompt"] for s in samples], [s["response"] for s in samples], records
-    ).tolist()
-    gold_by_step: dict[int, list[float]] = {}
-    for s, score in zip(samples, gold_scores):
-        gold_by_step.setdefault(s["step"], []).append(score)
-    steps = [m["step"] for m in metrics]
-    learned = [m["reward/score_mean"] for m in metrics]
-    kl = [m["kl/mean"] for m in metrics]
-    gold = [sum(gold_by_step[s]) / len(gold_by_step[s]) for s in steps]
-    paths = []
-
-    def save(fig, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        paths.append(out / name)
-
-    fig, ax = new_figure(figsize=(5.5, 3.6))
-    ax.plot(steps, learned, marker=".", label="learned reward (proxy)")
-    ax.plot(steps, gold, marker=".", label=f"gold judge ({config.judge})")
-    ax.set_xlabel("PPO step")
-    ax.set_ylabel("mean score of the batch")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    save(fig, "reward_vs_step.png")
-    fig, ax = new_figure(figsize=(5.5, 3.6))
-    ax.plot(steps, kl, marker=".", color="tab:red")
-    ax.set_xlabel("PPO step")
-    ax.set_ylabel("KL(π ‖ π_ref) per response")
-    ax.grid(alpha=0.3)
-    save(fig, "kl_vs_step.png")
-    fig, ax = new_figure(figsize=(5.5, 3.6))
-    points = ax.scatter(kl, gold, c=steps, cmap="viridis", marker="o", label="gold judge")
-    ax.scatter(kl, learned, c=steps, cmap="viridis", marker="^", alpha=0.6, label="learned reward")
-    fig.colorbar(points, ax=ax, label="PPO step")
-    ax.set_xlabel("KL(π ‖ π_ref) per response")
-    ax.set_ylabel("mean score of the batch")
-    ax.set_title("proxy vs gold as the policy moves away")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    save(fig, "gold_vs_kl.png")
-    return paths
-
-
-def write_report(
-    config: DemoConfig,
-    stages: dict[str, Path],
-    evaluation: dict[str, Any],
-    rm_summary: dict[str, Any],
-    out: Path,
-    wall_s: float,
+def report(
+    config: DemoConfig, stages: dict[str, Path], evaluation: dict[str, Any], out: Path, wall_s: float
 ) -> dict[str, Any]:
-    summary = {
-        "gold_before": evaluation["gold_before"],
-        "gold_after": evaluation["gold_after"],
-        "reward_model_accuracy": rm_summary["eval_accuracy"],
-        "kl_final": evaluation["kl_final"],
-        "win_rate": evaluation["win_rate"],
-        "learned_before": evaluation["learned_before"],
-        "learned_after": evaluation["learned_after"],
-        "length_before": evaluation["length_before"],
-        "length_after": evaluation["length_after"],
-        "wall_s": wall_s,
-    }
-    rows = "\n".join(
-        f"| {s['prompt']} | {s['reference']!s:.200} ({s['gold_reference']:+.2f}) | {s['tuned']!s:.200} ({s['gold_tuned']:+.2f}) |".replace(
-            "\n", " "
-        )
-        for s in evaluation["side_by_side"][:6]
-    )
-    report = f"""# rlhfkit demo report
-
-Model `{config.model}`; gold judge `{config.judge}` (label noise T={config.label_noise}); {evaluation["num_prompts"]} held-out prompts.
-
-| figure | before (reference) | after (PPO) |
-| --- | --- | --- |
-| gold judge score, mean | {evaluation["gold_before"]:+.3f} | {evaluation["gold_after"]:+.3f} |
-| learned reward, mean | {evaluation["learned_before"]:+.3f} | {evaluation["learned_after"]:+.3f} |
-| response length (tokens) | {evaluation["length_before"]:.1f} | {evaluation["length_after"]:.1f} |
-
-- Win rate of the tuned policy over the reference (gold judge, ties count half): **{evaluation["win_rate"]:.1%}**
-- KL(π ‖ π_ref) per response on held-out prompts: **{evaluation["kl_final"]:.2f}** nats
-- Reward model held-out accuracy: **{summary["reward_model_accuracy"]:.1%}** on {rm_summary["eval_pairs"]} pairs of prompts it never saw, labelled by the judge without noise
-- Wall time: {wall_s / 60:.1f} min
-
-![reward and gold score against step](reward_vs_step.png)
-![KL against step](kl_vs_step.png)
-![gold score against KL](gold_vs_kl.png)
-
-## Side by side (held-out prompts; gold score in brackets)
-
-| prompt | reference | tuned |
-| --- | --- | --- |
-{rows}
-
-## Where everything is
-
-| what | where |
-| --- | --- |
-| candidates | `{stages["generate"].name}/candidates.jsonl` |
-| rankings (synthetic human feedback) | `{stages["label"].name}/rankings.jsonl` |
-| held-out comparisons (no noise) | `{stages["heldout"].name}/comparisons.jsonl` |
-| reward model | `{stages["rm"].name}/final/` (metrics in `{stages["rm"].name}/metrics.jsonl`) |
-| tuned policy | `{stages["ppo"].name}/final/` (metrics, samples, TensorBoard in `{stages["ppo"].name}/`) |
-| evaluation, all side-by-side samples | `5-evaluate/evaluation.json` |
-"""
-    (out / "report.md").write_text(report)
-    write_json_atomic(out / "summary.json", summary)
+    """Stage 6: the plots, summary.json and report.md."""
+    plot_demo(stages["ppo"], build_reward(config.gold_judge, config.dtype), config.judge, config.prompts, out)
+    rm_summary = json.loads((stages["rm"] / "summary.json").read_text())
+    summary = write_summary(evaluation, rm_summary["eval_accuracy"], wall_s, out)
+    heading = f"Model `{config.model}`; gold judge `{config.judge}` (label noise T={config.label_noise})"
+    write_report(heading, stages, summary, evaluation, rm_summary["eval_pairs"], out)
     return summary
 
 
@@ -390,22 +339,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(DemoConfig, args, base=dict(QUICK) if args.quick else None)
-    out = Path(config.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    out = RunDirectory.resolve(config.out, "demo", resume=False).path
+    tiny = out / "tiny-model"
     if args.quick and config.model == EMBEDDED_MODEL:
-        tiny = out / "tiny-model"
-        if not (tiny / "config.json").exists():
-            build_tiny_model(tiny, seed=config.seed)
         config = dataclasses.replace(config, model=str(tiny))
+    configs = stage_configs(config, out)  # before anything is written
+    started = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    if config.model == str(tiny) and not (tiny / "config.json").exists():
+        build_tiny_model(tiny, seed=config.seed)
     save_config(config, out / "config.yaml")
-    stages = run_pipeline(config, out)
+    stages = run_pipeline(config, configs, out)
     evaluation = evaluate(config, stages, out)
-    rm_summary = json.loads((stages["rm"] / "summary.json").read_text())
-    plot_demo(config, stages, out)
-    summary = write_report(config, stages, evaluation, rm_summary, out, accumulated_seconds(out, time.time() - started))
+    summary = report(config, stages, evaluation, out, accumulated_seconds(out, time.time() - started))
     print(
-        f"rlhfkit demo: gold {summary['gold_before']:+.3f} -> {summary['gold_after']:+.3f}, win rate {summary['win_rate']:.0%}, "
-        f"KL {summary['kl_final']:.2f}, RM accuracy {summary['reward_model_accuracy']:.1%}; report in {out / 'report.md'}"
+        f"rlhfkit demo: gold {summary['gold_before']:+.3f} -> {summary['gold_after']:+.3f}, "
+        f"win rate {summary['win_rate']:.0%}, KL {summary['kl_final']:.2f}, "
+        f"RM accuracy {summary['reward_model_accuracy']:.1%}; report in {out / 'report.md'}"
     )
     return 0

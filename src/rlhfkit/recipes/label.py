@@ -38,9 +38,9 @@ from rlhfkit.config import (
     ModelConfig,
     RewardConfig,
     add_config_arguments,
+    check_precision,
     config_from_args,
     field,
-    resolve_precision,
     save_config,
 )
 from rlhfkit.data import load_records, prompt_text
@@ -91,7 +91,7 @@ class LabelConfig:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise UserError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        self.dtype = resolve_precision(self.dtype, "dtype")
+        self.dtype = check_precision(self.dtype, "dtype")
 
 
 @dataclasses.dataclass

@@ -215,6 +215,7 @@ class SFTTrainer:
         self.num_train_records = len(train_records)
 
         model = load_causal_lm(config.model.name, self.tokenizer)
+        self.runtime.settle_precision(config.model, model)
         model = apply_lora(model, config.model.lora) if config.model.lora.enabled else model
         optimizer, self.scheduler = build_optimizer(model.parameters(), config.optim, config.train.steps)
         self.model, self.optimizer = self.runtime.prepare(model, optimizer)

@@ -27,6 +27,7 @@ from torch import nn
 
 from rlhfkit.checkpoint import rng_state, seed_everything, set_rng_state
 from rlhfkit.models import autocast
+from rlhfkit.runtime.precision import resolve_precision
 
 T = TypeVar("T")
 
@@ -34,7 +35,8 @@ T = TypeVar("T")
 class Runtime:
     """Device, precision, processes and RNG of one run.
 
-    precision: "float32" or "bfloat16" (autocast over fp32 weights; log-probs and losses stay fp32).
+    precision: "float32", "bfloat16" (autocast over fp32 weights; log-probs and losses stay fp32), or
+    "auto" until `settle_precision` has measured the loaded model (fp32 until then).
     """
 
     def __init__(self, precision: str = "float32", seed: int | None = None):
@@ -61,6 +63,16 @@ class Runtime:
     def is_main(self) -> bool:
         """True on the one process that writes files (metrics, checkpoints, final/, summary)."""
         return self.accelerator.is_main_process
+
+    def settle_precision(self, model_config: Any, model: nn.Module) -> str:
+        """Resolve `model.dtype=auto` on the loaded model (measured or cached) and record it in the config.
+
+        Called once by each trainer right after its model loads, so config.yaml and every forward
+        pass use the resolved value.
+        """
+        self.precision = resolve_precision(model_config.dtype, model, self.device)
+        model_config.dtype = self.precision
+        return self.precision
 
     def describe(self) -> dict[str, Any]:
         """What summary.json records of the runtime."""
