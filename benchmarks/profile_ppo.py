@@ -44,11 +44,11 @@ def main() -> None:
     experience, _, timings = trainer.rollout(records)
     print(f"rollout {timings}, sequences {tuple(experience.samples.input_ids.shape)}")
     trainer.actor_critic.train()
-    tokens = experience.samples.response_mask[:4].sum().float()
-    trainer._minibatch_step(experience.select(torch.arange(0, 4)), 4, tokens)  # warm-up
-    seconds = table(lambda: trainer._minibatch_step(experience.select(torch.arange(4, 8)), 4, tokens))
+    trainer._minibatch_step(experience.select(torch.arange(0, 4)))  # warm-up
+    seconds = table(lambda: trainer._minibatch_step(experience.select(torch.arange(4, 8))))
     print(
-        f"one minibatch step ({args.dtype}, 4 x {experience.samples.input_ids.shape[1]} tokens): {seconds:.2f} s under the profiler"
+        f"one minibatch step ({args.dtype}, 4 x {experience.samples.input_ids.shape[1]} tokens): "
+        f"{seconds:.2f} s under the profiler"
     )
 
     trainer.config.generation.max_new_tokens = 32

@@ -18,8 +18,17 @@ def reward(prompts, responses, records):
 
 
 def main(model_dir: str, out_file: str, *overrides: str) -> None:
-    config = load_config(PPOConfig, overrides=[f"model.name={model_dir}", "model.dtype=float32", "train.batch_size=4", "train.mini_batch_size=4",
-                                               "train.ppo_epochs=1", "train.steps=1", "generation.max_new_tokens=6", "optim.learning_rate=1e-2", *overrides])  # fmt: skip
+    settings = [
+        f"model.name={model_dir}",
+        "model.dtype=float32",
+        "train.batch_size=4",
+        "train.mini_batch_size=4",
+        "train.ppo_epochs=1",
+        "train.steps=1",
+        "generation.max_new_tokens=6",
+        "optim.learning_rate=1e-2",
+    ]
+    config = load_config(PPOConfig, overrides=[*settings, *overrides])
     prompts = [{"prompt": p} for p in ["tell me a day", "write a book", "how is the weather", "say what you think"]]
     trainer = PPOTrainer(config, reward=reward, prompts=prompts)
     torch.manual_seed(1234)
@@ -28,9 +37,9 @@ def main(model_dir: str, out_file: str, *overrides: str) -> None:
     # mean loss averaged by DDP would then differ from the one-process mean over all tokens
     samples.response_mask[0, 3:] = False
     samples.response_ids[0, 3:] = trainer.tokenizer.pad_token_id
-    rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
-    share = torch.arange(rank, len(prompts), world)
-    experience, _ = trainer.score(samples.select(share), [prompts[i] for i in share.tolist()])
+    runtime = trainer.runtime
+    share = torch.arange(runtime.process_index, len(prompts), runtime.num_processes)  # the rows runtime.shard keeps
+    experience, _ = trainer.score(samples.select(share), runtime.shard(prompts))
     # compare gradients, not weights: Adam's first step is lr * sign(g), blind to how g was weighted
     gradients = {}
     step = trainer.optimizer.step
@@ -43,9 +52,9 @@ def main(model_dir: str, out_file: str, *overrides: str) -> None:
 
     trainer.optimizer.step = capture_then_step
     trainer.update(experience)
-    if trainer.accelerator.is_main_process:
+    if runtime.is_main:
         save_file(gradients, out_file)
-    trainer.accelerator.wait_for_everyone()
+    runtime.wait()
 
 
 if __name__ == "__main__":

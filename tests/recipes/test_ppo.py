@@ -1,6 +1,7 @@
 """rlhfkit ppo: it learns, it resumes exactly, it keeps the output contract, it refuses bad input."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -144,8 +145,9 @@ def test_under_bf16_on_a_cpu_the_rollout_log_probs_are_the_updates_own(tiny_mode
 
 def test_cli_writes_the_output_contract(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    code = main(["ppo", "--set", f"model.name={tiny_model_dir}", "train.steps=2", "train.batch_size=4", "train.mini_batch_size=2",
-                 "generation.max_new_tokens=5", "train.checkpoint_every=1", "--out", str(out)])  # fmt: skip
+    code = main(["ppo", "--set", f"model.name={tiny_model_dir}", "train.steps=2", "train.batch_size=4",
+                 "train.mini_batch_size=2", "generation.max_new_tokens=5", "train.checkpoint_every=1",
+                 "--out", str(out)])  # fmt: skip
     assert code == 0
     for name in (
         "config.yaml",
@@ -161,9 +163,10 @@ def test_cli_writes_the_output_contract(tiny_model_dir, tmp_path):
     assert list((out / "tensorboard").iterdir())
     metrics = read_jsonl(out / "metrics.jsonl")
     required = {
-        "reward/score_mean", "reward/score_std", "reward/total_mean", "kl/mean", "kl/coef", "policy/loss", "policy/clipfrac",
-        "policy/approx_kl", "policy/entropy", "value/loss", "value/clipfrac", "value/explained_variance", "response/length_mean",
-        "response/eos_fraction", "time/rollout_s", "time/update_s", "time/step_s", "throughput/tokens_per_s",
+        "reward/score_mean", "reward/score_std", "reward/total_mean", "kl/mean", "kl/coef", "policy/loss",
+        "policy/clipfrac", "policy/approx_kl", "policy/entropy", "value/loss", "value/clipfrac",
+        "value/explained_variance", "response/length_mean", "response/eos_fraction", "time/rollout_s",
+        "time/update_s", "time/step_s", "throughput/tokens_per_s", "policy/early_stop", "ppo/epochs",
     }  # fmt: skip
     assert required <= set(metrics[0]), required - set(metrics[0])
     samples = read_jsonl(out / "samples.jsonl")
@@ -175,7 +178,8 @@ def test_cli_writes_the_output_contract(tiny_model_dir, tmp_path):
 
 def _run_and_expect_error(capsys, *args):
     code = main(["ppo", *args])
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("ppo:")]  # progress bar
+    lines = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in lines if "%|" not in line]  # the progress bar of a run before
     assert code == 2
     assert len(err) == 1, err
     assert err[0].startswith("rlhfkit ppo: error: ")
@@ -294,3 +298,51 @@ def test_lora_on_top_layers_reuses_the_frozen_layers_and_updates_exactly_as_a_fu
     assert lora_b and all(p.abs().sum() > 0 for _, p in lora_b), "the update did not move the adapters"
     for (name, p), (_, q) in zip(reused.unwrapped.named_parameters(), recomputed.unwrapped.named_parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("batch_size, derived", [(16, 4), (12, 3), (8, 2), (6, 1), (2, 1), (1, 1)])
+def test_mini_batch_size_is_derived_from_the_batch_size(batch_size, derived):
+    config = load_config(PPOConfig, overrides=[f"train.batch_size={batch_size}"])
+    assert config.train.mini_batch_size == 0 and config.mini_batch_size == derived
+    assert config.micro_batch_size == derived
+    assert config.optimizer_steps == 20 * 4 * (batch_size // derived)  # steps x epochs x minibatches per epoch
+
+
+def test_batch_size_alone_gives_a_working_run(tiny_model_dir, tmp_path):
+    # the default minibatch (0: derived) must fit any batch size; 2 -> minibatches of 1
+    out = tmp_path / "run"
+    code = main(["ppo", "--set", f"model.name={tiny_model_dir}", "train.batch_size=2", "train.steps=1",
+                 "generation.max_new_tokens=3", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    assert "mini_batch_size: 0" in (out / "config.yaml").read_text()  # stays derived in the record
+    assert len(read_jsonl(out / "metrics.jsonl")) == 1
+
+
+def untimed(metrics):
+    return [{k: v for k, v in m.items() if not k.startswith(("time/", "throughput/"))} for m in metrics]
+
+
+def test_cli_resume_continues_with_the_runs_own_config_and_ends_bitwise_equal(tiny_model_dir, tmp_path):
+    settings = ["--set", f"model.name={tiny_model_dir}", "model.dtype=float32", "train.batch_size=4",
+                "generation.max_new_tokens=8", "kl.coef=0.2", "train.steps=2", "train.checkpoint_every=1",
+                "optim.learning_rate=1e-3"]  # fmt: skip
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert main(["ppo", *settings, "--out", str(straight)]) == 0
+    assert main(["ppo", *settings, "--out", str(interrupted)]) == 0
+    config_before = (interrupted / "config.yaml").read_text()
+    # as if the run had died after step 1: no step-2 checkpoint, no final/
+    for name in ("checkpoints/step-2", "final"):
+        shutil.rmtree(interrupted / name)
+    assert main(["ppo", "--resume", "--out", str(interrupted)]) == 0  # nothing else: the run's own config.yaml
+    assert (interrupted / "config.yaml").read_text() == config_before
+    metrics = read_jsonl(interrupted / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert [m["kl/coef"] for m in metrics] == [0.2, 0.2]
+    assert untimed(metrics) == untimed(read_jsonl(straight / "metrics.jsonl"))
+    a, b = _final_weights(straight), _final_weights(interrupted)
+    initial = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    assert any(not torch.equal(a[n], initial[n]) for n in a if n in initial), "training changed nothing"
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    critic_a = load_file(str(straight / "final" / "critic.safetensors"))
+    critic_b = load_file(str(interrupted / "final" / "critic.safetensors"))
+    assert all(torch.equal(critic_a[n], critic_b[n]) for n in critic_a)

@@ -76,17 +76,21 @@ def function_reward(spec: str) -> RewardFn:
 def score_items(
     model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, dtype: str, side: str = "right"
 ) -> torch.Tensor:
-    """Tokenised prompt + response sequences (N of them) -> (N,) reward-model scores."""
+    """Tokenised prompt + response sequences (N of them) -> (N,) reward-model scores, on the model's device."""
 
-    input_ids, attention_mask, response_mask = pad_batch(items, pad_token_id, side=side)
+    device = next(model.parameters()).device
+    input_ids, attention_mask, response_mask = (t.to(device) for t in pad_batch(items, pad_token_id, side=side))
     with autocast(dtype):
         return model(input_ids, attention_mask, response_mask).float()
 
 
-def model_reward(directory: str, batch_size: int, dtype: str) -> RewardFn:
-    """A reward model trained by `rlhfkit rm`: its normalised score of prompt + response + EOS, tokenised as in training."""
+def model_reward(directory: str, batch_size: int, dtype: str, device: torch.device | str = "cpu") -> RewardFn:
+    """A reward model trained by `rlhfkit rm`: its normalised score of prompt + response + EOS.
 
-    model = ScalarHeadModel.load(directory).eval()
+    The text is tokenised as in training (prompt through the chat template, then response + EOS).
+    """
+
+    model = ScalarHeadModel.load(directory).eval().to(device)
     tokenizer = load_tokenizer(directory)
     max_length = model.backbone.config.max_position_embeddings
 
@@ -105,8 +109,8 @@ def model_reward(directory: str, batch_size: int, dtype: str) -> RewardFn:
     return score
 
 
-def build_reward(config: RewardConfig, dtype: str = "float32") -> RewardFn:
-    """The reward source that `config.kind` names."""
+def build_reward(config: RewardConfig, dtype: str = "float32", device: torch.device | str = "cpu") -> RewardFn:
+    """The reward source that `config.kind` names (a reward model runs on `device`)."""
     if config.kind == "sentiment":
         return sentiment_reward()
     if config.kind == "rouge":
@@ -115,7 +119,7 @@ def build_reward(config: RewardConfig, dtype: str = "float32") -> RewardFn:
         return length_reward(config.target_length)
     if config.kind == "function":
         return function_reward(config.function)
-    return model_reward(config.model, config.batch_size, dtype)
+    return model_reward(config.model, config.batch_size, dtype, device)
 
 
 def validate_records_for_reward(config: RewardConfig, records: list[dict[str, Any]], source: str) -> None:
@@ -129,9 +133,13 @@ def validate_records_for_reward(config: RewardConfig, records: list[dict[str, An
 
 
 def checked_scores(
-    reward: RewardFn, prompts: list[str], responses: list[str], records: list[dict[str, Any]]
+    reward: RewardFn,
+    prompts: list[str],
+    responses: list[str],
+    records: list[dict[str, Any]],
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Call the reward source and check what comes back: (B,) float32, all finite."""
+    """Call the reward source and check what comes back: (B,) float32, all finite, on `device`."""
     name = getattr(reward, "__qualname__", repr(reward))
     try:
         raw = reward(prompts, responses, records)
@@ -145,6 +153,7 @@ def checked_scores(
     bad = [i for i, s in enumerate(scores.tolist()) if not math.isfinite(s)]
     if bad:
         raise UserError(
-            f"the reward function {name} returned a non-finite score ({scores[bad[0]].item()}) for response {bad[0]}: {responses[bad[0]][:60]!r}"
+            f"the reward function {name} returned a non-finite score ({scores[bad[0]].item()}) "
+            f"for response {bad[0]}: {responses[bad[0]][:60]!r}"
         )
-    return scores
+    return scores.to(device)

@@ -9,12 +9,20 @@ A_t     ← whiten(A_t) over the whole batch (all processes)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.algorithms import RunningMeanStd, kl_k1, kl_shaped_rewards, masked_gae, masked_mean, masked_var
+from rlhfkit.algorithms import RunningMeanStd, kl_k1, kl_shaped_rewards, masked_gae, whiten
 from rlhfkit.rollout.generation import Samples
+
+Gather = Callable[[torch.Tensor], torch.Tensor]  # every process's rows of a tensor, in process order
+
+
+def identity(tensor: torch.Tensor) -> torch.Tensor:
+    """The gather of a single process."""
+    return tensor
 
 
 @dataclass
@@ -53,23 +61,34 @@ class Experience:
 
 
 def shape_scores(
-    raw_scores: torch.Tensor, ended: torch.Tensor, no_eos_penalty: float, moments: RunningMeanStd | None, clip: float
+    raw_scores: torch.Tensor,
+    ended: torch.Tensor,
+    no_eos_penalty: float,
+    moments: RunningMeanStd | None,
+    clip: float,
+    gather: Gather = identity,
 ) -> torch.Tensor:
-    """(B,) -> (B,): optional running normalisation, clipping to ±clip, then a penalty for responses with no EOS."""
+    """(B,) -> (B,): optional running normalisation, clipping to ±clip, then a penalty for responses with no EOS.
+
+    The running moments take every process's scores (`gather`), so that all processes normalise alike.
+    """
     scores = raw_scores
     if moments is not None:
-        moments.update(raw_scores)
+        moments.update(gather(raw_scores))
         scores = (scores - moments.mean) / moments.std
     if clip > 0:
         scores = scores.clamp(-clip, clip)
     return scores - no_eos_penalty * (~ended).float()
 
 
-def whiten_across(x: torch.Tensor, mask: torch.Tensor, gather) -> torch.Tensor:
-    """Whiten over the masked entries of every process's batch; `gather` concatenates across processes."""
-    all_x, all_mask = gather(x), gather(mask)
-    mean, var = masked_mean(all_x, all_mask), masked_var(all_x, all_mask)
-    return ((x - mean) * torch.rsqrt(var + 1e-8)).masked_fill(~mask, 0.0)
+def whiten_across(x: torch.Tensor, mask: torch.Tensor, gather: Gather = identity, rank: int = 0) -> torch.Tensor:
+    """`whiten` over the masked entries of every process's (B, T) batch; returns this process's rows.
+
+    `gather` concatenates the processes' rows in process order (right-padded to the longest T, the
+    padding masked out), so this process's rows are rank·B ... rank·B + B - 1, their first T columns.
+    """
+    rows, columns = x.shape
+    return whiten(gather(x), gather(mask))[rank * rows : (rank + 1) * rows, :columns]
 
 
 def build_experience(
@@ -80,17 +99,19 @@ def build_experience(
     raw_scores: torch.Tensor,
     scores: torch.Tensor,
     kl_coef: float,
-    kl_estimator,
+    kl_estimator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     gamma: float,
     lam: float,
-    gather=lambda t: t,
+    gather: Gather = identity,
+    rank: int = 0,
     frozen_states: torch.Tensor | None = None,
 ) -> Experience:
+    """Steps 3-4: KL-shaped rewards, GAE on the rollout-time values, advantages whitened over all processes."""
     mask = samples.response_mask
     values = values.masked_fill(~mask, 0.0)
     rewards, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator=kl_estimator)
     advantages, returns = masked_gae(rewards, values, mask, gamma, lam)
-    advantages = whiten_across(advantages, mask, gather)
+    advantages = whiten_across(advantages, mask, gather, rank)
     return Experience(
         samples, logprobs, ref_logprobs, values, scores, raw_scores, rewards, kl, advantages, returns, frozen_states
     )

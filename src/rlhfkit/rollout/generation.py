@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig as HFGenerationConfig
 
+from rlhfkit.algorithms import logprobs_from_logits
 from rlhfkit.config import GenerationConfig
 from rlhfkit.models.loading import autocast
 
@@ -84,6 +85,12 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> tup
     return ~eos_seen_before, ended
 
 
+def left_truncate(tokenizer, text: str, max_tokens: int) -> str:
+    """`text` cut from the left to its last `max_tokens` tokens: a long prompt keeps its end, where the question is."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[-max_tokens:])
+
+
 def tokenize_prompts(
     tokenizer, prompt_texts: list[str], device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,10 +138,8 @@ def sample(
     response_ids = response_ids.masked_fill(~response_mask, tokenizer.pad_token_id)
     samples = Samples(query_ids, query_mask, response_ids, response_mask, ended)
     if keep_scores:
-        logits = torch.stack(out.logits, dim=1).float()  # (B, R, V) raw logits that each token was sampled from
-        logprobs = (
-            torch.log_softmax(logits / config.temperature, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-        )
+        logits = torch.stack(out.logits, dim=1)  # (B, R, V) raw logits that each token was sampled from
+        logprobs = logprobs_from_logits(logits, response_ids, config.temperature)
         samples.logprobs = logprobs.masked_fill(~response_mask, 0.0)
         # hidden_states[t][-1]: last layer at step t; step 0 covers the whole prompt, its last column precedes token 0
         samples.hidden = torch.cat([step[-1][:, -1:, :] for step in out.hidden_states], dim=1).float()
