@@ -1,19 +1,20 @@
-"""The whole RLAIF chain through the CLI on a tiny model: constitution SL -> SFT -> candidates -> AI labels -> RM -> PPO."""
+"""The whole RLAIF chain through the CLI on a tiny model.
+
+Constitution SL -> SFT -> candidates -> AI labels -> RM -> PPO.
+"""
 
 import json
 
 from rlhfkit.cli import main
 from rlhfkit.data import load_records
-from rlhfkit.models.tiny import build_tiny_model
 
 
 def sets(*pairs):
     return sum((["--set", p] for p in pairs), [])
 
 
-def test_rlaif_chain_end_to_end(tmp_path):
-    tiny = str(build_tiny_model(tmp_path / "tiny"))
-    common = [f"model.name={tiny}", "model.dtype=float32"]
+def test_rlaif_chain_end_to_end(tiny_model_dir, tmp_path):
+    common = [f"model.name={tiny_model_dir}", "model.dtype=float32"]
     sl, sft, gen, lab, rm, ppo = (tmp_path / name for name in ("sl", "sft", "gen", "label", "rm", "ppo"))
 
     # 1. supervised stage of Constitutional AI: critique, revise, keep the revisions
