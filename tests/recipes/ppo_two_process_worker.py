@@ -1,10 +1,13 @@
 """Run by test_ppo_distributed.py, once alone and once under `accelerate launch --num_processes 2`.
 
 Every process samples the same global batch (same seed), keeps its share of the rows, scores it,
-and takes one PPO update; rank 0 saves the gradients of that optimiser step (averaged over processes).
+and takes one PPO update; rank 0 saves the gradients of that optimiser step (averaged over processes)
+and the update's statistics (token-weighted over all processes).
 """
 
+import json
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
@@ -51,9 +54,10 @@ def main(model_dir: str, out_file: str, *overrides: str) -> None:
         return step(*args, **kwargs)
 
     trainer.optimizer.step = capture_then_step
-    trainer.update(experience)
+    stats = trainer.update(experience)
     if runtime.is_main:
         save_file(gradients, out_file)
+        Path(out_file).with_suffix(".json").write_text(json.dumps(stats))
     runtime.wait()
 
 

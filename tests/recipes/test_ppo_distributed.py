@@ -1,5 +1,6 @@
 """Two processes with the same global batch give the same PPO update as one process (gloo on CPU)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -22,8 +23,9 @@ def test_two_processes_give_the_same_update_as_one(tiny_model_dir, tmp_path, ove
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     subprocess.run([sys.executable, WORKER, tiny_model_dir, str(one), *overrides], check=True, env=env)
     # on a machine without GPUs, --multi_gpu gives N CPU processes over gloo
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port, WORKER, tiny_model_dir, str(two), *overrides]  # fmt: skip
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
+              WORKER, tiny_model_dir, str(two), *overrides]  # fmt: skip
     subprocess.run(launch, check=True, env=env)
     a, b = load_file(str(one)), load_file(str(two))
     assert a.keys() == b.keys() and len(a) > 10
@@ -31,3 +33,11 @@ def test_two_processes_give_the_same_update_as_one(tiny_model_dir, tmp_path, ove
     assert all(torch.count_nonzero(a[name]) > 0 for name in a if "value" not in name and "lora_A" not in name)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    # the statistics (early stopping reads approx-KL) are the one-process token means on every process
+    stats_one, stats_two = (
+        json.loads(one.with_suffix(".json").read_text()),
+        json.loads(two.with_suffix(".json").read_text()),
+    )
+    assert stats_one.keys() == stats_two.keys() and "policy/approx_kl" in stats_one
+    for key in stats_one:
+        assert stats_two[key] == pytest.approx(stats_one[key], rel=1e-5, abs=1e-6), key
