@@ -17,7 +17,8 @@ import json
 import time
 from pathlib import Path
 
-from rlhfkit.recipes.gym import resolve_config, train
+from rlhfkit.gym.config import new_run_config
+from rlhfkit.recipes.gym import GymTrainer
 
 BUDGETS = {"CartPole-v1": 100_000, "Pendulum-v1": 200_000}
 # Pendulum's reward is dense and its swing-up short, so the tuned PPO settings of
@@ -51,10 +52,9 @@ def main() -> None:
                 *SETTINGS[env_id],
                 *args.set,
             ]
-            cfg = resolve_config(None, overrides)
-            out.mkdir(parents=True, exist_ok=True)
+            cfg = new_run_config(None, overrides)
             started = time.perf_counter()
-            summary = train(cfg, out)
+            summary = GymTrainer(cfg).train(out)
             wall = time.perf_counter() - started
             target, reached = TARGETS[env_id]
             settings = " ".join([*SETTINGS[env_id], *args.set]) or "defaults"

@@ -10,13 +10,15 @@ statistics, rewards unscaled.
 Hyperparameters are rlhfkit's resolved config (defaults, the Box defaults,
 then --set), translated to SB3's arguments:
   n_steps = ppo.rollout_steps, n_envs = env.num_envs,
-  batch_size = num_envs * rollout_steps / ppo.num_minibatches,
-  learning_rate = lr * progress_remaining when ppo.anneal_lr,
+  batch_size = train.mini_batch_size, n_epochs = train.ppo_epochs, gae_lambda = ppo.lam,
+  learning_rate = optim.learning_rate * progress_remaining when optim.schedule is linear,
+  max_grad_norm = optim.max_grad_norm, clip_range_vf = ppo.value_clip_range (0: None),
   vf_coef = ppo.value_coef / 2 (SB3's value loss is the MSE, rlhfkit's 0.5 * MSE),
   VecNormalize(norm_obs, norm_reward, clip 10, gamma) when either normaliser is on,
   net_arch pi = vf = policy.hidden_sizes, tanh, ortho_init, log_std_init.
 Both bootstrap truncated episodes from V(final observation).
-(ppo.target_kl is not translated: SB3 stops at 1.5 x target within an epoch, rlhfkit after an epoch.)
+(ppo.target_kl is not translated: SB3 stops before the step of the first minibatch whose approx-KL
+exceeds 1.5 x target, rlhfkit right after the step of the first one that exceeds the target.)
 
     .venv/bin/python benchmarks/gym_vs_sb3.py --env CartPole-v1 --timesteps 100000 --seeds 0 1 2
     .venv/bin/python benchmarks/gym_vs_sb3.py --env Pendulum-v1 --timesteps 200000 --seeds 0 1
@@ -34,8 +36,9 @@ import numpy as np
 import torch
 
 from rlhfkit.errors import UserError
-from rlhfkit.gym.config import GymConfig
-from rlhfkit.recipes.gym import EVAL_SEED_OFFSET, resolve_config, train
+from rlhfkit.gym.config import GymConfig, new_run_config
+from rlhfkit.gym.evaluate import EVAL_SEED_OFFSET
+from rlhfkit.recipes.gym import GymTrainer
 
 
 def train_sb3(cfg: GymConfig) -> tuple[float, list[float]]:
@@ -44,8 +47,10 @@ def train_sb3(cfg: GymConfig) -> tuple[float, list[float]]:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
-    if cfg.ppo.target_kl is not None:
-        raise UserError("gym_vs_sb3: ppo.target_kl has different semantics in SB3; leave it null")
+    if cfg.ppo.target_kl > 0:
+        raise UserError("gym_vs_sb3: ppo.target_kl has different semantics in SB3; leave it 0")
+    if cfg.optim.schedule not in ("linear", "constant") or cfg.optim.warmup_steps or cfg.optim.weight_decay:
+        raise UserError("gym_vs_sb3: SB3's Adam is translated for a linear or constant schedule only")
     started = time.perf_counter()
     venv = make_vec_env(cfg.env.id, n_envs=cfg.env.num_envs, seed=cfg.seed)
     normalizer = None
@@ -59,22 +64,22 @@ def train_sb3(cfg: GymConfig) -> tuple[float, list[float]]:
             gamma=cfg.ppo.gamma,
             epsilon=1e-8,
         )
-    lr = cfg.ppo.learning_rate
+    lr = cfg.optim.learning_rate
     model = PPO(
         "MlpPolicy",
         venv,
-        learning_rate=(lambda progress: lr * progress) if cfg.ppo.anneal_lr else lr,
+        learning_rate=(lambda progress: lr * progress) if cfg.optim.schedule == "linear" else lr,
         n_steps=cfg.ppo.rollout_steps,
-        batch_size=cfg.minibatch_size,
-        n_epochs=cfg.ppo.epochs,
+        batch_size=cfg.train.mini_batch_size,
+        n_epochs=cfg.train.ppo_epochs,
         gamma=cfg.ppo.gamma,
-        gae_lambda=cfg.ppo.gae_lambda,
+        gae_lambda=cfg.ppo.lam,
         clip_range=cfg.ppo.clip_range,
-        clip_range_vf=cfg.ppo.value_clip_range,
+        clip_range_vf=cfg.ppo.value_clip_range or None,
         normalize_advantage=cfg.ppo.normalize_advantages,
         ent_coef=cfg.ppo.entropy_coef,
         vf_coef=cfg.ppo.value_coef / 2,
-        max_grad_norm=cfg.ppo.max_grad_norm,
+        max_grad_norm=cfg.optim.max_grad_norm,
         policy_kwargs={
             "net_arch": {"pi": list(cfg.policy.hidden_sizes), "vf": list(cfg.policy.hidden_sizes)},
             "activation_fn": torch.nn.Tanh,
@@ -105,7 +110,7 @@ def train_sb3(cfg: GymConfig) -> tuple[float, list[float]]:
 def train_rlhfkit(cfg: GymConfig, out: Path) -> tuple[float, dict]:
     """A full `rlhfkit gym` run (checkpoints, TensorBoard, evaluation, plot) -> (wall seconds, its summary)."""
     started = time.perf_counter()
-    summary = train(cfg, out)
+    summary = GymTrainer(cfg).train(out)
     return time.perf_counter() - started, summary
 
 
@@ -128,11 +133,10 @@ def main() -> None:
     rows = []
     for i, seed in enumerate(args.seeds):
         out = Path(args.out) / f"{args.env}-seed{seed}"
-        cfg = resolve_config(
+        cfg = new_run_config(
             None,
             [f"env.id={args.env}", f"train.total_timesteps={args.timesteps}", f"seed={seed}", f"out={out}", *args.set],
         )
-        out.mkdir(parents=True, exist_ok=True)
         row: dict = {
             "env_id": args.env,
             "seed": seed,
@@ -174,6 +178,7 @@ def main() -> None:
         f"| mean | {mean['rlhfkit_return']:.1f} | {mean['sb3_return']:.1f} | {mean['rlhfkit_seconds']:.0f} | {mean['sb3_seconds']:.0f} | "
         f"{mean['rlhfkit_seconds'] / mean['sb3_seconds']:.2f} |"
     )
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"{args.env}-results.json").write_text(json.dumps(rows, indent=2))
 
 

@@ -25,7 +25,9 @@ def test_training_writes_every_file_of_the_contract(cartpole_run):
     out = cartpole_run
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["env"]["id"] == "CartPole-v1" and config["train"]["total_timesteps"] == 512
-    assert config["ppo"]["clip_range"] == 0.2 and config["ppo"]["gae_lambda"] == 0.95
+    assert config["ppo"]["clip_range"] == 0.2 and config["ppo"]["lam"] == 0.95
+    assert config["train"]["ppo_epochs"] == 4 and config["train"]["mini_batch_size"] == 128
+    assert config["optim"]["learning_rate"] == 2.5e-4 and config["optim"]["schedule"] == "linear"
 
     records = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2]
@@ -47,9 +49,11 @@ def test_training_writes_every_file_of_the_contract(cartpole_run):
     assert [r["optim/learning_rate"] for r in records] == [2.5e-4, 1.25e-4]  # annealed: lr * (1 - (u - 1) / 2)
 
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    assert (out / "checkpoints/step-2/policy.safetensors").is_file() and (out / "checkpoints/step-2/state.pt").is_file()
+    checkpoint = out / "checkpoints/step-2"
+    assert (checkpoint / "trainable.safetensors").is_file() and (checkpoint / "state.pt").is_file()
     assert (out / "final/policy.safetensors").is_file()
-    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for plot in ("learning_curve.png", "training.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["env_steps"] == 512 and summary["updates"] == 2 and summary["eval_episodes"] == 3
     assert summary["eval_return_mean"] >= 1 and summary["eval_return_std"] >= 0
@@ -103,12 +107,12 @@ def test_eval_dir_records_a_video(cartpole_run, tmp_path, capsys):
         (["--env", "NoSuchEnv-v0"], "env.id 'NoSuchEnv-v0': Environment `NoSuchEnv` doesn't exist."),
         (["--env", "RlhfkitTest/MultiDiscreteAction-v0"], "supports Discrete (categorical policy) and float Box"),
         (
-            ["--set", "ppo.num_minibatches=3"],
-            "ppo.num_minibatches 3 does not divide the batch env.num_envs * ppo.rollout_steps = 4 * 128 = 512",
+            ["--set", "train.mini_batch_size=100"],
+            "train.mini_batch_size 100 does not divide the batch env.num_envs * ppo.rollout_steps = 4 * 128 = 512",
         ),
         (["--set", "ppo.gamma=1.5"], "ppo.gamma must be in [0, 1], got 1.5"),
         (["--set", "ppo.nonsense=1"], "unknown config key 'ppo.nonsense'"),
-        (["--resume"], "--resume needs the run to continue: --out DIR"),
+        (["--resume"], "--resume: --out is missing; name the run to continue with --out DIR"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
@@ -122,9 +126,36 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_p
 
 def test_existing_run_is_not_overwritten_without_resume(cartpole_run, capsys):
     assert main(["gym", "--out", str(cartpole_run), *SMALL]) == 2
-    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert "already holds a run; pass --resume to continue it" in capsys.readouterr().err
 
 
 def test_eval_of_a_directory_without_a_run_exits_2(tmp_path, capsys):
     assert main(["gym", "--eval", str(tmp_path)]) == 2
     assert "config.yaml does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("ppo.epochs=2", "config key 'ppo.epochs' is now 'train.ppo_epochs'"),
+        ("ppo.num_minibatches=4", "config key 'ppo.num_minibatches' is now 'train.mini_batch_size' (rows per"),
+        ("ppo.gae_lambda=0.9", "config key 'ppo.gae_lambda' is now 'ppo.lam'"),
+        ("ppo.learning_rate=1e-3", "config key 'ppo.learning_rate' is now 'optim.learning_rate'"),
+        ("ppo.max_grad_norm=1", "config key 'ppo.max_grad_norm' is now 'optim.max_grad_norm'"),
+        ("ppo.anneal_lr=false", "config key 'ppo.anneal_lr' is now 'optim.schedule'"),
+    ],
+)
+def test_renamed_keys_are_refused_naming_the_new_key_from_set_and_from_a_config_file(old, new, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["gym", "--set", old, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--set: {new}" in err and len(err.splitlines()) == 1
+
+    key, _, value = old.partition("=")
+    section, leaf = key.split(".")
+    config_file = tmp_path / "old.yaml"
+    config_file.write_text(f"seed: 1\n{section}:\n  clip_range: 0.2\n  {leaf}: {value}\n")
+    assert main(["gym", "--config", str(config_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"config file {config_file}: {new}" in err and len(err.splitlines()) == 1
+    assert not out.exists()

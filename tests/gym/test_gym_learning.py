@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from rlhfkit.config import load_config
-from rlhfkit.recipes.gym import GymConfig, train
+from rlhfkit.recipes.gym import GymConfig, GymTrainer
 from rlhfkit.tracking import read_jsonl
 
 
 def test_short_cartpole_run_improves_its_return(tmp_path):
     cfg = load_config(GymConfig, overrides=["env.id=CartPole-v1", "train.total_timesteps=16384", "seed=0"])
-    summary = train(cfg, tmp_path)
+    summary = GymTrainer(cfg).train(out=tmp_path)
     records = read_jsonl(tmp_path / "metrics.jsonl")
     first_returns = records[0]["charts/episodic_return"]
     # A uniformly random CartPole policy lasts about 22 steps. After 32 updates the sampling policy

@@ -11,17 +11,25 @@ what the environment needs to render (pygame for classic control).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
+from rlhfkit.config import load_config
 from rlhfkit.errors import UserError
-from rlhfkit.gym.envs import EnvSpec, make_env, to_env_actions
+from rlhfkit.gym.config import GymConfig
+from rlhfkit.gym.envs import EnvSpec, inspect_env, make_env, to_env_actions
 from rlhfkit.gym.normalization import ObservationNormalizer
-from rlhfkit.gym.policy import ActorCritic
+from rlhfkit.gym.policy import ActorCritic, load_policy
 from rlhfkit.gym.rollout import Episode
+from rlhfkit.runtime import Runtime
+from rlhfkit.tracking import write_json_atomic
+
+EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes start from seed + this, apart from training's seed + i
 
 
 def check_video(env_id: str) -> None:
@@ -31,7 +39,8 @@ def check_video(env_id: str) -> None:
         modes = env.metadata.get("render_modes", [])
         if "rgb_array" not in modes:
             raise UserError(
-                f"eval.video: env.id {env_id!r} does not render rgb_array frames (its render modes: {modes}); set eval.video=false"
+                f"eval.video: env.id {env_id!r} does not render rgb_array frames (its render modes: {modes}); "
+                "set eval.video=false"
             )
         env.reset(seed=0)
         try:
@@ -91,3 +100,58 @@ def write_gif(frames: list[np.ndarray], path: Path, fps: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     return path
+
+
+def evaluation_figures(
+    policy: ActorCritic,
+    spec: EnvSpec,
+    obs_normalizer: ObservationNormalizer | None,
+    config: GymConfig,
+    runtime: Runtime,
+    video_path: Path | None,
+) -> dict[str, Any]:
+    """A run's final evaluation: eval.episodes episodes from seed + 1e6, any sampling on its own seed.
+
+    So `rlhfkit gym --eval DIR` repeats the training summary's episodes exactly, sampled or not,
+    and evaluating never shifts the random streams of the run around it.
+    """
+    seed = config.seed + EVAL_SEED_OFFSET
+    with runtime.forked_rng(seed):
+        results = evaluate(
+            policy, spec, obs_normalizer, config.eval.episodes, seed, config.eval.deterministic, video_path
+        )
+    returns = np.array([e.return_ for e in results])
+    return {
+        "eval_return_mean": float(returns.mean()),
+        "eval_return_std": float(returns.std()),
+        "eval_length_mean": float(np.mean([e.length for e in results])),
+        "eval_episodes": len(results),
+        "eval_deterministic": config.eval.deterministic,
+    }
+
+
+def evaluate_run(run_dir: Path, config_file: str | None, overrides: list[str], out: Path) -> dict[str, Any]:
+    """Evaluate `run_dir`/final under the run's config.yaml (+ `config_file`, `overrides`) as its summary did.
+
+    Writes out/eval.json (and out/eval.gif) and returns the figures.
+    """
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise UserError(f"--eval: {saved} does not exist; give the output directory of an rlhfkit gym run")
+    config = load_config(GymConfig, config_file, overrides, base=yaml.safe_load(saved.read_text(encoding="utf-8")))
+    if not (run_dir / "final" / "policy.safetensors").is_file():
+        raise UserError(
+            f"--eval: {run_dir / 'final'} holds no policy; the run has not finished "
+            f"(continue it with --resume --out {run_dir})"
+        )
+    torch.set_num_threads(1)
+    spec = inspect_env(config.env.id)
+    if config.eval.video:
+        check_video(config.env.id)
+    policy, obs_normalizer = load_policy(run_dir / "final", config, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    video_path = out / "eval.gif" if config.eval.video else None
+    figures = evaluation_figures(policy, spec, obs_normalizer, config, Runtime(seed=config.seed), video_path)
+    figures = {"env_id": config.env.id, **figures}
+    write_json_atomic(out / "eval.json", figures)
+    return figures

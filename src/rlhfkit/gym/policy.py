@@ -11,11 +11,16 @@ learned vector that does not depend on the state.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from rlhfkit.algorithms import entropy_from_logits, logprobs_from_logits
+from rlhfkit.gym.config import GymConfig
+from rlhfkit.gym.envs import EnvSpec
+from rlhfkit.gym.normalization import ObservationNormalizer
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -83,3 +88,35 @@ class ActorCritic(nn.Module):
     def _gaussian_logprobs(self, z: Tensor) -> Tensor:
         """log N(a; mu, sigma^2) = sum_i -z_i^2 / 2 - log sigma_i - 1/2 log(2 pi), with z = (a - mu) / sigma."""
         return (-0.5 * z.pow(2) - self.log_std - _LOG_SQRT_2PI).sum(-1)
+
+
+def build_policy(config: GymConfig, spec: EnvSpec) -> ActorCritic:
+    """The actor-critic `config.policy` describes, sized for `spec`'s observations and actions."""
+    return ActorCritic(
+        spec.obs_dim,
+        spec.action_dim,
+        spec.discrete,
+        config.policy.hidden_sizes,
+        config.policy.orthogonal_init,
+        config.policy.log_std_init,
+    )
+
+
+def save_policy(directory: Path, policy: ActorCritic, obs_normalizer: ObservationNormalizer | None) -> None:
+    """A run's final/: policy.safetensors, and obs_normalizer.safetensors (the policy means nothing without it)."""
+    save_file(
+        {k: v.detach().contiguous() for k, v in policy.state_dict().items()}, str(directory / "policy.safetensors")
+    )
+    if obs_normalizer is not None:
+        save_file(obs_normalizer.stats.state_dict(), str(directory / "obs_normalizer.safetensors"))
+
+
+def load_policy(directory: Path, config: GymConfig, spec: EnvSpec) -> tuple[ActorCritic, ObservationNormalizer | None]:
+    """What `save_policy` wrote into `directory`, for the run's `config`."""
+    policy = build_policy(config, spec)
+    policy.load_state_dict(load_file(str(directory / "policy.safetensors")))
+    if not config.env.normalize_observation:
+        return policy, None
+    obs_normalizer = ObservationNormalizer(spec.obs_dim)
+    obs_normalizer.stats.load_state_dict(load_file(str(directory / "obs_normalizer.safetensors")))
+    return policy, obs_normalizer

@@ -45,12 +45,32 @@ class Rollout:
     terminated: Tensor  # (N, T) bool: s_{t+1} is terminal
     episode_end: Tensor  # (N, T) bool: the episode ended at t (terminated or truncated)
 
+    def rows(self, advantages: Tensor, returns: Tensor) -> dict[str, Tensor]:
+        """The PPO batch, one row per environment step, with (N, T) `advantages` and `returns`: (N*T, ...)."""
+        return {
+            "observations": self.observations.flatten(0, 1),  # (N*T, obs_dim)
+            "actions": self.actions.flatten(0, 1),  # (N*T,) or (N*T, action_dim)
+            "logprobs": self.logprobs.flatten(),
+            "values": self.values.flatten(),
+            "advantages": advantages.flatten(),
+            "returns": returns.flatten(),
+        }
+
 
 class Episode(NamedTuple):
     """A finished episode, in the environment's own (unscaled) rewards."""
 
     return_: float
     length: int
+
+
+def episode_statistics(episodes: list[Episode]) -> dict[str, float | None]:
+    """Mean return and length of the episodes that finished during a rollout (None if none did)."""
+    return {
+        "charts/episodic_return": float(np.mean([e.return_ for e in episodes])) if episodes else None,
+        "charts/episodic_length": float(np.mean([e.length for e in episodes])) if episodes else None,
+        "charts/episodes": len(episodes),
+    }
 
 
 class EnvRunner:
@@ -144,7 +164,10 @@ class EnvRunner:
         return done
 
     def _envs_pickle(self) -> bytes | None:
-        """The environments' exact state, or None where it cannot be kept (EzPickle envs rebuild from their arguments)."""
+        """The environments' exact state, or None where it cannot be kept.
+
+        EzPickle environments (Box2D, MuJoCo) pickle as their constructor arguments, not their state.
+        """
         if any(isinstance(env.unwrapped, EzPickle) for env in self.envs.envs):
             return None
         try:
