@@ -1,18 +1,21 @@
-"""`rlhfkit dpo`: the cached reference, LoRA's reference, learning, the loss switch, the output contract, bad input."""
+"""`rlhfkit dpo`: the cached reference, LoRA's reference, learning, micro-batching, the loss switch, the output
+contract with the step-0 evaluation, exact resume, bad input."""
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from rlhfkit.cli import main
 from rlhfkit.config import load_config
 from rlhfkit.data.collate import tokenize_prompt_response
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
-from rlhfkit.recipes.dpo import REFERENCE_FILE, DPOConfig, DPORun, pair_logprobs, reference_logprobs
+from rlhfkit.recipes.dpo import REFERENCE_FILE, DPOConfig, DPOTrainer, pair_logprobs, reference_logprobs
+from rlhfkit.runtime import RunDirectory
 
 GOOD = ["good day", "great fun", "happy and kind", "love the music", "wonderful food", "nice friend"]
 BAD = ["bad day", "awful pain", "sad and angry", "hate the music", "terrible food", "poor friend"]
@@ -54,82 +57,116 @@ def naive_logprob(model, tokenizer, record, response):
     return logprobs[torch.arange(len(targets)), targets][mask].sum().item()
 
 
-def test_cached_reference_equals_a_fresh_computation_and_is_never_recomputed(tiny, comparisons, tmp_path):
-    run = DPORun(
-        make_config(
-            tiny, comparisons, tmp_path / "run", "train.steps=3", "train.batch_size=4", "optim.learning_rate=1e-2"
-        )
-    )
-    run.out.mkdir(parents=True)
-    cache = run.cache_reference()
+def test_cached_reference_equals_a_fresh_computation_and_is_read_back_on_resume(tiny, comparisons, tmp_path):
+    config = make_config(tiny, comparisons, tmp_path / "run", "train.batch_size=4", "optim.learning_rate=1e-2")
+    trainer = DPOTrainer(config)
+    trainer.cache_reference(RunDirectory(tmp_path / "run", None))
     fresh = load_causal_lm(tiny, load_tokenizer(tiny)).eval()
-    records = [json.loads(line) for line in comparisons.read_text().splitlines()][: len(run.train_pairs)]
+    records = [json.loads(line) for line in comparisons.read_text().splitlines()][: len(trainer.pairs["train"])]
     with torch.no_grad():
-        expected = [naive_logprob(fresh, run.tokenizer, r, r["chosen"]) for r in records]
-    assert cache["train_chosen"].tolist() == pytest.approx(expected, abs=1e-4)
-    on_disk = load_file(str(run.out / REFERENCE_FILE))
-    assert torch.equal(on_disk["train_rejected"], cache["train_rejected"])
+        expected = [naive_logprob(fresh, trainer.tokenizer, r, r["chosen"]) for r in records]
+    assert trainer.reference["train"][:, 0].tolist() == pytest.approx(expected, abs=1e-4)
+    path = tmp_path / "run" / REFERENCE_FILE
+    on_disk = load_file(str(path))
+    assert torch.equal(on_disk["eval"], trainer.reference["eval"])
     # policy == reference before the first update: DPO's first loss is -log sigmoid(0) = log 2
-    first = run.train_step(cache)
-    assert first["train/loss"] == pytest.approx(math.log(2), abs=1e-5)
-    run.train_step(cache)
+    assert trainer.train_step()[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-5)
+    trainer.train_step()
     with torch.no_grad():
-        now, _ = pair_logprobs(run.model.eval(), run.train_pairs[:4], run.tokenizer.pad_token_id, "float32")
-    assert not torch.allclose(now, cache["train_chosen"][:4], atol=1e-3)  # the policy moved ...
-    assert torch.equal(
-        load_file(str(run.out / REFERENCE_FILE))["train_chosen"], on_disk["train_chosen"]
-    )  # ... the cache did not
+        now = pair_logprobs(
+            trainer.unwrapped.eval(), trainer.pairs["train"][:4], trainer.tokenizer.pad_token_id, trainer.runtime
+        )
+    assert not torch.allclose(now, trainer.reference["train"][:4], atol=1e-3)  # the policy moved ...
+    assert torch.equal(load_file(str(path))["train"], on_disk["train"])  # ... the cache did not
+
+    # on resume the cache is read back, not recomputed (a marked cache shows which); a fresh run recomputes it
+    save_file({split: logprobs + 1.0 for split, logprobs in on_disk.items()}, str(path))
+    resumed = DPOTrainer(config)
+    resumed.cache_reference(RunDirectory(tmp_path / "run", tmp_path / "run" / "checkpoints" / "step-2"))
+    assert torch.equal(resumed.reference["train"], on_disk["train"] + 1.0)
+    fresh_run = DPOTrainer(config)
+    fresh_run.cache_reference(RunDirectory(tmp_path / "run", None))
+    assert torch.equal(fresh_run.reference["train"], on_disk["train"])
+    fresh_run._reference, fresh_run.step = None, 2  # a restored policy is no longer the reference
+    with pytest.raises(RuntimeError, match="cache_reference"):
+        fresh_run.train_step()
 
 
 def test_lora_reference_is_the_base_with_the_adapter_disabled(tiny, comparisons, tmp_path):
-    run = DPORun(
+    trainer = DPOTrainer(
         make_config(
             tiny, comparisons, tmp_path / "run", "model.lora.enabled=true", "model.lora.r=4", "train.kl_prompts=0"
         )
     )
-    assert run.reference_copy is None  # one copy of weights
+    assert trainer.reference_copy is None  # one copy of weights
+    model, pad, runtime = trainer.unwrapped, trainer.tokenizer.pad_token_id, trainer.runtime
     with torch.no_grad():
-        for name, parameter in run.model.named_parameters():
+        for name, parameter in model.named_parameters():
             if "lora_B" in name:  # B starts at 0 (adapter = identity); make the adapter matter
                 parameter.normal_(0, 0.5)
-    pairs = run.train_pairs[:5]
-    ref_chosen, _ = reference_logprobs(run.model, pairs, run.tokenizer.pad_token_id, 2, "float32")
+    pairs = trainer.pairs["train"][:5]
+    ref_chosen = reference_logprobs(model, pairs, pad, 2, runtime)[:, 0]
     base = load_causal_lm(tiny, load_tokenizer(tiny)).eval()
     with torch.no_grad():
-        base_chosen, _ = pair_logprobs(base, pairs, run.tokenizer.pad_token_id, "float32")
-        adapted_chosen, _ = pair_logprobs(run.model, pairs, run.tokenizer.pad_token_id, "float32")
+        base_chosen = pair_logprobs(base, pairs, pad, runtime)[:, 0]
+        adapted_chosen = pair_logprobs(model, pairs, pad, runtime)[:, 0]
     assert ref_chosen.tolist() == pytest.approx(base_chosen.tolist(), abs=1e-5)
     assert (adapted_chosen - base_chosen).abs().max() > 1e-2
 
 
 def test_dpo_steps_raise_the_chosen_over_rejected_margin(tiny, comparisons, tmp_path):
-    run = DPORun(
+    trainer = DPOTrainer(
         make_config(
             tiny, comparisons, tmp_path / "run", "train.batch_size=8", "optim.learning_rate=3e-3", "train.kl_prompts=0"
         )
     )
-    run.out.mkdir(parents=True)
-    reference = run.cache_reference()
-    before = run.evaluate_pairs(reference)
+    before, _ = trainer.evaluate()
     assert before["eval/reward_margin"] == pytest.approx(0.0, abs=1e-6)  # policy == reference
     for _ in range(10):
-        run.train_step(reference)
-    after = run.evaluate_pairs(reference)
-    train_chosen, train_rejected = pair_logprobs(
-        run.model.eval(), run.train_pairs, run.tokenizer.pad_token_id, "float32"
-    )
-    margins = (train_chosen - reference["train_chosen"]) - (train_rejected - reference["train_rejected"])
+        trainer.train_step()
+    after, _ = trainer.evaluate()
+    with torch.no_grad():
+        policy = pair_logprobs(
+            trainer.unwrapped.eval(), trainer.pairs["train"], trainer.tokenizer.pad_token_id, trainer.runtime
+        )
+    chosen_ratio, rejected_ratio = (policy - trainer.reference["train"]).unbind(1)
+    margins = chosen_ratio - rejected_ratio
     assert margins.mean() > 0.5 and (margins > 0).float().mean() > 0.9
     assert after["eval/reward_margin"] > 0.05 and after["eval/loss"] < math.log(2)
 
 
+def one_step_gradients(trainer):
+    """The gradients the optimiser steps with, and the step's metrics."""
+    gradients, step = {}, trainer.optimizer.step
+
+    def capture_then_step(*args, **kwargs):
+        named = trainer.unwrapped.named_parameters()
+        gradients.update({name: p.grad.detach().clone() for name, p in named if p.grad is not None})
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = capture_then_step
+    metrics, _ = trainer.train_step()
+    return gradients, metrics
+
+
+def test_micro_batches_give_the_gradient_of_the_whole_batch(tiny, comparisons, tmp_path):
+    settings = ["train.batch_size=4", "train.kl_prompts=0", "optim.max_grad_norm=0"]
+    whole, whole_metrics = one_step_gradients(DPOTrainer(make_config(tiny, comparisons, tmp_path / "a", *settings)))
+    split, split_metrics = one_step_gradients(
+        DPOTrainer(make_config(tiny, comparisons, tmp_path / "b", *settings, "train.micro_batch_size=1"))
+    )
+    assert whole.keys() == split.keys() and all(torch.count_nonzero(g) > 0 for g in whole.values())
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert split_metrics == pytest.approx(whole_metrics, rel=1e-5)
+
+
 def test_ipo_is_picked_by_the_config_key(tiny, comparisons, tmp_path):
-    run = DPORun(
+    trainer = DPOTrainer(
         make_config(tiny, comparisons, tmp_path / "run", "train.loss=ipo", "train.beta=0.1", "train.kl_prompts=0")
     )
-    run.out.mkdir(parents=True)
     # h = 0 before any update: IPO's loss is (0 - 1 / (2 * 0.1))^2 = 25
-    assert run.train_step(run.cache_reference())["train/loss"] == pytest.approx(25.0, abs=1e-3)
+    assert trainer.train_step()[0]["train/loss"] == pytest.approx(25.0, abs=1e-3)
 
 
 def cli(out, tiny, comparisons, *extra):
@@ -137,8 +174,10 @@ def cli(out, tiny, comparisons, *extra):
         f"model.name={tiny}",
         "model.dtype=float32",
         f"data.train={comparisons}",
+        "data.max_length=14",
         "train.steps=4",
-        "train.batch_size=4",
+        "train.batch_size=3",
+        "train.beta=0.3",
         "train.checkpoint_every=2",
         "train.eval_every=2",
         "train.kl_prompts=3",
@@ -150,43 +189,35 @@ def cli(out, tiny, comparisons, *extra):
 
 
 def test_command_output_contract_and_exact_resume(tiny, comparisons, tmp_path):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
     assert cli(full, tiny, comparisons) == 0
-    for name in (
-        "config.yaml",
-        "metrics.jsonl",
-        "samples.jsonl",
-        "summary.json",
-        "training.png",
-        REFERENCE_FILE,
-        "checkpoints/step-4",
-        "final/config.json",
-    ):
+    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.json", "training.png", REFERENCE_FILE,
+                 "checkpoints/step-4", "final/config.json"):  # fmt: skip
         assert (full / name).exists(), name
     assert list((full / "tensorboard").iterdir())
     metrics = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    assert {
-        "train/reward_accuracy",
-        "train/reward_margin",
-        "train/logp_chosen",
-        "train/logp_rejected",
-        "eval/reward_accuracy",
-        "kl/mean",
-    } <= set(metrics[-1])
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4]
+    assert not any(key.startswith("train/") for key in metrics[0])  # step 0: the evaluation before any update
+    train_keys = {"train/reward_accuracy", "train/reward_margin", "train/logp_chosen", "train/logp_rejected"}
+    assert train_keys | {"eval/reward_accuracy", "kl/mean"} <= set(metrics[-1])
     summary = json.loads((full / "summary.json").read_text())
+    assert summary["initial"] == {key: value for key, value in metrics[0].items() if key != "step"}
+    assert summary["final_eval"] == {k: v for k, v in metrics[-1].items() if k.startswith(("eval/", "kl/"))}
     assert summary["initial"]["kl/mean"] == pytest.approx(0.0, abs=1e-4)  # policy == reference: every log-ratio is 0
+    assert summary["initial"]["eval/reward_margin"] == 0.0
+    assert (summary["steps"], summary["beta"], summary["num_processes"]) == (4, 0.3, 1)
     load_causal_lm(str(full / "final"))  # loadable as a policy
 
-    assert cli(resumed, tiny, comparisons) == 0
-    import shutil
-
-    shutil.rmtree(resumed / "checkpoints" / "step-4")
-    shutil.rmtree(resumed / "final")
-    assert main(["dpo", "--out", str(resumed), "--resume"]) == 0
-    a, b = load_file(str(full / "final" / "model.safetensors")), load_file(str(resumed / "final" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (resumed / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+    assert cli(stopped, tiny, comparisons) == 0
+    config_yaml = (stopped / "config.yaml").read_text()
+    shutil.rmtree(stopped / "checkpoints" / "step-4")  # as if killed during step 4
+    shutil.rmtree(stopped / "final")
+    assert main(["dpo", "--resume", "--out", str(stopped)]) == 0  # the rest of the config comes from config.yaml
+    assert (stopped / "config.yaml").read_text() == config_yaml
+    a, b = load_file(str(full / "final" / "model.safetensors")), load_file(str(stopped / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        assert (stopped / name).read_text() == (full / name).read_text(), name
 
 
 def test_data_that_is_not_comparisons_names_file_and_line(tiny, tmp_path, capsys):

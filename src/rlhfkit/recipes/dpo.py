@@ -12,11 +12,12 @@
     5 save       checkpoints for --resume; final/ = a plain HF model directory (LoRA merged)
 
 Where this departs from a naive implementation, and why:
-- The reference is never run during training: its log-probs of the fixed pairs do not change,
-  so one pass over the data set replaces one reference forward per step. With LoRA the
-  reference is the base with the adapter disabled (one copy of weights); with full fine-tuning
-  the reference is a frozen copy kept only for the held-out KL measurement.
+- The reference is never run during training: its log-probs of the fixed pairs do not change, so one
+  pass over the data set replaces one reference forward per step. With LoRA the reference is the base
+  with the adapter disabled (one copy of weights); else a frozen copy serves the held-out KL only.
 - Chosen and rejected responses go through the policy in one padded batch (one forward).
+- The loss is the mean over the optimiser batch's pairs however it is split into micro-batches and
+  processes (`share_weight`); every process computes the reference cache itself (no file to wait on).
 - The KL estimate is the plain Monte-Carlo k1 estimator of KL(π‖π_ref) at temperature 1;
   with generation.temperature ≠ 1 it measures the divergence of the tempered sampler.
 """
@@ -28,45 +29,48 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
-from rlhfkit.algorithms import conservative_dpo_loss, dpo_loss, ipo_loss
+from rlhfkit.algorithms import conservative_dpo_loss, dpo_loss, ipo_loss, share_weight
 from rlhfkit.assets import EVAL_PROMPTS
-from rlhfkit.checkpoint import write_directory_atomic
-from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, add_config_arguments, field, save_config
+from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, add_config_arguments, field
 from rlhfkit.data import format_prompt, load_records, prompt_text
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.models.lora import apply_lora, is_lora
+from rlhfkit.models.lora import apply_lora, is_lora, merged
+from rlhfkit.recipes.sft import split_records
 from rlhfkit.rewards import build_reward, checked_scores
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.tracking import Tracker, plot_metrics, read_jsonl, write_json_atomic
+from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, fit, run_config
 from rlhfkit.training import (
     OptimConfig,
     batch_indices,
     build_optimizer,
+    load_training_state,
     optimizer_step,
-    resolve_out_dir,
-    restore_training_state,
-    run_config,
-    save_training_state,
     sequence_logprobs,
+    training_state,
 )
 
-LOSSES = ("dpo", "ipo", "conservative")
 REFERENCE_FILE = "reference_logprobs.safetensors"
-
+# averaged over pairs: loss, r_w > r_l, r_w - r_l, implicit rewards r = β (log π - log π_ref), log π(y_w), log π(y_l)
+STATISTICS = "loss reward_accuracy reward_margin reward_chosen reward_rejected logp_chosen logp_rejected".split()
+Pair = tuple[dict, dict]  # (chosen, rejected): each a tokenised prompt + response + EOS
 # (policy_chosen, policy_rejected, ref_chosen, ref_rejected) (N,) each -> (losses, chosen_rewards, rejected_rewards)
-PreferenceLoss = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-]
+PreferenceLoss = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+# train.loss -> its function with the coefficients bound
+LOSSES: dict[str, Callable[[DPOTrainConfig], PreferenceLoss]] = {
+    "dpo": lambda c: functools.partial(dpo_loss, beta=c.beta),
+    "ipo": lambda c: functools.partial(ipo_loss, tau=c.beta),
+    "conservative": lambda c: functools.partial(conservative_dpo_loss, beta=c.beta, label_smoothing=c.label_smoothing),
+}
 
 
 @dataclasses.dataclass
@@ -74,9 +78,7 @@ class DPODataConfig:
     train: str = field("", "comparisons: prompt + chosen + rejected (e.g. from `rlhfkit label`)")
     eval: str = field("", "held-out comparisons (empty: hold out data.eval_fraction of data.train)")
     eval_fraction: float = field(0.1, "share of data.train held out when data.eval is empty")
-    prompts: str = field(
-        str(EVAL_PROMPTS), "held-out prompts: the policy's answers to them measure the KL to the reference"
-    )
+    prompts: str = field(str(EVAL_PROMPTS), "held-out prompts whose answers measure the policy's KL to the reference")
     max_length: int = field(256, "tokens per prompt + response; the prompt is cut from the left first")
 
     def __post_init__(self) -> None:
@@ -96,14 +98,12 @@ class DPOTrainConfig:
     label_smoothing: float = field(0.1, "for loss=conservative: probability that a label is flipped, in [0, 0.5)")
     eval_every: int = field(25, "evaluate every N steps (and at the end)")
     kl_prompts: int = field(16, "held-out prompts answered at each evaluation to measure KL (0: none)")
-    score_answers: bool = field(
-        False, "also score the held-out answers with reward.* (a gold measure, never trained on)"
-    )
+    score_answers: bool = field(False, "also score held-out answers with reward.* (a gold measure, never trained on)")
     reference_batch_size: int = field(16, "pairs per forward pass when caching the reference log-probs")
     checkpoint_every: int = field(50, "save a checkpoint every N steps (and at the end)")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "reference_batch_size"):
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "reference_batch_size", "beta"):
             if getattr(self, name) <= 0:
                 raise UserError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.micro_batch_size < 0 or self.batch_size % (self.micro_batch_size or self.batch_size):
@@ -112,8 +112,6 @@ class DPOTrainConfig:
             )
         if self.loss not in LOSSES:
             raise UserError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.beta <= 0:
-            raise UserError(f"train.beta must be positive, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             raise UserError(f"train.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.kl_prompts < 0:
@@ -136,298 +134,178 @@ class DPOConfig:
         return self.train.micro_batch_size or self.train.batch_size
 
 
-def preference_loss(config: DPOTrainConfig) -> PreferenceLoss:
-    """The loss function that train.loss names, with its coefficients bound."""
-    if config.loss == "dpo":
-        return functools.partial(dpo_loss, beta=config.beta)
-    if config.loss == "ipo":
-        return functools.partial(ipo_loss, tau=config.beta)
-    return functools.partial(conservative_dpo_loss, beta=config.beta, label_smoothing=config.label_smoothing)
+def load_pairs(config: DPODataConfig, tokenizer: Any) -> dict[str, list[Pair]]:
+    """Tokenised "train" and "eval" pairs; eval is data.eval or the last data.eval_fraction of data.train."""
+    if not config.train:
+        raise UserError("data.train is required: comparisons (prompt, chosen, rejected), e.g. from `rlhfkit label`")
+    train = load_records(config.train, "comparisons")
+    held_out = load_records(config.eval, "comparisons") if config.eval else None
+    train, held_out = split_records(train, held_out, config.eval_fraction, config.train)
+    soft = sum(0 < r.get("label", 1) < 1 for r in train)
+    if soft:
+        print(f"rlhfkit dpo: warning: {soft} comparison(s) carry a soft 'label'; DPO uses only which is chosen")
+    item = functools.partial(tokenize_prompt_response, tokenizer, max_length=config.max_length)
+    pairs = {
+        split: [(item(r, r["chosen"]), item(r, r["rejected"])) for r in records]
+        for split, records in (("train", train), ("eval", held_out))
+    }
+    truncated = sum(item["truncated"] for split in pairs.values() for pair in split for item in pair)
+    if truncated:
+        print(f"rlhfkit dpo: warning: {truncated} response(s) over data.max_length={config.max_length} were cut")
+    return pairs
 
 
-# ---------------------------------------------------------------------------
-# Pairs and their log-probabilities
-# ---------------------------------------------------------------------------
-
-
-def tokenize_pairs(
-    tokenizer: Any, records: list[dict[str, Any]], max_length: int
-) -> tuple[list[tuple[dict, dict]], int]:
-    """(chosen item, rejected item) per comparison, each prompt + response + EOS; and how many responses were cut."""
-
-    pairs = [
-        (
-            tokenize_prompt_response(tokenizer, r, r["chosen"], max_length),
-            tokenize_prompt_response(tokenizer, r, r["rejected"], max_length),
-        )
-        for r in records
-    ]
-    return pairs, sum(chosen["truncated"] + rejected["truncated"] for chosen, rejected in pairs)
-
-
-def pair_logprobs(
-    model: torch.nn.Module, pairs: list[tuple[dict, dict]], pad_token_id: int, dtype: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs (N,), (N,) of the chosen and rejected responses, in one forward of 2N rows."""
-
+def pair_logprobs(model: nn.Module, pairs: list[Pair], pad_id: int, runtime: Runtime) -> Tensor:
+    """(N, 2) summed response log-probs of each pair's (chosen, rejected) response, in one forward of 2N rows."""
     items = [chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs]
-    logprobs = sequence_logprobs(model, *pad_batch(items, pad_token_id), dtype=dtype)  # (2N,)
-    return logprobs[: len(pairs)], logprobs[len(pairs) :]
+    batch = runtime.to_device(pad_batch(items, pad_id))
+    return sequence_logprobs(model, *batch, dtype=runtime.precision).view(2, -1).T  # (2N,) -> (N, 2)
 
 
 def reference_mode(model: Any) -> contextlib.AbstractContextManager:
     """Where `model` is the reference: with LoRA, the base with the adapter disabled; else the model as it is."""
-
     return model.disable_adapter() if is_lora(model) else contextlib.nullcontext()
 
 
 @torch.no_grad()
-def reference_logprobs(
-    model: torch.nn.Module, pairs: list[tuple[dict, dict]], pad_token_id: int, batch_size: int, dtype: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π_ref of every pair's chosen and rejected response, (N,) each; with LoRA, under the base (adapter off)."""
+def reference_logprobs(model: nn.Module, pairs: list[Pair], pad_id: int, batch_size: int, runtime: Runtime) -> Tensor:
+    """(N, 2) log π_ref of every pair's (chosen, rejected) response; with LoRA, under the base (adapter off)."""
     model.eval()
-    chosen, rejected = [], []
-    for start in range(0, len(pairs), batch_size):
-        with reference_mode(model):
-            c, r = pair_logprobs(model, pairs[start : start + batch_size], pad_token_id, dtype)
-        chosen.append(c)
-        rejected.append(r)
-    return torch.cat(chosen), torch.cat(rejected)
+    with reference_mode(model):
+        chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+        return torch.cat([pair_logprobs(model, chunk, pad_id, runtime) for chunk in chunks])
 
 
-def pair_metrics(
-    prefix: str, losses: torch.Tensor, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
-) -> dict[str, float]:
-    """Mean loss, implicit-reward accuracy (r_w > r_l), margin and the rewards themselves."""
-    return {
-        f"{prefix}/loss": losses.mean().item(),
-        f"{prefix}/reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
-        f"{prefix}/reward_margin": (chosen_rewards - rejected_rewards).mean().item(),
-        f"{prefix}/reward_chosen": chosen_rewards.mean().item(),
-        f"{prefix}/reward_rejected": rejected_rewards.mean().item(),
-    }
+def statistic_sums(policy: Tensor, losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
+    """(7,) sums over the pairs of STATISTICS: sums add up across micro-batches and processes, means would not."""
+    margins = chosen_rewards - rejected_rewards
+    rows = [losses, (margins > 0).float(), margins, chosen_rewards, rejected_rewards, *policy.unbind(1)]
+    return torch.stack(rows, dim=1).detach().sum(0)
 
 
-# ---------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------
+class DPOTrainer:
+    """DPO, validated at construction (before any output); `rlhfkit.runtime.fit` runs it."""
 
+    command = "dpo"
+    plot_keys = ("train/loss", "eval/reward_accuracy", "eval/reward_margin", "kl/mean", "eval/score_mean")
 
-class DPORun:
-    """DPO, validated at construction (before any output), trained by `train()`."""
-
-    def __init__(self, config: DPOConfig, resume: bool = False):
+    def __init__(self, config: DPOConfig, runtime: Runtime | None = None):
         self.config = config
-        data = config.data
-        # 1. load and validate all input before any output exists
-        if not data.train:
-            raise UserError(
-                "data.train is required: a file of comparisons (prompt, chosen, rejected), e.g. from `rlhfkit label`"
-            )
-        self.out, self.checkpoint = resolve_out_dir(config.out, "dpo", resume)
-        train_records = load_records(data.train, "comparisons")
-        if data.eval:
-            eval_records = load_records(data.eval, "comparisons")
-        else:
-            held_out = max(1, round(len(train_records) * data.eval_fraction))
-            if len(train_records) - held_out < 1:
-                raise UserError(
-                    f"{data.train}: {len(train_records)} comparison(s) are too few to hold out an eval split; give data.eval or more records"
-                )
-            train_records, eval_records = train_records[:-held_out], train_records[-held_out:]
-        soft = sum(0 < r.get("label", 1) < 1 for r in train_records)
-        if soft:
-            print(
-                f"rlhfkit dpo: warning: {soft} comparison(s) carry a soft 'label' (e.g. from --judge ai); DPO uses only which response is chosen"
-            )
-        self.kl_prompts = (
-            load_records(data.prompts, "prompts")[: config.train.kl_prompts] if config.train.kl_prompts else []
-        )
-        self.gold = build_reward(config.reward, config.model.dtype) if config.train.score_answers else None
-
+        self.runtime = runtime or Runtime(config.model.dtype, config.seed)
+        train = config.train
         self.tokenizer = load_tokenizer(config.model.name)
-        self.train_pairs, truncated = tokenize_pairs(self.tokenizer, train_records, data.max_length)
-        self.eval_pairs, eval_truncated = tokenize_pairs(self.tokenizer, eval_records, data.max_length)
-        if truncated + eval_truncated:
-            print(
-                f"rlhfkit dpo: warning: {truncated + eval_truncated} response(s) longer than data.max_length={data.max_length} were cut at their end"
-            )
-
-        torch.manual_seed(config.seed)
+        self.pairs = load_pairs(config.data, self.tokenizer)  # {"train": [...], "eval": [...]}
+        self.kl_prompts = load_records(config.data.prompts, "prompts")[: train.kl_prompts] if train.kl_prompts else []
+        self.gold = build_reward(config.reward, config.model.dtype) if train.score_answers else None
         model = load_causal_lm(config.model.name, self.tokenizer)
-        # the frozen reference for held-out KL: the base under the adapter with LoRA, else a copy
-        self.reference_copy = (
-            None
-            if config.model.lora.enabled or not self.kl_prompts
-            else copy.deepcopy(model).eval().requires_grad_(False)
-        )
-        self.model = apply_lora(model, config.model.lora) if config.model.lora.enabled else model
+        keep_copy = self.kl_prompts and not config.model.lora.enabled  # held-out KL's reference; LoRA's is the base
+        self.reference_copy = copy.deepcopy(model).requires_grad_(False).to(self.runtime.device) if keep_copy else None
+        model = apply_lora(model, config.model.lora) if config.model.lora.enabled else model
+        optimizer, self.scheduler = build_optimizer(model.parameters(), config.optim, train.steps)
+        self.model, self.optimizer = self.runtime.prepare(model, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = build_optimizer(self.params, config.optim, config.train.steps)
-        self.loss_fn = preference_loss(config.train)
-        self.step = 0
+        self.loss_fn = LOSSES[train.loss](train)
+        self._reference: dict[str, Tensor] | None = None
+        self.step, self.total_steps = 0, train.steps
+        self.eval_every, self.checkpoint_every = train.eval_every, train.checkpoint_every
 
-    # 2. reference log-probs, once -------------------------------------------------
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.runtime.unwrap(self.model)
 
-    def cache_reference(self) -> dict[str, torch.Tensor]:
-        """The reference log-probs of train and eval pairs: computed and cached by a fresh run, read back on resume."""
+    @property
+    def reference(self) -> dict[str, Tensor]:
+        """(N, 2) log π_ref of the "train" and "eval" pairs (chosen, rejected), on the run's device: computed on
+        first use, right only while the policy is the reference (before fit restores or takes a step)."""
+        if self._reference is None:
+            if self.step > 0:
+                raise RuntimeError("DPOTrainer: call cache_reference(run) before fit resumes a run")
+            model, pad, batch = self.unwrapped, self.tokenizer.pad_token_id, self.config.train.reference_batch_size
+            self._reference = {s: reference_logprobs(model, p, pad, batch, self.runtime) for s, p in self.pairs.items()}
+        return self._reference
 
-        path = self.out / REFERENCE_FILE
-        if self.checkpoint is not None and path.is_file():
-            return load_file(str(path))
-        batch, dtype, pad = self.config.train.reference_batch_size, self.config.model.dtype, self.tokenizer.pad_token_id
-        train_chosen, train_rejected = reference_logprobs(self.model, self.train_pairs, pad, batch, dtype)
-        eval_chosen, eval_rejected = reference_logprobs(self.model, self.eval_pairs, pad, batch, dtype)
-        cache = {
-            "train_chosen": train_chosen,
-            "train_rejected": train_rejected,
-            "eval_chosen": eval_chosen,
-            "eval_rejected": eval_rejected,
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(cache, str(tmp))
-        tmp.replace(path)
-        return cache
+    def cache_reference(self, run: RunDirectory) -> None:
+        """Read back from the run's cache on resume; else computed now by every process, and written by the main one."""
+        path = run.path / REFERENCE_FILE
+        if run.checkpoint is not None and path.is_file():
+            self._reference = self.runtime.to_device(load_file(str(path)))
+            return
+        reference, tmp = self.reference, path.with_name(path.name + ".tmp")
+        if self.runtime.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({split: logprobs.cpu() for split, logprobs in reference.items()}, str(tmp))
+            tmp.replace(path)
 
-    # 3. one optimiser step ----------------------------------------------------------
+    def pair_metrics(self, model: nn.Module, split: str, indices: list[int], total: int) -> dict[str, float]:
+        """STATISTICS over the `total` pairs of all processes, this one holding `indices` of `split`. With gradients
+        on, each micro-batch's mean loss is backwarded weighted by its share of `total` (`share_weight`)."""
+        pairs, reference = self.pairs[split], self.reference[split]
+        sums, size = torch.zeros(len(STATISTICS), device=self.runtime.device), self.config.micro_batch_size
+        for chunk in [indices[start : start + size] for start in range(0, len(indices), size)]:
+            policy = pair_logprobs(model, [pairs[i] for i in chunk], self.tokenizer.pad_token_id, self.runtime)
+            losses, *rewards = self.loss_fn(*policy.unbind(1), *reference[chunk].unbind(1))
+            if torch.is_grad_enabled():
+                self.runtime.backward(losses.mean() * share_weight(len(chunk), total, self.runtime.num_processes))
+            sums += statistic_sums(policy, losses, *rewards)
+        return {f"{split}/{name}": value / total for name, value in zip(STATISTICS, self.runtime.sum(sums).tolist())}
 
-    def train_step(self, reference: dict[str, torch.Tensor]) -> dict[str, float]:
-        config = self.config
-        indices = batch_indices(len(self.train_pairs), config.train.batch_size, self.step, config.seed)
+    def train_step(self) -> StepOutput:
+        """One optimiser step on the global batch: every process draws it and backwards its share."""
+        indices = batch_indices(len(self.pairs["train"]), self.config.train.batch_size, self.step, self.config.seed)
         self.model.train()
-        stats: list[torch.Tensor] = []
-        logps: list[torch.Tensor] = []
-        for start in range(0, len(indices), config.micro_batch_size):
-            chunk = indices[start : start + config.micro_batch_size]
-            policy_chosen, policy_rejected = pair_logprobs(
-                self.model, [self.train_pairs[i] for i in chunk], self.tokenizer.pad_token_id, config.model.dtype
-            )
-            losses, chosen_rewards, rejected_rewards = self.loss_fn(
-                policy_chosen, policy_rejected, reference["train_chosen"][chunk], reference["train_rejected"][chunk]
-            )
-            (losses.sum() / len(indices)).backward()
-            stats.append(torch.stack([losses.detach(), chosen_rewards, rejected_rewards]))
-            logps.append(torch.stack([policy_chosen.detach(), policy_rejected.detach()]))
+        metrics = self.pair_metrics(self.model, "train", self.runtime.shard(indices), len(indices))
         learning_rate = self.scheduler.get_last_lr()[0]
-        grad_norm = optimizer_step(self.params, self.optimizer, self.scheduler, config.optim.max_grad_norm)
+        grad_norm = optimizer_step(self.params, self.optimizer, self.scheduler, self.config.optim.max_grad_norm)
         self.step += 1
-        losses, chosen_rewards, rejected_rewards = torch.cat(stats, dim=1)
-        policy_chosen, policy_rejected = torch.cat(logps, dim=1)
-        return {
-            **pair_metrics("train", losses, chosen_rewards, rejected_rewards),
-            "train/logp_chosen": policy_chosen.mean().item(),
-            "train/logp_rejected": policy_rejected.mean().item(),
-            "train/grad_norm": grad_norm,
-            "train/learning_rate": learning_rate,
-        }
-
-    # 4. evaluation -------------------------------------------------------------------
+        return {**metrics, "train/grad_norm": grad_norm, "train/learning_rate": learning_rate}, None
 
     @torch.no_grad()
-    def evaluate_pairs(self, reference: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Loss, implicit-reward accuracy and margin on the held-out comparisons."""
-        self.model.eval()
-        batch = self.config.micro_batch_size
-        chosen, rejected = [], []
-        for start in range(0, len(self.eval_pairs), batch):
-            c, r = pair_logprobs(
-                self.model, self.eval_pairs[start : start + batch], self.tokenizer.pad_token_id, self.config.model.dtype
-            )
-            chosen.append(c)
-            rejected.append(r)
-        losses, chosen_rewards, rejected_rewards = self.loss_fn(
-            torch.cat(chosen), torch.cat(rejected), reference["eval_chosen"], reference["eval_rejected"]
-        )
-        return pair_metrics("eval", losses, chosen_rewards, rejected_rewards)
-
-    @torch.no_grad()
-    def heldout_kl(self) -> tuple[dict[str, float], list[str], list[float]]:
-        """Answers to the held-out prompts, KL(π‖π_ref) per answer (Σ log π - log π_ref), and gold scores."""
-
+    def evaluate(self) -> StepOutput:
+        """Held-out pair metrics (each process its share); KL(π‖π_ref) and gold scores of held-out prompts' answers."""
+        config, model, dtype, pairs = self.config, self.unwrapped.eval(), self.runtime.precision, self.pairs["eval"]
+        metrics = self.pair_metrics(model, "eval", self.runtime.shard(range(len(pairs))), len(pairs))
         if not self.kl_prompts:
-            return {}, [], []
-        config = self.config
-        self.model.eval()
-        generator_state = torch.get_rng_state()  # sampling must not shift the training RNG stream
-        torch.manual_seed(config.seed + self.step)
+            return metrics, None
         texts = [format_prompt(self.tokenizer, record) for record in self.kl_prompts]
-        samples = sample(self.model, self.tokenizer, texts, config.generation, config.model.dtype)
-        torch.set_rng_state(generator_state)
+        with self.runtime.forked_rng(config.seed + self.step):
+            samples = sample(model, self.tokenizer, texts, config.generation, dtype)
         response_mask = torch.cat([torch.zeros_like(samples.query_mask), samples.response_mask], dim=1)
         batch = (samples.input_ids, samples.attention_mask, response_mask)
-        policy = sequence_logprobs(self.model, *batch, dtype=config.model.dtype)
-        reference_model = self.model if self.reference_copy is None else self.reference_copy
+        reference_model = model if self.reference_copy is None else self.reference_copy
         with reference_mode(reference_model):
-            reference = sequence_logprobs(reference_model, *batch, dtype=config.model.dtype)
-        kl = policy - reference  # (B,)
-        answers = decode_responses(self.tokenizer, samples)
-        metrics = {
-            "kl/mean": kl.mean().item(),
-            "eval/response_tokens": samples.response_mask.sum(1).float().mean().item(),
-        }
+            reference = sequence_logprobs(reference_model, *batch, dtype=dtype)
+        kl = sequence_logprobs(model, *batch, dtype=dtype) - reference  # (B,)
+        prompts, answers = [prompt_text(r) for r in self.kl_prompts], decode_responses(self.tokenizer, samples)
+        lengths = samples.response_mask.sum(1).float()
+        metrics.update({"kl/mean": kl.mean().item(), "eval/response_tokens": lengths.mean().item()})
         scores = [float("nan")] * len(answers)
         if self.gold is not None:
-            gold = checked_scores(self.gold, [prompt_text(r) for r in self.kl_prompts], answers, self.kl_prompts)
-            metrics["eval/score_mean"] = gold.mean().item()
-            scores = gold.tolist()
-        return metrics, answers, scores
+            gold = checked_scores(self.gold, prompts, answers, self.kl_prompts)
+            metrics["eval/score_mean"], scores = gold.mean().item(), gold.tolist()
+        return metrics, Samples(prompts, answers, scores)
 
-    # 5. the loop and the outputs --------------------------------------------------
+    def checkpoint_state(self) -> tuple[dict, dict[str, Any]]:
+        return training_state(self.unwrapped, self.optimizer, self.scheduler)
+
+    def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
+        load_training_state(tensors, state, self.unwrapped, self.optimizer, self.scheduler)
 
     def save_final(self, directory: Path) -> None:
         """A plain model directory + tokenizer (LoRA merged into a copy), loadable as a policy."""
-
-        model: Any = self.model
-        if hasattr(model, "merge_and_unload"):
-            model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(directory)
+        merged(self.unwrapped).save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
 
-    def train(self) -> dict[str, Any]:
-        config, out = self.config, self.out
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
-        reference = self.cache_reference()  # before any update, so the policy is still the reference
-        if self.checkpoint is not None:
-            state = restore_training_state(self.checkpoint, self.model, self.optimizer, self.scheduler)
-            self.step, initial = state["step"], state["extra"]["initial"]
-        else:
-            initial = {**self.evaluate_pairs(reference), **self.heldout_kl()[0]}
-        started = time.time()
-        tracker = Tracker(out, config.train.steps, f"dpo ({config.train.loss})", start_step=self.step)
-        try:
-            while self.step < config.train.steps:
-                metrics = self.train_step(reference)
-                if self.step % config.train.eval_every == 0 or self.step == config.train.steps:
-                    metrics.update(self.evaluate_pairs(reference))
-                    kl_metrics, answers, scores = self.heldout_kl()
-                    metrics.update(kl_metrics)
-                    tracker.log_samples(self.step, [prompt_text(r) for r in self.kl_prompts], answers, scores)
-                tracker.log(self.step, metrics)
-                if self.step % config.train.checkpoint_every == 0 or self.step == config.train.steps:
-                    save_training_state(
-                        out, self.step, self.model, self.optimizer, self.scheduler, {"initial": initial}
-                    )
-        finally:
-            tracker.close()
-        final = write_directory_atomic(out / "final", self.save_final)
-        keys = ["train/loss", "eval/reward_accuracy", "eval/reward_margin", "kl/mean", "eval/score_mean"]
-        plot_metrics(out / "metrics.jsonl", keys, out / "training.png", f"rlhfkit dpo ({config.train.loss})")
-        last_eval = next(h for h in reversed(read_jsonl(out / "metrics.jsonl")) if "eval/loss" in h)
-        summary = {
-            "steps": self.step,
-            "loss": config.train.loss,
-            "beta": config.train.beta,
-            "train_pairs": len(self.train_pairs),
-            "eval_pairs": len(self.eval_pairs),
-            "initial": initial,
-            "final_eval": {k: v for k, v in last_eval.items() if k != "step" and not k.startswith("train/")},
-            "wall_s": time.time() - started,
-            "final": str(final),
-        }
-        write_json_atomic(out / "summary.json", summary)
-        return summary
+    def summary(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """The held-out figures before the first update (`initial`: the step-0 record) and at the last evaluation."""
+        evals = [{k: v for k, v in h.items() if k.startswith(("eval/", "kl/"))} for h in history if "eval/loss" in h]
+        train, sizes = self.config.train, {f"{split}_pairs": len(pairs) for split, pairs in self.pairs.items()}
+        return {"loss": train.loss, "beta": train.beta, **sizes, "initial": evals[0], "final_eval": evals[-1]}
+
+    def train(self, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+        """The Python API: the whole run into `out` (default: config.out); returns summary.json's figures."""
+        run = RunDirectory.resolve(str(out or self.config.out), self.command, resume)
+        self.cache_reference(run)
+        return fit(self, run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -436,11 +314,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = run_config(DPOConfig, args)
-    summary = DPORun(config, resume=args.resume).train()
-    final = summary["final_eval"]
-    kl = f", KL to reference {final['kl/mean']:.2f} nats" if "kl/mean" in final else ""
-    print(
-        f"rlhfkit dpo: held-out implicit-reward accuracy {summary['initial']['eval/reward_accuracy']:.2f} -> {final['eval/reward_accuracy']:.2f}"
-        f", margin {final['eval/reward_margin']:.3f}{kl} after {summary['steps']} steps; model in {summary['final']}"
-    )
+    run_directory = RunDirectory.resolve(config.out, "dpo", args.resume)  # before any model loads
+    trainer = DPOTrainer(config)
+    trainer.cache_reference(run_directory)  # before fit restores a checkpoint: the policy is still the reference
+    summary = fit(trainer, run_directory)
+    if summary:
+        initial, final = summary["initial"], summary["final_eval"]
+        kl = f", KL to reference {final['kl/mean']:.2f} nats" if "kl/mean" in final else ""
+        print(
+            f"rlhfkit dpo: held-out implicit-reward accuracy {initial['eval/reward_accuracy']:.2f} -> "
+            f"{final['eval/reward_accuracy']:.2f}, margin {final['eval/reward_margin']:.3f}{kl} "
+            f"after {summary['steps']} steps; model in {summary['final']}"
+        )
     return 0
