@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from rlhfkit.labeling.app import ServeSettings, create_app
@@ -81,3 +86,42 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.listener.close()
+
+
+def streamed_body(mebibytes: int) -> Iterator[bytes]:
+    """A request body made as it is sent, so that a test posting 50 MB never holds 50 MB."""
+    for _ in range(mebibytes):
+        yield b"x" * (1024 * 1024)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(db: LabelDB, port: int, *options: str) -> subprocess.Popen:
+    """`rlhfkit label serve` in its own process, as a person starts it (for kills, signals and memory).
+
+    Its log goes to `serve.log` beside the database (appended over restarts): a pipe nobody reads
+    could fill and stall it.
+    """
+    command = [sys.executable, "-m", "rlhfkit", "label", "serve", "--tasks", str(db.tasks_file), "--db", str(db.path)]
+    log = (db.path.parent / "serve.log").open("ab")
+    server = subprocess.Popen(
+        [*command, "--port", str(port), *options],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert server.poll() is None, (db.path.parent / "serve.log").read_text()
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+            return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError("the server did not start within 60 s")

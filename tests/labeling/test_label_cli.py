@@ -6,10 +6,12 @@ import hashlib
 import json
 import random
 import re
+import signal
 import socket
 
+import httpx
 import pytest
-from label_helpers import make_db, pair_tasks, write_jsonl
+from label_helpers import free_port, make_db, pair_tasks, start_server, write_jsonl
 
 from rlhfkit.cli import main
 from rlhfkit.labeling.db import connect
@@ -45,6 +47,14 @@ def test_add_labeler_refuses_a_taken_name(tmp_path, capsys):
     assert captured.out == ""
 
 
+@pytest.mark.parametrize("name", ["", "   ", "bad\nname", "x" * 65])
+def test_an_invalid_labeller_name_creates_no_database(tmp_path, capsys, name):
+    db = tmp_path / "labels.sqlite"
+    assert main(["label", "add-labeler", name, "--db", str(db)]) == 2
+    assert "expected 1 to 64 printable characters" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "line, message",
     [
@@ -71,13 +81,49 @@ def test_serve_refuses_bad_options_and_a_busy_port(tmp_path, capsys):
     db = make_db(tmp_path, pair_tasks(1), {"ann": False})
     assert main(["label", "serve", "--db", str(db.path), "--judgements-per-task", "0"]) == 2
     assert "--judgements-per-task must be at least 1, got 0" in capsys.readouterr().err
+    absent = tmp_path / "absent.sqlite"
+    assert main(["label", "serve", "--db", str(absent)]) == 2
+    assert "absent.sqlite: no such database; create it with --tasks" in capsys.readouterr().err
+    assert not absent.exists()
     empty = tmp_path / "empty.sqlite"
+    assert main(["label", "add-labeler", "ann", "--db", str(empty)]) == 0
+    capsys.readouterr()
     assert main(["label", "serve", "--db", str(empty)]) == 2
     assert "holds no tasks yet; load some with --tasks" in capsys.readouterr().err
+    for option, value, message in (
+        ("--rate-limit", "0", "--rate-limit must be positive, got 0.0"),
+        ("--rate-limit", "nan", "--rate-limit must be positive, got nan"),
+        ("--burst", "0", "--burst must be at least 1, got 0"),
+    ):
+        assert main(["label", "serve", "--db", str(db.path), option, value]) == 2
+        assert message in capsys.readouterr().err
+    new = tmp_path / "new.sqlite"
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         assert main(["label", "serve", "--db", str(db.path), "--port", str(port)]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+        assert main(["label", "serve", "--tasks", str(db.tasks_file), "--db", str(new), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not new.exists()  # the port is checked before the database is created
+
+
+def test_ctrl_c_on_serve_says_what_it_stopped_and_kept(tmp_path):
+    db = make_db(tmp_path, pair_tasks(3), {"ann": False})
+    _judge(db.path, [(1, "A", "")])  # from an earlier session
+    port = free_port()
+    server = start_server(db, port)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=db.headers("ann")) as ann:
+        task_id = ann.get("/api/tasks/next").json()["task_id"]
+        assert ann.post("/api/judgements", json={"task_id": task_id, "choice": "B"}).status_code == 201
+        ann.get("/api/tasks/next").raise_for_status()  # shown, left unanswered
+    server.send_signal(signal.SIGINT)
+    assert server.wait(timeout=60) == 130
+    last = (tmp_path / "serve.log").read_text().splitlines()[-1]
+    assert last == (
+        "rlhfkit label serve: stopped after finishing the requests in flight (none pending); "
+        f"2 judgement(s) and 0 skip(s) stored in {db.path} (1 this session); "
+        "1 task(s) shown but unanswered stay reserved for their labellers"
+    )
 
 
 def _judge(db_path, answers):

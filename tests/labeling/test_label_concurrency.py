@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from contextlib import redirect_stdout
-from pathlib import Path
 
 import httpx
-from label_helpers import LiveServer, make_db, pair_tasks
+from label_helpers import LiveServer, free_port, make_db, pair_tasks, start_server
 
 from rlhfkit.cli import main
 from rlhfkit.labeling.app import ServeSettings
@@ -72,46 +66,11 @@ def test_twenty_labellers_at_once_never_share_a_task_and_lose_no_judgement(tmp_p
     assert sum(1 for name in names if results[name]) > 1  # the work really was shared
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start(tasks: Path, db: Path, port: int) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "rlhfkit",
-        "label",
-        "serve",
-        "--tasks",
-        str(tasks),
-        "--db",
-        str(db),
-        "--port",
-        str(port),
-    ]
-    server = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert server.poll() is None, server.stderr.read().decode()
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
-            return server
-        except httpx.TransportError:
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError("the server did not start within 60 s")
-
-
 def test_a_server_killed_mid_session_keeps_every_saved_judgement(tmp_path):
     db = make_db(tmp_path, pair_tasks(6), {"boss": True, "ann": False, "bob": False})
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _start(db.tasks_file, db.path, port)
+    server = start_server(db, port)
     try:
         with httpx.Client(base_url=url, headers=db.headers("ann")) as ann:
             for choice in ("A", "B", "tie"):
@@ -124,7 +83,7 @@ def test_a_server_killed_mid_session_keeps_every_saved_judgement(tmp_path):
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
 
-        server = _start(db.tasks_file, db.path, port)  # the same tasks file again: no new tasks
+        server = start_server(db, port)  # the same tasks file again: no new tasks
         with httpx.Client(base_url=url, headers=db.headers("boss")) as boss:
             progress = boss.get("/api/admin/progress").json()
         assert (progress["tasks"], progress["judgements"], progress["in_progress"]) == (6, 3, 1)

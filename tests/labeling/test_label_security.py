@@ -138,7 +138,8 @@ def test_every_response_carries_the_security_headers_and_no_cors(db, server):
         assert "default-src 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
-    assert preflight.status_code == 405 and "access-control-allow-origin" not in preflight.headers
+    # a preflight carries no token: refused like any other API call, and never with a CORS grant
+    assert preflight.status_code == 401 and "access-control-allow-origin" not in preflight.headers
 
 
 def test_pages_hold_no_inline_script():

@@ -11,6 +11,7 @@ Layout, one job per module:
 - `agreement`  how often two labellers gave the same verdict (pure)
 - `export`     judgements -> comparison and ranking records (atomic files)
 - `auth`       who is asking: bearer token or cookie, with a CSRF check
+- `guard`      before the body is read: token, rate limit, size limit; security headers on every response
 - `app`        the FastAPI app: pages, static files, the JSON API
 - `cli`        `rlhfkit label serve | add-labeler | export`
 

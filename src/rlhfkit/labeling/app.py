@@ -5,14 +5,16 @@ with the sign-in page. API: see docs/labeling.md. Model output is untrusted:
 the pages put it in the DOM with `textContent` only, and every response
 carries a Content-Security-Policy that allows scripts from this origin's
 static files alone (no inline script, no eval), so even a bug that reached
-`innerHTML` could not run a response's script.
+`innerHTML` could not run a response's script. `guard.RequestGuard` sees every
+request first: security headers, the token, the labeller's rate and the body
+size, all checked before a byte of the body is read.
 """
 
 from __future__ import annotations
 
 import random
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +27,7 @@ from rlhfkit.labeling.auth import COOKIE_NAME, authenticate, credentials
 from rlhfkit.labeling.db import connect, open_db
 from rlhfkit.labeling.decisions import MAX_COMMENT_LENGTH, InvalidJudgement
 from rlhfkit.labeling.export import build_export, jsonl_text
+from rlhfkit.labeling.guard import RequestGuard, internal_error
 from rlhfkit.labeling.labelers import Labeler, csrf_token, find_labeler
 from rlhfkit.labeling.progress import admin_progress, judgement_rows, labeler_progress
 from rlhfkit.labeling.queue import AlreadyJudged, NotShown, TaskNotFound, next_task, record_judgement
@@ -33,22 +36,19 @@ STATIC = Path(__file__).parent / "static"
 MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 COOKIE_MAX_AGE_S = 7 * 24 * 3600
 
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+# Ids are SQLite integer keys: 64-bit signed. A bigger one must be refused as input, not overflow inside SQLite (a 500);
+# strict, so that `true` or "7" is not taken for an id.
+SQLITE_MAX_INT = 2**63 - 1
+SqliteId = Annotated[int, Field(strict=True, ge=-SQLITE_MAX_INT - 1, le=SQLITE_MAX_INT)]
 
 
 @dataclass(frozen=True)
 class ServeSettings:
     judgements_per_task: int = 1
     lease_seconds: float = 1800.0
+    requests_per_second: float = 10.0  # per labeller, on average: far above a person's pace, far below a loop's
+    burst: int = 30  # requests a labeller may send at once before the rate applies
+    max_body_bytes: int = 256 * 1024  # a judgement with the longest comment is under 30 KB
 
 
 class SignIn(BaseModel):
@@ -58,7 +58,7 @@ class SignIn(BaseModel):
 class JudgementIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task_id: int
+    task_id: SqliteId
     choice: str | None = None
     ranking: list[int] | None = None
     comment: str = Field(default="", max_length=MAX_COMMENT_LENGTH)
@@ -75,8 +75,9 @@ def _db(request: Request) -> Iterator[sqlite3.Connection]:
 DB = Annotated[sqlite3.Connection, Depends(_db)]
 
 
-def _labeler(request: Request, conn: DB) -> Labeler:
-    return authenticate(request, conn)
+def _labeler(request: Request) -> Labeler:
+    labeler: Labeler = request.state.labeler  # RequestGuard authenticated every /api/ request before its body was read
+    return labeler
 
 
 def _admin(me: Annotated[Labeler, Depends(_labeler)]) -> Labeler:
@@ -96,7 +97,20 @@ def _html(name: str, status_code: int) -> Response:
 def create_app(db_path: Path, settings: ServeSettings) -> FastAPI:
     """The app over an existing (or new) labelling database."""
     open_db(db_path).close()  # create the schema once, and fail early on a wrong file
-    app = FastAPI(title="rlhfkit label", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="rlhfkit label",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        exception_handlers={Exception: internal_error},
+    )
+    app.add_middleware(
+        RequestGuard,
+        db_path=db_path,
+        requests_per_second=settings.requests_per_second,
+        burst=settings.burst,
+        max_body_bytes=settings.max_body_bytes,
+    )
     app.state.db_path = db_path
     rng = random.Random()
     assets = {
@@ -104,12 +118,6 @@ def create_app(db_path: Path, settings: ServeSettings) -> FastAPI:
         for path in STATIC.iterdir()
         if path.suffix in MEDIA_TYPES
     }
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
 
     def page(request: Request, conn: sqlite3.Connection, name: str, admin_only: bool) -> Response:
         try:

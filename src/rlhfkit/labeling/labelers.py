@@ -37,10 +37,14 @@ def csrf_token(token: str) -> str:
     return hmac.new(token.encode("utf-8"), b"rlhfkit-label-csrf", hashlib.sha256).hexdigest()
 
 
-def add_labeler(conn: sqlite3.Connection, name: str, admin: bool) -> str:
-    """Create a labeller; returns the token, which is shown once and never stored."""
+def check_labeler_name(name: str) -> None:
     if not name.strip() or len(name) > MAX_NAME_LENGTH or not name.isprintable():
         raise UserError(f"labeller name {name!r}: expected 1 to {MAX_NAME_LENGTH} printable characters")
+
+
+def add_labeler(conn: sqlite3.Connection, name: str, admin: bool) -> str:
+    """Create a labeller; returns the token, which is shown once and never stored."""
+    check_labeler_name(name)
     token = secrets.token_urlsafe(32)
     with immediate(conn):
         if conn.execute("SELECT 1 FROM labelers WHERE name = ?", (name,)).fetchone():

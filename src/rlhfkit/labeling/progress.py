@@ -28,7 +28,8 @@ class JudgementRow:
 def labeler_progress(conn: sqlite3.Connection, labeler_id: int, judgements_per_task: int) -> dict[str, int]:
     """judged and skipped by this labeller; remaining: open tasks they have not answered."""
     judged, skipped = conn.execute(
-        "SELECT count(*) FILTER (WHERE choice != 'skip'), count(*) FILTER (WHERE choice = 'skip') FROM judgements WHERE labeler_id = ?",
+        "SELECT count(*) FILTER (WHERE choice != 'skip'), count(*) FILTER (WHERE choice = 'skip') "
+        "FROM judgements WHERE labeler_id = ?",
         (labeler_id,),
     ).fetchone()
     remaining = conn.execute(
@@ -44,7 +45,8 @@ def admin_progress(conn: sqlite3.Connection, judgements_per_task: int) -> dict[s
     """Totals over tasks and judgements, and one row per labeller."""
     tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
     complete = conn.execute(
-        "SELECT count(*) FROM tasks t WHERE (SELECT count(*) FROM judgements j WHERE j.task_id = t.id AND j.choice != 'skip') >= ?",
+        "SELECT count(*) FROM tasks t "
+        "WHERE (SELECT count(*) FROM judgements j WHERE j.task_id = t.id AND j.choice != 'skip') >= ?",
         (judgements_per_task,),
     ).fetchone()[0]
     leased = conn.execute(
@@ -87,7 +89,8 @@ def admin_progress(conn: sqlite3.Connection, judgements_per_task: int) -> dict[s
 def judgement_rows(conn: sqlite3.Connection) -> list[JudgementRow]:
     """Every judgement (skips included), oldest first."""
     rows = conn.execute(
-        """SELECT j.id, j.task_id, t.record, t.n_responses, l.name, j.choice, j.ranking, a.display_order, j.comment, j.created_at
+        """SELECT j.id, j.task_id, t.record, t.n_responses, l.name, j.choice, j.ranking, a.display_order, j.comment,
+                  j.created_at
            FROM judgements j
            JOIN tasks t ON t.id = j.task_id
            JOIN labelers l ON l.id = j.labeler_id

@@ -88,7 +88,8 @@ def next_task(
             order = list(range(task["n_responses"]))
             rng.shuffle(order)
             conn.execute(
-                "INSERT INTO assignments (task_id, labeler_id, display_order, shown_at, lease_expires) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO assignments (task_id, labeler_id, display_order, shown_at, lease_expires) "
+                "VALUES (?, ?, ?, ?, ?)",
                 (task_id, labeler_id, json.dumps(order), now, now + lease_seconds),
             )
         else:
@@ -122,7 +123,8 @@ def record_judgement(
             raise AlreadyJudged(f"you already answered task {task_id}")
         decision: Decision = resolve(choice, ranking, json.loads(shown["display_order"]))
         cursor = conn.execute(
-            "INSERT INTO judgements (task_id, labeler_id, choice, ranking, comment, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO judgements (task_id, labeler_id, choice, ranking, comment, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             (
                 task_id,
                 labeler_id,

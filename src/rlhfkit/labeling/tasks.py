@@ -70,7 +70,8 @@ def add_tasks(conn: sqlite3.Connection, candidates: list[Candidate]) -> int:
     with immediate(conn):
         before = conn.total_changes
         conn.executemany(
-            "INSERT OR IGNORE INTO tasks (content_hash, record, n_responses, source, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO tasks (content_hash, record, n_responses, source, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
             [
                 (c.content_hash, json.dumps(c.record, ensure_ascii=False), len(c.record["responses"]), c.source, now)
                 for c in candidates
