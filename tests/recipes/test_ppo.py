@@ -107,13 +107,19 @@ def test_gradient_accumulation_gives_the_same_update(tiny_model_dir, tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_rollout_log_probs_equal_a_fresh_forward_in_float32(tiny_model_dir, tmp_path):
-    # the update reuses the sampling pass's log-probs and values: they must be what a forward pass gives
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_rollout_log_probs_equal_a_fresh_forward_in_float32(tiny_model_dir, tmp_path, critic):
+    # the update reuses the sampling pass's log-probs and values (shared trunk), or scores in its own
+    # pass (separate critic): either way they must be what a forward pass gives
     trainer = PPOTrainer(
-        tiny_config(tiny_model_dir, tmp_path, "train.steps=1"), reward=fraction_positive, prompts=PROMPTS
+        tiny_config(tiny_model_dir, tmp_path, "train.steps=1", f"critic.kind={critic}"),
+        reward=fraction_positive,
+        prompts=PROMPTS,
     )
+    assert trainer.unwrapped.shares_trunk == (critic == "shared")
     experience, _, _ = trainer.rollout(PROMPTS)
     s = experience.samples
+    assert (s.logprobs is not None) == (critic == "shared")
     with torch.no_grad():
         logprobs, _, values = trainer.unwrapped(s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32")
     mask = s.response_mask

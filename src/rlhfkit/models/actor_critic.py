@@ -11,14 +11,16 @@ plus the first t response tokens.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from rlhfkit.algorithms import entropy_from_logits, logprobs_from_logits
+from rlhfkit.config import LoRAConfig
 from rlhfkit.models.heads import ScalarHeadModel, ValueHead, position_ids_from_mask
-from rlhfkit.models.loading import autocast
-from rlhfkit.models.lora import decoder_from_layer, frozen_layer_count
+from rlhfkit.models.loading import autocast, load_backbone, load_causal_lm
+from rlhfkit.models.lora import apply_lora, decoder_from_layer, frozen_layer_count
 
 
 def response_logits(
@@ -136,3 +138,27 @@ def response_logprobs(
             keep_frozen_states=frozen_layers > 0,
         )
     return logprobs_from_logits(logits, response_ids, temperature), frozen_states
+
+
+def load_actor_critic(
+    model_name: str, tokenizer, lora: LoRAConfig, critic_source: str | None = None
+) -> tuple[ActorCritic, nn.Module | None]:
+    """The policy with its critic, and the frozen reference (None with LoRA: the policy with its adapter off).
+
+    critic_source None: a value head on the policy's trunk. Otherwise a separate critic: a reward
+    model directory (`rlhfkit rm` final/) starts it as that reward model, as Ziegler et al. start
+    the value function; any other model name gives its transformer with a fresh head.
+    """
+    policy = load_causal_lm(model_name, tokenizer)
+    reference = None
+    if lora.enabled:
+        policy = apply_lora(policy, lora)
+    else:
+        reference = load_causal_lm(model_name, tokenizer).eval().requires_grad_(False)
+    if critic_source is None:
+        critic = ValueHead(policy.config.hidden_size)
+    elif Path(critic_source, "reward.json").is_file():
+        critic = ScalarHeadModel.load(critic_source)
+    else:
+        critic = ScalarHeadModel(load_backbone(critic_source, tokenizer))
+    return ActorCritic(policy, critic), reference

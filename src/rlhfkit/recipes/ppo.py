@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from rlhfkit.algorithms import (
     KL_ESTIMATORS,
@@ -52,9 +51,9 @@ from rlhfkit.data import format_prompt, load_records, prompt_text
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.data.records import demonstration_response
 from rlhfkit.errors import UserError
-from rlhfkit.models import ScalarHeadModel, ValueHead, load_backbone, load_causal_lm, load_tokenizer
-from rlhfkit.models.actor_critic import ActorCritic
-from rlhfkit.models.lora import apply_lora, merged
+from rlhfkit.models import load_tokenizer
+from rlhfkit.models.actor_critic import ActorCritic, load_actor_critic
+from rlhfkit.models.lora import merged
 from rlhfkit.recipes.ppo_config import PPOConfig
 from rlhfkit.rewards import RewardFn, build_reward, checked_scores, validate_records_for_reward
 from rlhfkit.rollout.experience import Experience, build_experience, shape_scores
@@ -79,23 +78,12 @@ MINIBATCH_KEYS = (
 )  # fmt: skip
 
 
-def build_actor_critic(config: PPOConfig, tokenizer: Any) -> tuple[ActorCritic, nn.Module | None]:
-    """The policy with its critic, and the frozen reference (None with LoRA: the policy with its adapter off)."""
-    policy = load_causal_lm(config.model.name, tokenizer)
-    reference = None
-    if config.model.lora.enabled:
-        policy = apply_lora(policy, config.model.lora)
-    else:
-        reference = load_causal_lm(config.model.name, tokenizer).eval().requires_grad_(False)
+def critic_source(config: PPOConfig) -> str | None:
+    """None for a value head on the policy; for a separate critic the model it starts from."""
     if config.critic.kind == "shared":
-        critic = ValueHead(policy.config.hidden_size)
-    else:
-        source = config.critic.model or (config.reward.model if config.reward.kind == "model" else "")
-        if source and Path(source, "reward.json").is_file():
-            critic = ScalarHeadModel.load(source)  # Ziegler et al.: the value function starts as the reward model
-        else:
-            critic = ScalarHeadModel(load_backbone(source or config.model.name, tokenizer))
-    return ActorCritic(policy, critic), reference
+        return None
+    reward_model = config.reward.model if config.reward.kind == "model" else ""
+    return config.critic.model or reward_model or config.model.name
 
 
 class PPOTrainer:
@@ -131,7 +119,9 @@ class PPOTrainer:
         self.reward = reward if reward is not None else build_reward(config.reward, config.model.dtype, runtime.device)
 
         self.tokenizer = load_tokenizer(config.model.name)
-        actor_critic, reference = build_actor_critic(config, self.tokenizer)
+        actor_critic, reference = load_actor_critic(
+            config.model.name, self.tokenizer, config.model.lora, critic_source(config)
+        )
         optimizer, self.scheduler = build_optimizer(actor_critic.parameters(), config.optim, config.optimizer_steps)
         self.actor_critic, self.optimizer = runtime.prepare(actor_critic, optimizer)
         self.reference = reference.to(runtime.device) if reference is not None else None
