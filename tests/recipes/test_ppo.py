@@ -8,9 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rlhfkit.assets import DEMONSTRATIONS
 from rlhfkit.cli import main
 from rlhfkit.config import load_config
 from rlhfkit.recipes.ppo import PPOConfig, PPOTrainer
+from rlhfkit.rollout.experience import whiten_across
 from rlhfkit.tracking import read_jsonl
 
 POSITIVE = {"good", "great", "happy", "love", "wonderful", "nice", "best", "joy"}
@@ -352,3 +354,27 @@ def test_cli_resume_continues_with_the_runs_own_config_and_ends_bitwise_equal(ti
     critic_a = load_file(str(straight / "final" / "critic.safetensors"))
     critic_b = load_file(str(interrupted / "final" / "critic.safetensors"))
     assert all(torch.equal(critic_a[n], critic_b[n]) for n in critic_a)
+
+
+def test_ptx_mixes_the_demonstration_loss_into_the_update(tiny_model_dir, tmp_path):
+    config = tiny_config(
+        tiny_model_dir, tmp_path, "train.steps=1", "ppo.ptx_coef=0.5", f"data.ptx={DEMONSTRATIONS}",
+        "train.checkpoint_every=0",
+    )  # fmt: skip
+    PPOTrainer(config, reward=fraction_positive, prompts=PROMPTS).train()
+    (metrics,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert 0 < metrics["ptx/loss"] < 20  # a token NLL of an untrained model: about log(vocabulary)
+
+
+def test_whitening_across_processes_equals_whitening_the_whole_batch():
+    # two processes with (2, 3) and (2, 2) advantages; the gather right-pads to 3 columns and concatenates
+    x = [torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]]), torch.tensor([[5.0, 6.0], [7.0, 8.0]])]
+    mask = [torch.tensor([[True, True, True], [True, False, False]]), torch.ones(2, 2, dtype=torch.bool)]
+
+    def gather(t):
+        return torch.cat([x[0] if t.dtype != torch.bool else mask[0], torch.nn.functional.pad(t, (0, 1))])
+
+    whitened = whiten_across(x[1], mask[1], gather, rank=1)
+    # the 8 real values 1..8: mean 4.5, unbiased variance 6
+    expected = (torch.tensor([[5.0, 6.0], [7.0, 8.0]]) - 4.5) / (6.0 + 1e-8) ** 0.5
+    torch.testing.assert_close(whitened, expected)
