@@ -19,8 +19,8 @@ import torch
 
 from rlhfkit.algorithms import bradley_terry_loss, preference_accuracy
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
+from rlhfkit.data.preferences import preference_pairs, responses_best_first
 from rlhfkit.models import last_token_index, load_backbone, load_tokenizer, position_ids_from_mask
-from rlhfkit.recipes.reward import preference_pairs, responses_best_first
 from rlhfkit.tracking import read_jsonl
 
 LAYERS = (10, 20, 30)

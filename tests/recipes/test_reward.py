@@ -11,19 +11,24 @@ import torch
 from safetensors.torch import load_file
 
 from rlhfkit.cli import main
+from rlhfkit.config import load_config
 from rlhfkit.data.collate import tokenize_prompt_response
+from rlhfkit.data.preferences import tokenize_preferences, unique_prompts
+from rlhfkit.data.records import load_records
+from rlhfkit.errors import UserError
 from rlhfkit.models import ScalarHeadModel, load_backbone, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.recipes.reward import (
+    RewardModelTrainer,
     RMConfig,
     batch_loss_backward,
-    calibration_bins,
-    expected_calibration_error,
+    check_micro_batches_per_process,
     preference_loss,
-    reference_statistics,
-    score_items,
-    tokenize_preferences,
+    reference_scores,
 )
+from rlhfkit.rewards import model_reward, score_items
+from rlhfkit.rewards.calibration import calibration_bins, expected_calibration_error
+from rlhfkit.runtime import Runtime
 
 POSITIVE = "good great happy love wonderful excellent nice best joy beautiful amazing kind fun glad".split()
 NEGATIVE = "bad sad hate terrible awful worst ugly angry poor horrible pain boring".split()
@@ -113,7 +118,10 @@ def test_recipe_losses_match_hand_computation_for_each_record_kind(model_and_tok
     p = {"prompt": "tell me about the dog"}
     a, b, c = "good dog", "bad dog", "the dog"
     r = {x: alone(model, tokenizer, p, x) for x in (a, b, c)}
-    ls = lambda x: math.log(1 / (1 + math.exp(-x)))  # log σ(x)
+
+    def ls(x):  # log σ(x)
+        return math.log(1 / (1 + math.exp(-x)))
+
     cases = {
         # Bradley-Terry with a margin of 0.5 on the first pair, none on the second: mean of -log σ(r_w - r_l - m)
         ("comparisons", "bradley_terry"): (
@@ -140,7 +148,13 @@ def test_recipe_losses_match_hand_computation_for_each_record_kind(model_and_tok
         tokenized, _ = tokenize_preferences(tokenizer, records, kind, 64)
         model.zero_grad()
         got = batch_loss_backward(
-            model, tokenized, preference_loss(loss_name), tokenizer.pad_token_id, micro_batch_size=1, dtype="float32"
+            model,
+            tokenized,
+            preference_loss(loss_name),
+            tokenizer.pad_token_id,
+            Runtime("float32"),
+            micro_batch_size=1,
+            total_records=len(tokenized),
         )
         assert got == pytest.approx(expected, abs=1e-5), kind
         assert model.head.weight.grad.abs().sum() > 0
@@ -149,7 +163,8 @@ def test_recipe_losses_match_hand_computation_for_each_record_kind(model_and_tok
 
 def test_calibration_bins_and_ece_by_hand():
     # p(winner) = 0.9, 0.9, 0.2, 0.65: confidences 0.9, 0.9, 0.8, 0.65; right, right, wrong, right.
-    # bins of width 0.05 over [0.5, 1]: 0.65 -> bin 3 (acc 1, conf .65), 0.8 -> bin 6 (acc 0, conf .8), 0.9 -> bin 8 (acc 1, conf .9)
+    # bins of width 0.05 over [0.5, 1]: 0.65 -> bin 3 (acc 1, conf .65), 0.8 -> bin 6 (acc 0, conf .8),
+    # 0.9 -> bin 8 (acc 1, conf .9)
     bins = calibration_bins(torch.tensor([0.9, 0.9, 0.2, 0.65]))
     assert [(b["count"], b["accuracy"]) for b in bins] == [(1, 1.0), (1, 0.0), (2, 1.0)]
     # ECE = 1/4 |1 - .65| + 1/4 |0 - .8| + 2/4 |1 - .9| = .0875 + .2 + .05
@@ -170,23 +185,8 @@ def common(tiny, out, *extra):
 
 def test_rm_learns_held_out_preferences_and_normalises_against_the_reference(tiny, comparisons, tmp_path):
     out = tmp_path / "rm"
-    assert (
-        main(
-            [
-                "rm",
-                *common(
-                    tiny,
-                    out,
-                    f"data.train={comparisons}",
-                    "data.eval_fraction=0.25",
-                    "train.steps=25",
-                    "train.eval_every=25",
-                    "optim.learning_rate=0.003",
-                ),
-            ]
-        )
-        == 0
-    )
+    settings = [f"data.train={comparisons}", "data.eval_fraction=0.25", "train.steps=25", "train.eval_every=25"]
+    assert main(["rm", *common(tiny, out, *settings, "optim.learning_rate=0.003")]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["kind"] == "comparisons" and summary["loss_function"] == "bradley_terry"
     assert summary["train_records"] == 60 and summary["eval_records"] == 20
@@ -200,42 +200,57 @@ def test_rm_learns_held_out_preferences_and_normalises_against_the_reference(tin
         and meta["eval"]["eval_accuracy"] == summary["eval_accuracy"]
     )
     # The same reference responses (same seed), scored by the saved model with its gain and bias: mean 0, std 1.
-    from rlhfkit.data.records import load_records
-    from rlhfkit.recipes.reward import unique_prompts
-
-    config = RMConfig()
-    config.model.name, config.model.dtype, config.normalize.num_prompts, config.normalize.generation.max_new_tokens = (
-        tiny,
-        "float32",
-        12,
-        6,
-    )
+    config = load_config(RMConfig, overrides=common(tiny, out)[1:])
     tokenizer = load_tokenizer(str(out / "final"))
     prompts = unique_prompts(load_records(comparisons, "comparisons")[:60], 12)
-    stats = reference_statistics(final, tokenizer, prompts, config)
-    assert stats["mean"] == pytest.approx(0.0, abs=1e-3) and stats["std"] == pytest.approx(1.0, abs=1e-3)
+    scores = reference_scores(final, tokenizer, prompts, config, Runtime("float32"))
+    assert scores.mean().item() == pytest.approx(0.0, abs=1e-3) and scores.std().item() == pytest.approx(1.0, abs=1e-3)
+    assert meta["reference_responses"] == 12
 
 
 def test_rm_resume_after_a_stop_ends_bitwise_equal(tiny, comparisons, tmp_path):
+    """Stopped after step 2 of 4 (the step-4 checkpoint and final/ gone); `--resume --out` alone finishes it."""
     args = [
         f"data.train={comparisons}",
+        "data.max_length=24",
         "train.steps=4",
-        "train.batch_size=4",
+        "train.batch_size=6",
         "train.micro_batch_size=2",
         "train.checkpoint_every=2",
         "train.eval_every=2",
         "optim.learning_rate=0.003",
-        "normalize.enabled=false",
+        "optim.schedule=linear",
+        "normalize.num_prompts=4",
     ]
     assert main(["rm", *common(tiny, tmp_path / "straight", *args)]) == 0
+    assert main(["rm", *common(tiny, tmp_path / "straight", *args)]) == 2  # refused: a run is there, no --resume
     stopped = tmp_path / "stopped"
     assert main(["rm", *common(tiny, stopped, *args)]) == 0
-    shutil.rmtree(stopped / "checkpoints" / "step-4")
+    config_before = (stopped / "config.yaml").read_text()
+    shutil.rmtree(stopped / "checkpoints" / "step-4")  # as if killed during step 3
     shutil.rmtree(stopped / "final")
-    assert main(["rm", "--resume", "--out", str(stopped)]) == 0
-    for name in ("model.safetensors", "scalar_head.safetensors"):
+    assert main(["rm", "--resume", "--out", str(stopped)]) == 0  # the rest comes from the run's config.yaml
+    assert (stopped / "config.yaml").read_text() == config_before
+    weight_files = sorted(path.name for path in (tmp_path / "straight" / "final").glob("*.safetensors"))
+    assert weight_files and weight_files == sorted(path.name for path in (stopped / "final").glob("*.safetensors"))
+    for name in weight_files:  # backbone and head
         a, b = load_file(str(tmp_path / "straight" / "final" / name)), load_file(str(stopped / "final" / name))
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    straight, resumed = (
+        json.loads((d / "final" / "reward.json").read_text()) for d in (tmp_path / "straight", stopped)
+    )
+    assert resumed == straight and resumed["reference_responses"] == 4  # the same normalisation and held-out figures
+    metrics = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4]
+    assert [m["step"] for m in metrics if "eval/accuracy" in m] == [0, 2, 4]  # evaluated before the first step too
+
+
+def test_processes_must_run_equal_numbers_of_micro_batches():
+    check_micro_batches_per_process(batch_size=3, micro_batch_size=3, num_processes=2)  # 2 and 1 records, 1 pass each
+    check_micro_batches_per_process(batch_size=8, micro_batch_size=2, num_processes=2)
+    for batch_size, micro_batch_size in [(3, 1), (1, 1)]:  # 2 passes against 1; no record at all for one process
+        with pytest.raises(UserError, match="unequal numbers of micro-batches"):
+            check_micro_batches_per_process(batch_size, micro_batch_size, num_processes=2)
 
 
 BAD = [
@@ -291,6 +306,7 @@ def test_bad_input_exits_2_with_one_line_and_no_output(tiny, tmp_path, capsys, r
 
 
 def test_lora_reward_model_is_merged_into_a_loadable_final(tiny, comparisons, tmp_path):
+    """Through the Python API: RewardModelTrainer(config).train(out) returns what summary.json holds."""
     out = tmp_path / "lora"
     settings = [
         f"data.train={comparisons}",
@@ -300,14 +316,13 @@ def test_lora_reward_model_is_merged_into_a_loadable_final(tiny, comparisons, tm
         "model.lora.r=4",
         "normalize.enabled=false",
     ]
-    assert main(["rm", *common(tiny, out, *settings)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = RewardModelTrainer(load_config(RMConfig, overrides=common(tiny, out, *settings)[1:])).train(out)
+    assert json.loads((out / "summary.json").read_text()) == summary and summary["steps"] == 12
     merged, base = load_file(str(out / "final" / "model.safetensors")), load_file(f"{tiny}/model.safetensors")
     assert not (out / "final" / "adapter_config.json").exists()
-    assert not torch.equal(merged["layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    query = next(key for key in merged if key.endswith("layers.0.self_attn.q_proj.weight"))
+    assert not torch.equal(merged[query], base["model.layers.0.self_attn.q_proj.weight"])
     # The merged final scores the held-out pairs as the trained (adapter) model did.
-    from rlhfkit.data.records import load_records
-
     final, tokenizer = ScalarHeadModel.load(out / "final"), load_tokenizer(str(out / "final"))
     held_out = load_records(comparisons, "comparisons")[-summary["eval_records"] :]
     tokenized, _ = tokenize_preferences(tokenizer, held_out, "comparisons", 256)
@@ -348,14 +363,12 @@ def test_rankings_trained_model_is_measured_on_held_out_comparisons(tiny, compar
         summary["eval_records"] == 80 and summary["eval_pairs"] == 80
     )  # one pair per comparison, not three per ranking
     assert summary["eval_accuracy"] >= 0.9
-    # the held-out loss is the comparisons' Bradley-Terry loss: -log σ(margin) averaged, so it stays below log 2 once accuracy is high
+    # the held-out loss is the comparisons' Bradley-Terry loss: -log σ(margin) averaged, so it stays below log 2
+    # once accuracy is high
     assert 0 < summary["eval_loss"] < math.log(2)
 
 
 def test_mean_pooled_reward_model_learns_and_scores_the_same_as_a_ppo_reward(tiny, comparisons, tmp_path):
-    from rlhfkit.data.records import load_records
-    from rlhfkit.rewards import model_reward
-
     out = tmp_path / "mean"
     settings = [
         f"data.train={comparisons}",

@@ -9,25 +9,28 @@ A reward model is a language-model backbone with a scalar head read at the last 
                    rankings               all C(K,2) pairs of a prompt, weight 1/C(K,2), in one batch (InstructGPT)
                    choices                softmax cross-entropy over the K rewards (Ziegler et al. 2019)
     2 train      AdamW, full or LoRA, from any causal LM or an `rlhfkit sft` final/
-    3 evaluate   held-out pair accuracy, mean margin, calibration of σ(r_w - r_l) (ECE, reliability plot)
+    3 evaluate   held-out pair accuracy, mean margin, calibration of σ(r_w - r_l) (ECE, reliability plot),
+                 before the first step and every train.eval_every steps
     4 normalise  sample responses of the reference policy to the training prompts and set gain and bias
                  so that they score mean 0, std 1 (Stiennon et al.; Ziegler et al.); stored in reward.json
-    5 save       final/: backbone + tokenizer + scalar_head.safetensors + reward.json, the reward
-                 source of `rlhfkit ppo --set reward.kind=model reward.model=DIR/final` and its critic's start
+    5 save       final/: the model as `ScalarHeadModel.save` writes it (LoRA merged), with reward.json holding
+                 gain, bias and the held-out figures: the reward source of
+                 `rlhfkit ppo --set reward.kind=model reward.model=DIR/final` and its critic's start
 
 Where this departs from a naive implementation, and why:
 - The batch loss is the mean over records (a ranking counts once, as in InstructGPT), however the
-  batch is split into micro-batches, so train.micro_batch_size changes memory, not the update.
+  batch is split into micro-batches and processes (each micro-batch's mean is weighted by its
+  share of the batch's records), so train.micro_batch_size and N processes change memory, not the update.
 - Sequences are prompt + response + EOS, right-padded; the head is read at the last real token,
   so a response is always judged with its EOS, as `rlhfkit ppo` scores it.
+- Normalisation runs as final/ is written: checkpoints hold the raw model (gain 1, bias 0), and
+  the reference responses are sampled on their own seed, so a resumed run normalises identically.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,38 +38,36 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from rlhfkit.algorithms import (
-    best_of_k_loss,
-    bradley_terry_loss,
-    preference_accuracy,
-    ranking_loss,
-    soft_bradley_terry_loss,
+from rlhfkit.algorithms import best_of_k_loss, bradley_terry_loss, ranking_loss, share_weight, soft_bradley_terry_loss
+from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field
+from rlhfkit.data import format_prompt, load_records
+from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
+from rlhfkit.data.preferences import (
+    asserted_pairs,
+    distinct_sequences,
+    preference_kind,
+    preference_loss_name,
+    preference_targets,
+    rows_by_record,
+    tokenize_preferences,
+    unique_prompts,
 )
-from rlhfkit.checkpoint import write_directory_atomic
-from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field, save_config
-from rlhfkit.data import format_prompt, load_records, prompt_messages
-from rlhfkit.data.collate import tokenize_prompt_response
-from rlhfkit.data.records import detect_kind, read_rows
 from rlhfkit.errors import UserError
 from rlhfkit.models import ScalarHeadModel, load_backbone, load_causal_lm, load_tokenizer
 from rlhfkit.models.heads import check_pooling
-from rlhfkit.models.lora import apply_lora
+from rlhfkit.models.lora import apply_lora, merged
 from rlhfkit.recipes.sft import split_records
-from rlhfkit.rewards import score_items
+from rlhfkit.rewards.calibration import pair_statistics, plot_reliability, reward_normalisation
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.tracking import Tracker, new_figure, plot_metrics, write_json_atomic
+from rlhfkit.runtime import RunDirectory, Runtime, StepOutput, fit, run_config
 from rlhfkit.training import (
     OptimConfig,
     batch_indices,
     build_optimizer,
+    load_training_state,
     optimizer_step,
-    resolve_out_dir,
-    restore_training_state,
-    run_config,
-    save_training_state,
+    training_state,
 )
-
-PREFERENCE_KINDS = ("comparisons", "rankings", "choices")
 
 
 @dataclasses.dataclass
@@ -116,7 +117,8 @@ class NormalizeConfig:
     def __post_init__(self) -> None:
         if self.num_prompts < 2 or self.batch_size <= 0:
             raise UserError(
-                f"normalize.num_prompts must be >= 2 and normalize.batch_size > 0, got {self.num_prompts}, {self.batch_size}"
+                "normalize.num_prompts must be >= 2 and normalize.batch_size > 0, "
+                f"got {self.num_prompts}, {self.batch_size}"
             )
 
 
@@ -143,55 +145,12 @@ class RMConfig:
 
 
 # ---------------------------------------------------------------------------
-# Records -> response sets with targets
+# The loss (picked once), scoring, the batch's backward pass, the reference responses
 # ---------------------------------------------------------------------------
-
-
-def preference_kind(source: str) -> str:
-    """comparisons, rankings or choices: what the file's first record is."""
-
-    name, rows = read_rows(source)
-    if not rows or not isinstance(rows[0][1], dict):
-        raise UserError(f"{name}: expected comparison, ranking or choice records")
-    found = detect_kind(rows[0][1])
-    kind = "rankings" if found == "rankings_or_candidates" else found
-    if kind not in PREFERENCE_KINDS:
-        raise UserError(
-            f"{name}:{rows[0][0]}: a reward model trains on comparisons, rankings or choices; this is a {kind} record"
-        )
-    return kind
-
-
-def responses_best_first(record: dict[str, Any], kind: str) -> list[str]:
-    """The record's responses: [chosen, rejected] for a comparison, as listed otherwise."""
-    return [record["chosen"], record["rejected"]] if kind == "comparisons" else list(record["responses"])
-
-
-def preference_pairs(record: dict[str, Any], kind: str) -> list[tuple[int, int]]:
-    """(winner, loser) indices into `responses_best_first` that the record asserts, for accuracy and calibration."""
-    if kind == "comparisons":
-        return [(1, 0)] if record.get("label", 1.0) < 0.5 else [(0, 1)] if record.get("label", 1.0) > 0.5 else []
-    count = len(record["responses"])
-    if kind == "rankings":
-        return [(i, j) for i in range(count) for j in range(i + 1, count)]
-    return [(record["best"], j) for j in range(count) if j != record["best"]]
-
-
-def check_loss_fields(records: list[dict[str, Any]], kind: str, source: str) -> str:
-    """The loss's name for these records: bradley_terry, soft_bradley_terry, ranking or best_of_k."""
-    if kind == "rankings":
-        return "ranking"
-    if kind == "choices":
-        return "best_of_k"
-    with_label = [i for i, r in enumerate(records) if "label" in r]
-    if with_label and any("margin" in r for r in records):
-        raise UserError(f"{source}: records carry both 'label' (soft preference) and 'margin'; use one of them")
-    return "soft_bradley_terry" if with_label else "bradley_terry"
 
 
 def preference_loss(name: str) -> Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]:
     """rewards (N, K_max) best-first + targets -> (N,) loss per record; picked once from the record kind."""
-
     losses = {
         "bradley_terry": lambda r, t: bradley_terry_loss(r[:, 0], r[:, 1], t["margin"]),
         "soft_bradley_terry": lambda r, t: soft_bradley_terry_loss(r[:, 0], r[:, 1], t["label"]),
@@ -201,54 +160,21 @@ def preference_loss(name: str) -> Callable[[torch.Tensor, dict[str, torch.Tensor
     return losses[name]
 
 
-def targets_of(records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """(N,) tensors of what the losses need: margin, label, best, num_responses."""
-    return {
-        "margin": torch.tensor([float(r.get("margin", 0.0)) for r in records]),
-        "label": torch.tensor([float(r.get("label", 1.0)) for r in records]),
-        "best": torch.tensor([int(r.get("best", 0)) for r in records]),
-        "num_responses": torch.tensor([len(r["items"]) for r in records]),
-    }
-
-
-def tokenize_preferences(
-    tokenizer: Any, records: list[dict[str, Any]], kind: str, max_length: int
-) -> tuple[list[dict[str, Any]], int]:
-    """Each record with its tokenised responses under "items"; and how many responses were cut."""
-
-    tokenized, cut = [], 0
-    for record in records:
-        items = [
-            tokenize_prompt_response(tokenizer, record, response, max_length)
-            for response in responses_best_first(record, kind)
-        ]
-        cut += sum(item["truncated"] for item in items)
-        tokenized.append({**record, "items": items})
-    return tokenized, cut
-
-
-# ---------------------------------------------------------------------------
-# Scoring, loss, metrics
-# ---------------------------------------------------------------------------
+def score_sequences(
+    model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, runtime: Runtime
+) -> torch.Tensor:
+    """Tokenised prompt + response sequences (N of them), right-padded on the run's device -> (N,) fp32 rewards."""
+    batch = runtime.to_device(pad_batch(items, pad_token_id))
+    with runtime.autocast():
+        return model(*batch).float()
 
 
 def record_rewards(
-    model: torch.nn.Module, records: list[dict[str, Any]], pad_token_id: int, dtype: str
+    model: torch.nn.Module, records: list[dict[str, Any]], pad_token_id: int, runtime: Runtime
 ) -> torch.Tensor:
-    """(N, K_max) rewards of each record's responses, best first, from one forward over all of them.
-
-    Slots beyond a record's K hold 0; the losses take num_responses and ignore them.
-    """
-    scores = score_items(
-        model, [item for record in records for item in record["items"]], pad_token_id, dtype
-    )  # (sum K_n,)
-    return padded_rows(list(scores.split([len(record["items"]) for record in records])))
-
-
-def padded_rows(rows: list[torch.Tensor]) -> torch.Tensor:
-    """(N, K_max) from N rows of K_n rewards, zeros beyond each row's K_n."""
-    width = max(len(row) for row in rows)
-    return torch.stack([torch.cat([row, row.new_zeros(width - len(row))]) for row in rows])
+    """(N, K_max) rewards of each record's responses, best first, from one forward over all of them."""
+    scores = score_sequences(model, [item for r in records for item in r["items"]], pad_token_id, runtime)
+    return rows_by_record(list(scores.split([len(r["items"]) for r in records])))  # (Σ K_n,) -> (N, K_max)
 
 
 def batch_loss_backward(
@@ -256,327 +182,196 @@ def batch_loss_backward(
     records: list[dict[str, Any]],
     loss_fn: Callable,
     pad_token_id: int,
+    runtime: Runtime,
     micro_batch_size: int,
-    dtype: str,
+    total_records: int,
 ) -> float:
-    """Backward the mean loss over `records`, micro-batch by micro-batch (each weighted by its share); returns it."""
-    total = 0.0
+    """Backward the mean loss over this process's `records`, micro-batch by micro-batch; returns its share.
+
+    Each micro-batch's mean is weighted by its share of the global batch's `total_records`
+    (`share_weight`), so the gradient is that of the mean over the whole batch however it is split
+    into micro-batches and processes; the returned shares sum over processes to the batch's loss.
+    """
+    loss_sum = 0.0
     for start in range(0, len(records), micro_batch_size):
         chunk = records[start : start + micro_batch_size]
-        loss = loss_fn(record_rewards(model, chunk, pad_token_id, dtype), targets_of(chunk)).mean() * (
-            len(chunk) / len(records)
+        weight = share_weight(len(chunk), total_records, runtime.num_processes)
+        rewards = record_rewards(model, chunk, pad_token_id, runtime)
+        loss = loss_fn(rewards, runtime.to_device(preference_targets(chunk))).mean() * weight
+        runtime.backward(loss)
+        loss_sum += loss.item() / runtime.num_processes
+    return loss_sum
+
+
+def check_micro_batches_per_process(batch_size: int, micro_batch_size: int, num_processes: int) -> None:
+    """Every process must run as many backward passes as the others: DDP all-reduces the gradients at each."""
+    most, fewest = -(-batch_size // num_processes), batch_size // num_processes  # records per process
+    if fewest == 0 or -(-most // micro_batch_size) != -(-fewest // micro_batch_size):
+        raise UserError(
+            f"train.batch_size {batch_size} over {num_processes} processes gives them {most} and {fewest} records, "
+            f"in unequal numbers of micro-batches of {micro_batch_size}; use a batch_size divisible by "
+            f"{num_processes} * train.micro_batch_size"
         )
-        loss.backward()
-        total += loss.item()
-    return total
-
-
-def calibration_bins(prob_winner: torch.Tensor, num_bins: int = 10) -> list[dict[str, float]]:
-    """Reliability of σ(r_a - r_b) as a classifier: confidence max(p, 1-p) in bins over [0.5, 1].
-
-    prob_winner: (M,) predicted probability that the actual winner of each pair wins.
-    Returns per non-empty bin {"confidence": mean confidence, "accuracy": share predicted right, "count"}.
-    """
-    confidence = torch.maximum(prob_winner, 1 - prob_winner)
-    correct = (prob_winner > 0.5).float()
-    index = ((confidence - 0.5) * 2 * num_bins).long().clamp(max=num_bins - 1)
-    bins = []
-    for b in range(num_bins):
-        selected = index == b
-        if selected.any():
-            bins.append(
-                {
-                    "confidence": confidence[selected].mean().item(),
-                    "accuracy": correct[selected].mean().item(),
-                    "count": int(selected.sum()),
-                }
-            )
-    return bins
-
-
-def expected_calibration_error(bins: list[dict[str, float]]) -> float:
-    """ECE = Σ_b (n_b / N) |accuracy_b - confidence_b|."""
-    total = sum(b["count"] for b in bins)
-    return sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins)
 
 
 @torch.no_grad()
-def evaluate_pairs(
-    model: torch.nn.Module,
-    records: list[dict[str, Any]],
-    kind: str,
-    loss_fn: Callable,
-    pad_token_id: int,
-    batch_size: int,
-    dtype: str,
-) -> tuple[dict[str, float], list]:
-    """Held-out loss, pair accuracy, mean margin r_w - r_l, ECE; and the calibration bins.
-
-    `batch_size` counts sequences per forward pass here.
-    """
-
-    # All pairs of a prompt share its responses: score each distinct sequence once.
-    sequences: list[dict[str, Any]] = []
-    index_of_record: list[list[int]] = []  # per record, the sequence index of each of its responses
-    position: dict[tuple[int, ...], int] = {}
-    for record in records:
-        index_of_record.append([])
-        for item in record["items"]:
-            key = tuple(item["input_ids"])
-            if key not in position:
-                position[key] = len(sequences)
-                sequences.append(item)
-            index_of_record[-1].append(position[key])
-    scores = torch.cat(
-        [
-            score_items(model, sequences[s : s + batch_size], pad_token_id, dtype)
-            for s in range(0, len(sequences), batch_size)
-        ]
-    )
-    rewards = padded_rows(
-        [scores[indices] for indices in index_of_record]
-    )  # (N, K_max), as record_rewards lays them out
-    winners, losers = [], []
-    for row, record in enumerate(records):
-        for winner, loser in preference_pairs(record, kind):
-            winners.append(rewards[row, winner])
-            losers.append(rewards[row, loser])
-    chosen, rejected = torch.stack(winners), torch.stack(losers)
-    bins = calibration_bins(torch.sigmoid(chosen - rejected))
-    metrics = {
-        "eval/loss": loss_fn(rewards, targets_of(records)).mean().item(),
-        "eval/accuracy": preference_accuracy(chosen, rejected).item(),
-        "eval/margin": (chosen - rejected).mean().item(),
-        "eval/ece": expected_calibration_error(bins),
-        "eval/pairs": len(winners),
-    }
-    return metrics, bins
-
-
-def plot_reliability(bins: list[dict[str, float]], out_png: Path) -> None:
-    fig, ax = new_figure(figsize=(4, 4))
-    ax.plot([0.5, 1], [0.5, 1], "--", color="grey", label="perfect calibration")
-    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label="reward model")
-    ax.set_xlabel("confidence max(σ(Δr), 1 - σ(Δr))")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title("reward model reliability")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-
-
-# ---------------------------------------------------------------------------
-# Normalisation against the reference policy
-# ---------------------------------------------------------------------------
-
-
-def reference_statistics(
-    model: torch.nn.Module, tokenizer: Any, prompts: list[dict[str, Any]], config: RMConfig
-) -> dict[str, float]:
-    """Mean and std of the (raw) reward of one reference-policy response per prompt."""
-
+def reference_scores(
+    model: torch.nn.Module, tokenizer: Any, prompts: list[dict[str, Any]], config: RMConfig, runtime: Runtime
+) -> torch.Tensor:
+    """(M,) rewards of one reference-policy response per prompt, sampled on the run's seed (step 4)."""
     normalize = config.normalize
-    policy = load_causal_lm(normalize.policy or config.model.name, tokenizer).eval()
+    policy = load_causal_lm(normalize.policy or config.model.name, tokenizer).eval().to(runtime.device)
     scores = []
-    torch.manual_seed(config.seed)
-    for start in tqdm(
-        range(0, len(prompts), normalize.batch_size), desc="rm: reference responses for normalisation", unit="batch"
-    ):
-        chunk = prompts[start : start + normalize.batch_size]
-        responses = decode_responses(
-            tokenizer,
-            sample(
-                policy,
-                tokenizer,
-                [format_prompt(tokenizer, r) for r in chunk],
-                normalize.generation,
-                config.model.dtype,
-            ),
-        )
-        items = [
-            tokenize_prompt_response(tokenizer, record, response, config.data.max_length)
-            for record, response in zip(chunk, responses)
-        ]
-        with torch.no_grad():
-            scores.append(score_items(model, items, tokenizer.pad_token_id, config.model.dtype))
-    raw = torch.cat(scores)
-    return {"mean": raw.mean().item(), "std": raw.std().item(), "num_responses": raw.numel()}
-
-
-def unique_prompts(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
-    """Up to `limit` distinct prompts (as prompt records) in order of first appearance."""
-
-    seen, prompts = set(), []
-    for record in records:
-        key = repr(prompt_messages(record))
-        if key not in seen:
-            seen.add(key)
-            prompts.append(
-                {"prompt": record["prompt"]} if "prompt" in record else {"messages": prompt_messages(record)}
-            )
-        if len(prompts) == limit:
-            break
-    return prompts
+    with runtime.forked_rng(config.seed):
+        for start in tqdm(range(0, len(prompts), normalize.batch_size), desc="rm: reference responses", unit="batch"):
+            chunk = prompts[start : start + normalize.batch_size]
+            texts = [format_prompt(tokenizer, record) for record in chunk]
+            samples = sample(policy, tokenizer, texts, normalize.generation, runtime.precision)
+            items = [
+                tokenize_prompt_response(tokenizer, record, response, config.data.max_length)
+                for record, response in zip(chunk, decode_responses(tokenizer, samples))
+            ]
+            scores.append(score_sequences(model, items, tokenizer.pad_token_id, runtime))
+    return torch.cat(scores)
 
 
 # ---------------------------------------------------------------------------
-# The run
+# The trainer
 # ---------------------------------------------------------------------------
 
 
-class RewardModelRun:
-    """Reward-model training, validated at construction (before any output), trained by `train()`."""
+class RewardModelTrainer:
+    """Reward-model training, validated at construction (before any output); `rlhfkit.runtime.fit` runs it."""
 
-    def __init__(self, config: RMConfig, resume: bool = False):
+    command = "rm"
+    plot_keys = ("train/loss", "eval/accuracy", "eval/ece")
+
+    def __init__(self, config: RMConfig, runtime: Runtime | None = None):
         self.config = config
-        data = config.data
+        self.runtime = runtime or Runtime(config.model.dtype, config.seed)
+        check_micro_batches_per_process(config.train.batch_size, config.micro_batch_size, self.runtime.num_processes)
+        self.tokenizer = load_tokenizer(config.model.name)
+        self.load_preferences()
+        backbone = load_backbone(config.model.name, self.tokenizer)
+        self.runtime.settle_precision(config.model, backbone)
+        backbone = apply_lora(backbone, config.model.lora) if config.model.lora.enabled else backbone
+        model = ScalarHeadModel(backbone, pooling=config.pooling)
+        optimizer, self.scheduler = build_optimizer(model.parameters(), config.optim, config.train.steps)
+        self.model, self.optimizer = self.runtime.prepare(model, optimizer)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.step, self.total_steps = 0, config.train.steps
+        self.eval_every, self.checkpoint_every = config.train.eval_every, config.train.checkpoint_every
+        self.evaluation: tuple[int, dict[str, float], list] | None = None  # step, metrics, calibration bins
+        self.normalization: dict[str, Any] = {}
+
+    def load_preferences(self) -> None:
+        """Step 1: records, their kind and loss, tokenised; held-out records may be of another kind.
+
+        (Say noise-free comparisons measuring a model trained on rankings: accuracy counts the pairs
+        each record asserts, and the held-out loss is that kind's own.)
+        """
+        data = self.config.data
         if not data.train:
             raise UserError(
-                "data.train is required: a file of comparisons, rankings or choices (e.g. OUT/comparisons.jsonl of `rlhfkit label`)"
+                "data.train is required: a file of comparisons, rankings or choices "
+                "(e.g. OUT/comparisons.jsonl of `rlhfkit label`)"
             )
-        self.out, self.checkpoint = resolve_out_dir(config.out, "rm", resume)
         self.kind = preference_kind(data.train)
-        train = load_records(data.train, self.kind)
-        # Held-out records may be of another preference kind (say noise-free comparisons to
-        # measure a model trained on rankings): accuracy counts the pairs each record asserts,
-        # and the held-out loss is that kind's own.
         self.eval_kind = preference_kind(data.eval) if data.eval else self.kind
         held_out = load_records(data.eval, self.eval_kind) if data.eval else None
-        train, held_out = split_records(train, held_out, data.eval_fraction, data.train)
-        self.loss_name = check_loss_fields(train, self.kind, data.train)
+        train, held_out = split_records(load_records(data.train, self.kind), held_out, data.eval_fraction, data.train)
+        self.loss_name = preference_loss_name(train, self.kind, data.train)
         self.loss_fn = preference_loss(self.loss_name)
-        self.eval_loss_fn = preference_loss(check_loss_fields(held_out, self.eval_kind, data.eval or data.train))
-
-        self.tokenizer = load_tokenizer(config.model.name)
+        self.eval_loss_fn = preference_loss(preference_loss_name(held_out, self.eval_kind, data.eval or data.train))
         self.train_records, cut = tokenize_preferences(self.tokenizer, train, self.kind, data.max_length)
         self.eval_records, eval_cut = tokenize_preferences(self.tokenizer, held_out, self.eval_kind, data.max_length)
-        if cut + eval_cut:
+        if cut + eval_cut and self.runtime.is_main:
             print(
-                f"rlhfkit rm: warning: {cut + eval_cut} response(s) longer than data.max_length={data.max_length} were cut at their end (no EOS)"
+                f"rlhfkit rm: warning: {cut + eval_cut} response(s) longer than data.max_length={data.max_length} "
+                "were cut at their end (no EOS)"
             )
 
-        torch.manual_seed(config.seed)
-        backbone = load_backbone(config.model.name, self.tokenizer)
-        if config.model.lora.enabled:
-            backbone = apply_lora(backbone, config.model.lora)
-        self.model = ScalarHeadModel(backbone, pooling=config.pooling)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = build_optimizer(self.params, config.optim, config.train.steps)
-        self.step = 0
+    @property
+    def unwrapped(self) -> ScalarHeadModel:
+        return self.runtime.unwrap(self.model)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> StepOutput:
+        """Step 2: every process draws the same global batch of records and backwards its share of the mean loss."""
         config = self.config
-        records = [
-            self.train_records[i]
-            for i in batch_indices(len(self.train_records), config.train.batch_size, self.step, config.seed)
-        ]
+        indices = batch_indices(len(self.train_records), config.train.batch_size, self.step, config.seed)
+        local = self.runtime.shard([self.train_records[i] for i in indices])
         self.model.train()
+        pad = self.tokenizer.pad_token_id
         loss = batch_loss_backward(
-            self.model, records, self.loss_fn, self.tokenizer.pad_token_id, config.micro_batch_size, config.model.dtype
+            self.model, local, self.loss_fn, pad, self.runtime, config.micro_batch_size, config.train.batch_size
         )
         learning_rate = self.scheduler.get_last_lr()[0]
         grad_norm = optimizer_step(self.params, self.optimizer, self.scheduler, config.optim.max_grad_norm)
         self.step += 1
-        return {"train/loss": loss, "train/grad_norm": grad_norm, "train/learning_rate": learning_rate}
+        loss = float(self.runtime.sum(torch.tensor(loss, device=self.runtime.device)))
+        return {"train/loss": loss, "train/grad_norm": grad_norm, "train/learning_rate": learning_rate}, None
 
-    def evaluate(self) -> tuple[dict[str, float], list]:
-        self.model.eval()
-        sequences_per_pass = self.config.micro_batch_size * len(self.eval_records[0]["items"])
-        return evaluate_pairs(
-            self.model,
-            self.eval_records,
-            self.eval_kind,
-            self.eval_loss_fn,
-            self.tokenizer.pad_token_id,
-            sequences_per_pass,
-            self.config.model.dtype,
-        )
-
-    def save_final(self, directory: Path, extra: dict[str, Any]) -> None:
-        """final/: the merged backbone, tokenizer, head and reward.json (gain, bias and the run's figures)."""
-
-        model = self.model
-        if hasattr(model.backbone, "merge_and_unload"):
-            model = ScalarHeadModel(
-                copy.deepcopy(model.backbone).merge_and_unload(),
-                gain=model.gain,
-                bias=model.bias,
-                pooling=model.pooling,
-            )
-            model.head.load_state_dict(self.model.head.state_dict())
-        model.save(directory, self.tokenizer, extra)
+    @torch.no_grad()
+    def evaluate(self) -> StepOutput:
+        """Step 3: held-out loss, pair accuracy, mean margin and ECE; each distinct sequence scored once."""
+        model, pad = self.unwrapped.eval(), self.tokenizer.pad_token_id
+        sequences, indices = distinct_sequences(self.eval_records)
+        per_pass = self.config.micro_batch_size * len(self.eval_records[0]["items"])
+        passes = [sequences[start : start + per_pass] for start in range(0, len(sequences), per_pass)]
+        scores = torch.cat([score_sequences(model, chunk, pad, self.runtime) for chunk in passes])
+        rewards = rows_by_record([scores[i] for i in indices])  # (N, K_max), as record_rewards lays them out
+        statistics, bins = pair_statistics(*asserted_pairs(rewards, self.eval_records, self.eval_kind))
+        targets = self.runtime.to_device(preference_targets(self.eval_records))
+        metrics = {"eval/loss": self.eval_loss_fn(rewards, targets).mean().item()}
+        metrics.update({f"eval/{key}": value for key, value in statistics.items()})
+        self.evaluation = (self.step, metrics, bins)
+        return metrics, None
 
     def normalise(self) -> dict[str, Any]:
-        """Set gain and bias from the reference policy's responses to the training prompts."""
-        if not self.config.normalize.enabled:
+        """Step 4: gain and bias so that the reference policy's responses to the training prompts score N(0, 1)."""
+        normalize, model = self.config.normalize, self.unwrapped.eval()
+        if not normalize.enabled:
             return {"normalized": False}
-        prompts = unique_prompts(self.train_records, self.config.normalize.num_prompts)
-        stats = reference_statistics(self.model.eval(), self.tokenizer, prompts, self.config)
-        std = stats["std"] if stats["std"] > 1e-6 else 1.0
-        self.model.gain, self.model.bias = 1.0 / std, -stats["mean"] / std
-        return {
-            "normalized": True,
-            "reference_policy": self.config.normalize.policy or self.config.model.name,
-            "reference_raw_mean": stats["mean"],
-            "reference_raw_std": stats["std"],
-            "reference_responses": stats["num_responses"],
-        }
+        prompts = unique_prompts(self.train_records, normalize.num_prompts)
+        scale = reward_normalisation(reference_scores(model, self.tokenizer, prompts, self.config, self.runtime))
+        model.gain, model.bias = scale.pop("gain"), scale.pop("bias")
+        return {"normalized": True, "reference_policy": normalize.policy or self.config.model.name, **scale}
 
-    def train(self) -> dict[str, Any]:
-        config, out = self.config, self.out
-        if self.checkpoint is not None:
-            self.step = restore_training_state(self.checkpoint, self.model, self.optimizer, self.scheduler)["step"]
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
-        started = time.time()
-        tracker = Tracker(out, config.train.steps, "rm", start_step=self.step)
-        metrics: dict[str, float] = {}
-        bins: list = []
-        try:
-            while self.step < config.train.steps:
-                metrics = self.train_step()
-                if self.step % config.train.eval_every == 0 or self.step == config.train.steps:
-                    eval_metrics, bins = self.evaluate()
-                    metrics.update(eval_metrics)
-                tracker.log(self.step, metrics)
-                if self.step % config.train.checkpoint_every == 0 or self.step == config.train.steps:
-                    save_training_state(out, self.step, self.model, self.optimizer, self.scheduler)
-        finally:
-            tracker.close()
-        if not bins:  # resumed at the last step: nothing trained, evaluate what was restored
-            eval_metrics, bins = self.evaluate()
-            metrics.update(eval_metrics)
-        trained_s = time.time() - started
-        normalization = self.normalise()
-        figures = {
+    def checkpoint_state(self) -> tuple[dict, dict[str, Any]]:
+        return training_state(self.unwrapped, self.optimizer, self.scheduler)
+
+    def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
+        load_training_state(tensors, state, self.unwrapped, self.optimizer, self.scheduler)
+
+    def save_final(self, directory: Path) -> None:
+        """Step 5: the model with LoRA merged into a copy of the backbone, its tokenizer, gain, bias and figures."""
+        if self.evaluation is None or self.evaluation[0] != self.step:  # resumed at the last step: nothing evaluated
+            self.evaluate()
+        self.normalization = self.normalise()
+        model = self.unwrapped
+        final = ScalarHeadModel(merged(model.backbone), gain=model.gain, bias=model.bias, pooling=model.pooling)
+        final.head.load_state_dict(model.head.state_dict())
+        final.save(directory, self.tokenizer, {**self.normalization, "eval": self.figures()})
+
+    def figures(self) -> dict[str, Any]:
+        """What was trained on, and the held-out figures of the last evaluation (eval_accuracy, eval_ece, ...)."""
+        _, metrics, _ = self.evaluation
+        return {
             "kind": self.kind,
             "loss_function": self.loss_name,
             "train_records": len(self.train_records),
             "eval_records": len(self.eval_records),
-            **{
-                key.replace("/", "_"): metrics[key]
-                for key in ("eval/accuracy", "eval/margin", "eval/ece", "eval/loss", "eval/pairs")
-            },
+            **{key.replace("/", "_"): value for key, value in metrics.items()},
         }
-        final = write_directory_atomic(
-            out / "final", lambda tmp: self.save_final(tmp, {**normalization, "eval": figures})
-        )
-        plot_metrics(
-            out / "metrics.jsonl", ["train/loss", "eval/accuracy", "eval/ece"], out / "training.png", "rlhfkit rm"
-        )
-        plot_reliability(bins, out / "reliability.png")
-        summary = {
-            **figures,
-            **normalization,
-            "gain": self.model.gain,
-            "bias": self.model.bias,
-            "steps": self.step,
-            "train_s": trained_s,
-            "wall_s": time.time() - started,
-            "final": str(final),
-        }
-        write_json_atomic(out / "summary.json", summary)
-        return summary
+
+    def summary(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
+        plot_reliability(self.evaluation[2], out / "reliability.png")
+        model = self.unwrapped
+        return {**self.figures(), **self.normalization, "gain": model.gain, "bias": model.bias}
+
+    def train(self, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+        """The Python API: the whole run into `out` (default: config.out); returns summary.json's figures."""
+        return fit(self, RunDirectory.resolve(str(out or self.config.out), self.command, resume))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -585,9 +380,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = run_config(RMConfig, args)
-    summary = RewardModelRun(config, resume=args.resume).train()
-    print(
-        f"rlhfkit rm: {summary['kind']} ({summary['loss_function']} loss), held-out accuracy {summary['eval_accuracy']:.3f} "
-        f"on {summary['eval_pairs']} pairs, ECE {summary['eval_ece']:.3f}; reward model in {summary['final']}"
-    )
+    run_directory = RunDirectory.resolve(config.out, "rm", args.resume)  # before any model loads
+    summary = fit(RewardModelTrainer(config), run_directory)
+    if summary:
+        print(
+            f"rlhfkit rm: {summary['kind']} ({summary['loss_function']} loss), held-out accuracy "
+            f"{summary['eval_accuracy']:.3f} on {summary['eval_pairs']} pairs, ECE {summary['eval_ece']:.3f}; "
+            f"reward model in {summary['final']}"
+        )
     return 0
