@@ -5,13 +5,15 @@ import json
 from PIL import Image
 
 from rlhfkit.cli import main
+from rlhfkit.recipes.demo import DemoConfig, split_candidates, stage_configs
 
 
 def test_quick_demo_writes_the_whole_report_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     for name in ("report.md", "summary.json", "config.yaml", "1-generate/candidates.jsonl", "2-label/rankings.jsonl",
-                 "2-label-heldout/comparisons.jsonl", "3-rm/final/reward.json", "4-ppo/final/config.json", "4-ppo/metrics.jsonl", "5-evaluate/evaluation.json"):  # fmt: skip
+                 "2-label-heldout/comparisons.jsonl", "3-rm/final/reward.json", "4-ppo/final/config.json",
+                 "4-ppo/metrics.jsonl", "5-evaluate/evaluation.json"):  # fmt: skip
         assert (out / name).exists(), name
     for png in ("reward_vs_step.png", "kl_vs_step.png", "gold_vs_kl.png"):
         with Image.open(out / png) as image:
@@ -58,11 +60,35 @@ def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, capsys):
 
 
 def test_split_keeps_a_prompt_on_each_side(tmp_path):
-    from rlhfkit.recipes.demo import split_candidates
-
     candidates = tmp_path / "candidates.jsonl"
     candidates.write_text("".join(json.dumps({"prompt": f"p{i}", "responses": ["a", "b"]}) + "\n" for i in range(2)))
     # 0.8 of 2 prompts rounds to 2: one must still be left to train on
     train, heldout = split_candidates(candidates, 0.8, tmp_path / "split")
     assert [json.loads(line)["prompt"] for line in train.read_text().splitlines()] == ["p0"]
     assert [json.loads(line)["prompt"] for line in heldout.read_text().splitlines()] == ["p1"]
+
+
+def test_stage_configs_carry_the_demo_settings_and_derive_the_ppo_minibatch(tmp_path):
+    configs = stage_configs(DemoConfig(dtype="float32", ppo_batch_size=12, rm_steps=10), tmp_path)
+    rm, ppo = configs["3-rm"], configs["4-ppo"]
+    assert rm.data.train == str(tmp_path / "2-label" / "rankings.jsonl") and rm.out == str(tmp_path / "3-rm")
+    assert rm.train.steps == 10 and rm.train.checkpoint_every == 5 and rm.model.lora.enabled
+    assert ppo.reward.model == str(tmp_path / "3-rm" / "final") and ppo.train.batch_size == 12
+    assert ppo.train.mini_batch_size == 0 and ppo.mini_batch_size == 3  # derived: 12 prompts -> 4 minibatches of 3
+    assert configs["2-label-heldout"].noise.temperature == 0 and configs["2-label"].format == "rankings"
+
+
+def test_a_stage_setting_out_of_range_exits_2_naming_the_stage_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--set", "max_new_tokens=0"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "stage 1-generate: generation.max_new_tokens must be positive" in error
+    assert not out.exists()
+
+
+def test_a_failing_stage_names_itself_and_how_to_continue(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--set", f"prompts={tmp_path / 'missing.jsonl'}"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("rlhfkit demo: error: stage 1-generate: ")
+    assert f"rerun `rlhfkit demo --out {out}` to continue" in error
