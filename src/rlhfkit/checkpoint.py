@@ -37,7 +37,8 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
 STATE = "state.pt"
 MIN_KEEP = 2  # the newest checkpoint can be damaged after it was written; the one before it is the fallback
-SEED_LIMIT = 2**32  # numpy accepts seeds in [0, 2**32)
+SEED_LIMIT = 2**32  # numpy accepts seeds in [0, 2**32): the range a configured seed must be in
+TORCH_SEED_LIMIT = 2**64  # torch.manual_seed's range, for derived seeds
 
 
 def rng_state() -> dict[str, Any]:
@@ -66,12 +67,12 @@ def check_seed(seed: int, key: str = "seed") -> int:
 def seed_everything(seed: int) -> None:
     """Python, NumPy, torch CPU and every CUDA device from one seed.
 
-    Negative seeds are refused (NumPy would crash on them, torch would take them: the same
-    config must behave the same in every command). A derived seed past NumPy's range (a
-    configured seed plus a step) wraps around for NumPy only.
+    A seed torch or NumPy cannot take is refused here, naming `seed`, so that the same config
+    fails the same way in every command (NumPy crashed on negative seeds where torch took them).
+    A derived seed past NumPy's range (a configured seed plus a step) wraps around for NumPy only.
     """
-    if seed < 0:
-        raise UserError(f"seed must be >= 0, got {seed}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < TORCH_SEED_LIMIT:
+        raise UserError(f"seed must be an integer in 0..{SEED_LIMIT - 1}, got {seed!r}")
     random.seed(seed)
     np.random.seed(seed % SEED_LIMIT)
     torch.manual_seed(seed)

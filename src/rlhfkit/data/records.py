@@ -37,7 +37,7 @@ def _parse_json(text: str, where: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise UserError(f"{where}: malformed JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+        raise UserError(f"{where}: malformed JSON ({error.msg}: line {error.lineno} column {error.colno})") from None
     except RecursionError:
         raise UserError(f"{where}: JSON nested too deeply to be a record") from None
 
@@ -74,7 +74,7 @@ def _read_csv(path: Path) -> list[tuple[int, Any]]:
             rows.append((start, {k: _decode_cell(v) for k, v in row.items() if v}))  # missing and empty cells: absent
             start = reader.line_num + 1
     except csv.Error as error:
-        raise UserError(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
+        raise UserError(f"{path}:{start}: malformed CSV ({error})") from None
     return rows
 
 
@@ -142,7 +142,7 @@ def _text(record: Record, key: str, where: str) -> str:
         )
     if not value.strip():
         raise UserError(f"{where}: field {key!r} is empty")
-    _check_encodable(value, where, key)
+    _check_encodable(value, where, repr(key))
     return value
 
 
