@@ -216,6 +216,7 @@ MODEL_DAMAGE: dict[str, Callable[[Context], str]] = {
     "truncated-tokenizer": lambda c: _model_copy(c, lambda p: _truncate(p / "tokenizer.json")),
     "file-not-model": lambda c: str(_file(c, "model.bin", b"\x00" * 64)),
     "hub-id-offline": lambda c: "someorg/no-such-model",
+    "corrupt-gguf": lambda c: str(_file(c, "model.gguf", b"GGUF\x03\x00\x00\x00" + b"\x00" * 7)),
 }
 
 
