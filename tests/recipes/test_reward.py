@@ -22,13 +22,12 @@ from rlhfkit.recipes.reward import (
     RewardModelTrainer,
     RMConfig,
     batch_loss_backward,
-    check_micro_batches_per_process,
     preference_loss,
     reference_scores,
 )
 from rlhfkit.rewards import model_reward, score_items
 from rlhfkit.rewards.calibration import calibration_bins, expected_calibration_error
-from rlhfkit.runtime import Runtime
+from rlhfkit.runtime import Runtime, check_micro_batches
 
 POSITIVE = "good great happy love wonderful excellent nice best joy beautiful amazing kind fun glad".split()
 NEGATIVE = "bad sad hate terrible awful worst ugly angry poor horrible pain boring".split()
@@ -246,11 +245,11 @@ def test_rm_resume_after_a_stop_ends_bitwise_equal(tiny, comparisons, tmp_path):
 
 
 def test_processes_must_run_equal_numbers_of_micro_batches():
-    check_micro_batches_per_process(batch_size=3, micro_batch_size=3, num_processes=2)  # 2 and 1 records, 1 pass each
-    check_micro_batches_per_process(batch_size=8, micro_batch_size=2, num_processes=2)
+    check_micro_batches(batch_size=3, micro_batch_size=3, num_processes=2)  # 2 and 1 records, 1 pass each
+    check_micro_batches(batch_size=8, micro_batch_size=2, num_processes=2)
     for batch_size, micro_batch_size in [(3, 1), (1, 1)]:  # 2 passes against 1; no record at all for one process
         with pytest.raises(UserError, match="unequal numbers of micro-batches"):
-            check_micro_batches_per_process(batch_size, micro_batch_size, num_processes=2)
+            check_micro_batches(batch_size, micro_batch_size, num_processes=2)
 
 
 BAD = [

@@ -82,7 +82,8 @@ def best_of_k_loss(rewards: Tensor, best: Tensor, num_responses: Tensor) -> Tens
     best = best.long()
     if bool(((best < 0) | (best >= num_responses)).any()):
         raise ValueError(
-            f"best_of_k_loss: best must lie in [0, num_responses), got best={best.tolist()}, num_responses={num_responses.tolist()}"
+            f"best_of_k_loss: best must lie in [0, num_responses), "
+            f"got best={best.tolist()}, num_responses={num_responses.tolist()}"
         )
     logits = torch.where(_response_slots(num_responses, rewards.shape[-1]), rewards.float(), -torch.inf)
     return torch.logsumexp(logits, dim=-1) - logits.gather(-1, best.unsqueeze(-1)).squeeze(-1)

@@ -17,7 +17,8 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     targets = [t for t in config.target_modules if t in present]
     if not targets:
         raise UserError(
-            f"lora.target_modules {config.target_modules} match no module of this model; some names it has: {sorted(present)[:12]}"
+            f"lora.target_modules {config.target_modules} match no module of this model; "
+            f"some names it has: {sorted(present)[:12]}"
         )
     layers = None
     if config.top_layers:

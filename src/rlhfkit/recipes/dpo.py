@@ -48,7 +48,7 @@ from rlhfkit.models.lora import apply_lora, is_lora, merged
 from rlhfkit.recipes.sft import split_records
 from rlhfkit.rewards import build_reward, checked_scores
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, fit, run_config
+from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, check_micro_batches, fit, run_config
 from rlhfkit.training import (
     OptimConfig,
     batch_indices,
@@ -196,8 +196,10 @@ class DPOTrainer:
         self.tokenizer = load_tokenizer(config.model.name)
         self.pairs = load_pairs(config.data, self.tokenizer)  # {"train": [...], "eval": [...]}
         self.kl_prompts = load_records(config.data.prompts, "prompts")[: train.kl_prompts] if train.kl_prompts else []
-        self.gold = build_reward(config.reward, config.model.dtype) if train.score_answers else None
         model = load_causal_lm(config.model.name, self.tokenizer)
+        self.runtime.settle_precision(config.model, model)
+        check_micro_batches(train.batch_size, config.micro_batch_size, self.runtime.num_processes)
+        self.gold = build_reward(config.reward, config.model.dtype) if train.score_answers else None
         keep_copy = self.kl_prompts and not config.model.lora.enabled  # held-out KL's reference; LoRA's is the base
         self.reference_copy = copy.deepcopy(model).requires_grad_(False).to(self.runtime.device) if keep_copy else None
         model = apply_lora(model, config.model.lora) if config.model.lora.enabled else model

@@ -116,12 +116,13 @@ class PPOTrainer:
         if reward is None:
             validate_records_for_reward(config.reward, self.prompts, config.data.prompts)
         self.ptx_records = load_records(config.data.ptx, "demonstrations") if config.data.ptx else []
-        self.reward = reward if reward is not None else build_reward(config.reward, config.model.dtype, runtime.device)
 
         self.tokenizer = load_tokenizer(config.model.name)
         actor_critic, reference = load_actor_critic(
             config.model.name, self.tokenizer, config.model.lora, critic_source(config)
         )
+        runtime.settle_precision(config.model, actor_critic.policy)
+        self.reward = reward if reward is not None else build_reward(config.reward, config.model.dtype, runtime.device)
         optimizer, self.scheduler = build_optimizer(actor_critic.parameters(), config.optim, config.optimizer_steps)
         self.actor_critic, self.optimizer = runtime.prepare(actor_critic, optimizer)
         self.reference = reference.to(runtime.device) if reference is not None else None

@@ -59,7 +59,7 @@ from rlhfkit.models.lora import apply_lora, merged
 from rlhfkit.recipes.sft import split_records
 from rlhfkit.rewards.calibration import pair_statistics, plot_reliability, reward_normalisation
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import RunDirectory, Runtime, StepOutput, fit, run_config
+from rlhfkit.runtime import RunDirectory, Runtime, StepOutput, check_micro_batches, fit, run_config
 from rlhfkit.training import (
     OptimConfig,
     batch_indices,
@@ -203,17 +203,6 @@ def batch_loss_backward(
     return loss_sum
 
 
-def check_micro_batches_per_process(batch_size: int, micro_batch_size: int, num_processes: int) -> None:
-    """Every process must run as many backward passes as the others: DDP all-reduces the gradients at each."""
-    most, fewest = -(-batch_size // num_processes), batch_size // num_processes  # records per process
-    if fewest == 0 or -(-most // micro_batch_size) != -(-fewest // micro_batch_size):
-        raise UserError(
-            f"train.batch_size {batch_size} over {num_processes} processes gives them {most} and {fewest} records, "
-            f"in unequal numbers of micro-batches of {micro_batch_size}; use a batch_size divisible by "
-            f"{num_processes} * train.micro_batch_size"
-        )
-
-
 @torch.no_grad()
 def reference_scores(
     model: torch.nn.Module, tokenizer: Any, prompts: list[dict[str, Any]], config: RMConfig, runtime: Runtime
@@ -249,7 +238,7 @@ class RewardModelTrainer:
     def __init__(self, config: RMConfig, runtime: Runtime | None = None):
         self.config = config
         self.runtime = runtime or Runtime(config.model.dtype, config.seed)
-        check_micro_batches_per_process(config.train.batch_size, config.micro_batch_size, self.runtime.num_processes)
+        check_micro_batches(config.train.batch_size, config.micro_batch_size, self.runtime.num_processes)
         self.tokenizer = load_tokenizer(config.model.name)
         self.load_preferences()
         backbone = load_backbone(config.model.name, self.tokenizer)

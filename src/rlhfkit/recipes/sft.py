@@ -34,7 +34,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import apply_lora, merged
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, fit, run_config
+from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, check_micro_batches, fit, run_config
 from rlhfkit.training import (
     OptimConfig,
     batch_indices,
@@ -156,12 +156,13 @@ def batch_loss_backward(
     it is split into micro-batches and processes; the returned shares sum to the batch's loss.
     """
     loss_sum = 0.0
-    for start in range(0, len(items), micro_batch_size):
+    starts = range(0, len(items), micro_batch_size)
+    for start in starts:
         chunk = items[start : start + micro_batch_size]
         weight = share_weight(response_tokens(chunk), total_tokens, runtime.num_processes)
         batch = runtime.to_device(pad_batch(chunk, pad_token_id))
         loss = response_token_nll(model, *batch, dtype=runtime.precision) * weight
-        runtime.backward(loss)
+        runtime.backward(loss, model, sync=start == starts[-1])
         loss_sum += loss.item() / runtime.num_processes
     return loss_sum
 
@@ -216,6 +217,7 @@ class SFTTrainer:
 
         model = load_causal_lm(config.model.name, self.tokenizer)
         self.runtime.settle_precision(config.model, model)
+        check_micro_batches(config.train.batch_size, config.micro_batch_size, self.runtime.num_processes)
         model = apply_lora(model, config.model.lora) if config.model.lora.enabled else model
         optimizer, self.scheduler = build_optimizer(model.parameters(), config.optim, config.train.steps)
         self.model, self.optimizer = self.runtime.prepare(model, optimizer)

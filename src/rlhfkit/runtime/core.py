@@ -26,6 +26,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from rlhfkit.checkpoint import rng_state, seed_everything, set_rng_state
+from rlhfkit.errors import UserError
 from rlhfkit.models import autocast
 from rlhfkit.runtime.precision import resolve_precision
 
@@ -101,13 +102,28 @@ class Runtime:
             return type(value)(self.to_device(item) for item in value)
         return value
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss)
+    def backward(self, loss: torch.Tensor, model: nn.Module | None = None, sync: bool = True) -> None:
+        """Backward `loss`; with `sync=False` the gradients stay local to this process (no all-reduce).
+
+        Gradient accumulation passes `sync=False` for all but an optimiser step's last micro-batch, so
+        each process all-reduces exactly once per step: processes holding different numbers of
+        micro-batches cannot wait on each other, and N-1 all-reduces per step are saved.
+        """
+        if sync or model is None or self.num_processes == 1:
+            self.accelerator.backward(loss)
+            return
+        with self.accelerator.no_sync(model):
+            self.accelerator.backward(loss)
 
     # -- processes --------------------------------------------------------------------------
 
     def shard(self, items: Sequence[T]) -> list[T]:
-        """This process's rows of a global batch: rows rank, rank + N, rank + 2N, ..."""
+        """This process's rows of a global batch: rows rank, rank + N, rank + 2N, ...
+
+        Every process must hold at least one row (each takes part in the gradient all-reduce).
+        """
+        if len(items) < self.num_processes:
+            raise UserError(f"a batch of {len(items)} cannot be shared by {self.num_processes} processes")
         return list(items[self.process_index :: self.num_processes])
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -145,3 +161,18 @@ class Runtime:
             yield
         finally:
             set_rng_state(state)
+
+
+def check_micro_batches(batch_size: int, micro_batch_size: int, num_processes: int) -> None:
+    """Refuse a batch that would give processes unequal numbers of micro-batches.
+
+    Every forward of a DDP model broadcasts its buffers and the synchronised backward all-reduces the
+    gradients: a process with one micro-batch more than another would wait for it forever.
+    """
+    most, fewest = -(-batch_size // num_processes), batch_size // num_processes  # records per process
+    if fewest == 0 or -(-most // micro_batch_size) != -(-fewest // micro_batch_size):
+        raise UserError(
+            f"train.batch_size {batch_size} over {num_processes} processes gives them {most} and {fewest} records, "
+            f"in unequal numbers of micro-batches of {micro_batch_size}; use a batch_size divisible by "
+            f"{num_processes} * train.micro_batch_size"
+        )
