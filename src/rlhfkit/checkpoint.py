@@ -31,13 +31,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from rlhfkit.config import SEED_LIMIT
 from rlhfkit.errors import UserError, describe_os_error, summarize
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
 STATE = "state.pt"
 MIN_KEEP = 2  # the newest checkpoint can be damaged after it was written; the one before it is the fallback
-SEED_LIMIT = 2**32  # numpy accepts seeds in [0, 2**32): the range a configured seed must be in
 TORCH_SEED_LIMIT = 2**64  # torch.manual_seed's range, for derived seeds
 
 
@@ -55,13 +55,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def check_seed(seed: int, key: str = "seed") -> int:
-    """A configured seed, refused unless every consumer (Python, NumPy, torch, Gymnasium) accepts it."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
-        raise UserError(f"{key} must be an integer in 0..{SEED_LIMIT - 1}, got {seed!r}")
-    return seed
 
 
 def seed_everything(seed: int) -> None:

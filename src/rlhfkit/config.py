@@ -25,6 +25,7 @@ from rlhfkit.errors import UserError, read_text
 T = TypeVar("T")
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+SEED_LIMIT = 2**32  # NumPy accepts seeds in [0, 2**32): the range a configured seed must be in
 
 
 def field(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
@@ -265,6 +266,26 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file of configuration keys; unreadable, undecodable or malformed files are one-line UserErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} {'is not a file' if path.exists() else 'does not exist'}")
+    text = read_text(path)  # UTF-8 (a byte-order mark is fine); other bytes name the line and offset
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark, position = getattr(error, "problem_mark", None), getattr(error, "position", None)
+        line = mark.line + 1 if mark is not None else text.count("\n", 0, position) + 1 if position else None
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"config file {path}{f':{line}' if line else ''} is not valid YAML: {problem}") from None
+    except RecursionError:
+        raise UserError(f"config file {path} is nested too deeply to be a configuration") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(
     cls: type[T],
     path: str | Path | None = None,
@@ -274,22 +295,7 @@ def load_config(
     """Build `cls` from defaults, then `base`, then the YAML file at `path`, then `key.sub=value` overrides."""
     values: dict[str, Any] = dict(base or {})
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file {path} {'is not a file' if path.exists() else 'does not exist'}")
-        text = read_text(path)  # UTF-8 (a byte-order mark is fine); other bytes name the line and offset
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as error:
-            mark, position = getattr(error, "problem_mark", None), getattr(error, "position", None)
-            line = mark.line + 1 if mark is not None else text.count("\n", 0, position) + 1 if position else None
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise UserError(f"config file {path}{f':{line}' if line else ''} is not valid YAML: {problem}") from None
-        except RecursionError:
-            raise UserError(f"config file {path} is nested too deeply to be a configuration") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
-        values = _merge(values, loaded)
+        values = _merge(values, load_yaml_mapping(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -301,7 +307,17 @@ def load_config(
         tree: dict[str, Any] = {}
         _set_dotted(tree, key.strip(), parsed)
         values = _merge(values, tree)
-    return _build(cls, values)
+    config = _build(cls, values)
+    if isinstance(getattr(config, "seed", 0), int):
+        check_seed(config.seed)
+    return config
+
+
+def check_seed(seed: int, key: str = "seed") -> int:
+    """A configured seed, refused unless every consumer (Python, NumPy, torch, Gymnasium) accepts it."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{key} must be an integer in 0..{SEED_LIMIT - 1}, got {seed!r}")
+    return seed
 
 
 def save_config(config: Any, path: str | Path) -> None:

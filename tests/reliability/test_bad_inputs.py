@@ -196,17 +196,7 @@ PORT = "recipes/constitution.py writes config.yaml before its model loads"
 # Known gaps, each in a file this suite's author does not own, reported to the lead: {case id: reason}.
 KNOWN_GAPS = {
     "rm-types-data.train-record-not-object": "data/preferences.py names the file but not the line",
-    **{
-        f"{command}-output-{name}": "RunDirectory.resolve does not yet call checkpoint.check_output_directory"
-        for command in ("sft", "rm", "dpo", "ppo", "generate")
-        for name in ("out-under-a-file", "out-read-only-parent", "out-read-only-directory")
-    },
-    "label-config-set-negative-seed": "recipes/label.py does not validate its seed",
-    "label-config-set-seed-too-large": "recipes/label.py does not validate its seed",
-    "gym-config-config-deep-nesting": "gym/config.py reads its YAML without the checks of config.load_config",
     "gym-config-env-id-with-path": "gym/envs.py passes an env id with '/' and ':' to an import",
-    "ppo-user-code-raises": "runtime/run.py fit keeps the run directory when the first step fails",
-    "constitution-config-constitution-non-utf8": "rewards/ai_judge.py reads the constitution without errors.read_text",
     **{f"constitution-model-{damage}": PORT for damage in MODEL_DAMAGE},
 }
 CASES = [

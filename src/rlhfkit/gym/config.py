@@ -179,7 +179,7 @@ def _file_keys(path: Path) -> list[str]:
     """The dotted keys of a YAML file (none where it does not parse: `load_config` then says what is wrong)."""
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError):
         return []
     return _dotted_keys(tree) if isinstance(tree, dict) else []
 

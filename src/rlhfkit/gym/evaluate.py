@@ -16,10 +16,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
-from rlhfkit.config import load_config
+from rlhfkit.config import load_config, load_yaml_mapping
 from rlhfkit.errors import UserError
 from rlhfkit.gym.config import GymConfig
 from rlhfkit.gym.envs import EnvSpec, inspect_env, make_env, to_env_actions
@@ -138,7 +137,7 @@ def evaluate_run(run_dir: Path, config_file: str | None, overrides: list[str], o
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         raise UserError(f"--eval: {saved} does not exist; give the output directory of an rlhfkit gym run")
-    config = load_config(GymConfig, config_file, overrides, base=yaml.safe_load(saved.read_text(encoding="utf-8")))
+    config = load_config(GymConfig, config_file, overrides, base=load_yaml_mapping(saved))
     if not (run_dir / "final" / "policy.safetensors").is_file():
         raise UserError(
             f"--eval: {run_dir / 'final'} holds no policy; the run has not finished "

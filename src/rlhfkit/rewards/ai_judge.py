@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from rlhfkit.assets import CONSTITUTION
-from rlhfkit.config import field
+from rlhfkit.config import field, load_yaml_mapping
 from rlhfkit.data.records import Record, format_prompt, prompt_text
 from rlhfkit.errors import UserError
 from rlhfkit.models.heads import position_ids_from_mask
@@ -59,16 +58,7 @@ def load_constitution(path: str | Path) -> list[Principle]:
     A UserError names the file and the principle's index.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"constitution file {path} does not exist")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise UserError(
-            f"constitution file {path}{where} is not valid YAML: {getattr(error, 'problem', error)}"
-        ) from None
+    loaded = load_yaml_mapping(path)
     items = loaded.get("principles") if isinstance(loaded, dict) else None
     if not isinstance(items, list) or not items:
         raise UserError(

@@ -18,16 +18,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
-import yaml
 
-from rlhfkit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_directory_atomic
-from rlhfkit.config import config_from_args, save_config
+from rlhfkit.checkpoint import (
+    check_output_directory,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    write_directory_atomic,
+)
+from rlhfkit.config import config_from_args, load_yaml_mapping, save_config
 from rlhfkit.errors import UserError
 from rlhfkit.runtime.core import Runtime
 from rlhfkit.tracking import Tracker, plot_metrics, read_jsonl, write_json_atomic
@@ -88,14 +95,15 @@ class RunDirectory:
         earlier run (whose checkpoints a fresh start would overwrite).
         """
         path = Path(out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if path.exists() and not path.is_dir():
-            raise UserError(f"--out {path} is a file, not a directory")
-        checkpoint = latest_checkpoint(path)
-        if resume and checkpoint is None:
+        check_output_directory(path)
+        if not resume:
+            if list_checkpoints(path) or (path / "final").exists():
+                raise UserError(f"{path} already holds a run; pass --resume to continue it, or choose another --out")
+            return cls(path, None)
+        checkpoint = latest_checkpoint(path)  # the newest intact one; damaged newer ones are named
+        if checkpoint is None:
             raise UserError(f"--resume: {path} has no checkpoint to resume from")
-        if not resume and (checkpoint is not None or (path / "final").exists()):
-            raise UserError(f"{path} already holds a run; pass --resume to continue it, or choose another --out")
-        return cls(path, checkpoint if resume else None)
+        return cls(path, checkpoint)
 
 
 def run_config(cls: type[T], args: argparse.Namespace) -> T:
@@ -110,7 +118,7 @@ def run_config(cls: type[T], args: argparse.Namespace) -> T:
         saved = Path(out, "config.yaml") if out else None
         if saved is None or not saved.is_file():
             raise UserError(f"--resume: {saved or '--out'} is missing; name the run to continue with --out DIR")
-        base = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        base = load_yaml_mapping(saved)
     return config_from_args(cls, args, base=base)
 
 
@@ -124,9 +132,23 @@ def fit(trainer: Trainer, run: RunDirectory) -> dict[str, Any]:
     runtime, out = trainer.runtime, run.path
     if run.checkpoint is not None:
         restore(trainer, run.checkpoint)
+    created = not out.exists()
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(trainer.config, out / "config.yaml")
+    try:
+        return _train(trainer, out)
+    except BaseException:
+        # a run that could not complete its first checkpoint leaves nothing behind (a user reward
+        # function that raises at step 1, a Ctrl-C during the first step); later, the checkpoints stay
+        if created and runtime.is_main and not list_checkpoints(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(trainer: Trainer, out: Path) -> dict[str, Any]:
+    """Steps 3-5 of the module docstring into the existing run directory `out`."""
+    runtime = trainer.runtime
     tracker = (
         Tracker(out, trainer.total_steps, f"rlhfkit {trainer.command}", start_step=trainer.step)
         if runtime.is_main
