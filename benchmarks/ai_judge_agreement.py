@@ -11,7 +11,8 @@
                  (position bias, 0.5 = none); how often the two orders agree
 
 Usage:
-    python benchmarks/ai_judge_agreement.py --out runs/bench-ai-judge [--candidates FILE] [--principle positive|sampled|NAME]
+    python benchmarks/ai_judge_agreement.py --out runs/bench-ai-judge [--candidates FILE] \
+        [--principle positive|sampled|NAME]
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@
 """
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -26,18 +28,21 @@ def matmul() -> None:
     rows, hidden, mlp = 364, 576, 1536
     flops = 2 * rows * hidden * mlp
     for dtype in (torch.float32, torch.bfloat16):
-        x, w = torch.randn(rows, hidden, dtype=dtype), torch.randn(hidden, mlp, dtype=dtype)
-        w_t = torch.randn(
-            mlp, hidden, dtype=dtype
-        ).t()  # nn.Linear keeps (out, in): the forward multiplies by its transpose
-        grad = torch.randn(rows, mlp, dtype=dtype)
-        layouts = {
-            "x @ w": lambda: x @ w,
-            "x @ W.t (forward)": lambda: x @ w_t,
-            "grad.t @ x (weight grad)": lambda: grad.t() @ x,
-        }
-        for name, fn in layouts.items():
+        for name, fn in matmul_layouts(rows, hidden, mlp, dtype).items():
             print(f"matmul {str(dtype).removeprefix('torch.'):>8} {name:<26} {flops / seconds(fn) / 1e9:7.1f} GFLOP/s")
+
+
+def matmul_layouts(rows: int, hidden: int, mlp: int, dtype: torch.dtype) -> dict[str, Callable[[], torch.Tensor]]:
+    """The three products of one linear layer's forward and backward, on fresh tensors of `dtype`."""
+    x, w = torch.randn(rows, hidden, dtype=dtype), torch.randn(hidden, mlp, dtype=dtype)
+    # nn.Linear keeps its weight as (out, in): the forward multiplies by its transpose
+    w_t = torch.randn(mlp, hidden, dtype=dtype).t()
+    grad = torch.randn(rows, mlp, dtype=dtype)
+    return {
+        "x @ w": lambda: x @ w,
+        "x @ W.t (forward)": lambda: x @ w_t,
+        "grad.t @ x (weight grad)": lambda: grad.t() @ x,
+    }
 
 
 def adamw_step() -> None:
@@ -49,13 +54,13 @@ def adamw_step() -> None:
         p.grad = torch.randn_like(p) * 1e-3
     for variant in ({}, {"foreach": True}, {"fused": True}):
         optimizer = torch.optim.AdamW(params, lr=1e-5, **variant)
-        print(
-            f"AdamW step, {sum(p.numel() for p in params) / 1e6:.1f}M parameters, {variant or 'default'}: {seconds(optimizer.step, 3):.3f} s"
-        )
+        millions = sum(p.numel() for p in params) / 1e6
+        print(f"AdamW step, {millions:.1f}M parameters, {variant or 'default'}: {seconds(optimizer.step, 3):.3f} s")
 
 
 if __name__ == "__main__":
-    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
     print(
         "CPU flags:",
         " ".join(sorted({f for f in flags.split() if f.startswith(("avx512", "amx", "avx2"))})) or "unknown",

@@ -40,9 +40,9 @@ SAMPLES = [
     {
         "prompt": "Explain what a reward model is in RLHF, in two or three sentences.",
         "responses": [
-            "A reward model is a network trained on human preference pairs to predict which of two responses people prefer. "
-            "Its scalar score then stands in for a person during PPO, so the policy can be optimised against many more "
-            "samples than anyone could label by hand.",
+            "A reward model is a network trained on human preference pairs to predict which of two responses "
+            "people prefer. Its scalar score then stands in for a person during PPO, so the policy can be "
+            "optimised against many more samples than anyone could label by hand.",
             "It is the model that gives rewards.\n\nBasically you train it and then it tells the policy what is good. "
             "RLHF uses it a lot.",
         ],
@@ -100,7 +100,10 @@ def _wait_until_up(url: str, server: subprocess.Popen[bytes]) -> None:
 
 
 def _answer(url: str, token: str, tasks: int, contrary: set[int]) -> None:
-    """One labeller answers `tasks` tasks through the JSON API: the longer response wins, except on answers in `contrary`."""
+    """One labeller answers `tasks` tasks through the JSON API.
+
+    The longer response wins, except on the answers numbered in `contrary`.
+    """
     headers = {"Authorization": f"Bearer {token}"}
     for number in range(tasks):
         task = httpx.get(f"{url}/api/tasks/next", headers=headers).json()

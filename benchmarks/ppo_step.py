@@ -53,11 +53,18 @@ def one_configuration(mode: str, max_new_tokens: int, steps: int, dtype: str, re
     config = load_config(
         PPOConfig,
         overrides=[
-            f"model.lora.enabled={'true' if mode.startswith('lora') else 'false'}", f"model.lora.top_layers={top_layers}",
-            f"model.dtype={dtype}", f"generation.max_new_tokens={max_new_tokens}",
-            "train.batch_size=16", "train.mini_batch_size=4", "train.ppo_epochs=4", f"train.steps={steps + 1}", f"critic.kind={critic}", *reward_settings,
+            f"model.lora.enabled={'true' if mode.startswith('lora') else 'false'}",
+            f"model.lora.top_layers={top_layers}",
+            f"model.dtype={dtype}",
+            f"generation.max_new_tokens={max_new_tokens}",
+            "train.batch_size=16",
+            "train.mini_batch_size=4",
+            "train.ppo_epochs=4",
+            f"train.steps={steps + 1}",
+            f"critic.kind={critic}",
+            *reward_settings,
         ],
-    )  # fmt: skip
+    )
     trainer = PPOTrainer(config)
     rows = []
     for _ in range(steps + 1):
@@ -90,7 +97,8 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         default="full,lora",
-        help="comma-separated: full, lora, lora-topN (LoRA on the last N layers), each optionally -separate (a separate value model)",
+        help="comma-separated: full, lora, lora-topN (LoRA on the last N layers), "
+        "each optionally -separate (a separate value model)",
     )
     parser.add_argument(
         "--reward",
@@ -108,22 +116,23 @@ def main() -> None:
     for _ in range(args.rounds):
         for mode in args.modes.split(","):
             started = time.time()
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", mode, "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps), "--dtype", args.dtype, "--reward", args.reward],
-                check=True, capture_output=True, text=True,
-            )  # fmt: skip
+            child = [sys.executable, __file__, "--child", mode, "--max-new-tokens", str(args.max_new_tokens)]
+            child += ["--steps", str(args.steps), "--dtype", args.dtype, "--reward", args.reward]
+            out = subprocess.run(child, check=True, capture_output=True, text=True)
             result = json.loads(out.stdout.strip().splitlines()[-1])
             result["process_wall_s"] = time.time() - started
             results.setdefault(mode, []).append(result)
     print(
-        f"PPO iteration: 16 prompts x {args.max_new_tokens} new tokens, 4 epochs, minibatch 4, {args.dtype}, reward {args.reward}; medians of {args.steps} iterations"
+        f"PPO iteration: 16 prompts x {args.max_new_tokens} new tokens, 4 epochs, minibatch 4, {args.dtype}, "
+        f"reward {args.reward}; medians of {args.steps} iterations"
     )
     print("mode            generate_s  score_s  update_s  step_s  new_tok/s  resp_len  peak_RSS_GiB")
     for mode, runs in results.items():
         for r in runs:
             print(
-                f"{mode:<15} {r['time/generate_s']:>10.1f} {r['time/score_s']:>8.1f} {r['time/update_s']:>9.1f} {r['time/step_s']:>7.1f} "
-                f"{r['throughput/tokens_per_s']:>10.1f} {r['response/length_mean']:>9.1f} {r['peak_rss_gib']:>13.2f}"
+                f"{mode:<15} {r['time/generate_s']:>10.1f} {r['time/score_s']:>8.1f} {r['time/update_s']:>9.1f} "
+                f"{r['time/step_s']:>7.1f} {r['throughput/tokens_per_s']:>10.1f} {r['response/length_mean']:>9.1f} "
+                f"{r['peak_rss_gib']:>13.2f}"
             )
 
 

@@ -134,22 +134,31 @@ def main() -> None:
     rm = json.loads((out / "rm" / "summary.json").read_text())
     metrics = [json.loads(line) for line in (out / "rm" / "metrics.jsonl").read_text().splitlines()]
     curve = ", ".join(f"{m['step']}: {m['eval/accuracy']:.3f}" for m in metrics if m.get("eval/accuracy") is not None)
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
 
     lines = [
         "## Reward models and SFT (issue 3)",
         "",
-        f"Reward model learns the sentiment judge from the embedded model's answers ({time.strftime('%Y-%m-%d')}, CPU: 2 cores, "
-        f"load average {os.getloadavg()[0]:.1f} at the end, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}).",
+        "Reward model learns the sentiment judge from the embedded model's answers "
+        f"({time.strftime('%Y-%m-%d')}, CPU: 2 cores, load average {os.getloadavg()[0]:.1f} at the end, "
+        f"OMP_NUM_THREADS={threads}).",
         "",
         "| figure | value |",
         "| --- | --- |",
-        f"| candidates | {args.train_prompts} train prompts + {args.eval_prompts} held-out prompts × {args.responses} answers of ≤ {args.tokens} tokens (embedded SmolLM2-135M-Instruct) |",
-        f"| labels (sentiment judge) | {label_train['records']} training rankings of {args.responses} (Plackett-Luce noise T = {args.noise}); {label_eval['records']} held-out comparisons, all pairs, no noise ({label_eval['ties_skipped']} tied pairs skipped) |",
-        f"| reward model | embedded backbone, LoRA r 16, {args.pooling} pooling, {rm['steps']} steps × {args.batch_size} rankings, lr {args.learning_rate}, K-way ranking loss |",
-        f"| held-out accuracy (prompts never trained on) | **{rm['eval_accuracy']:.3f}** on {rm['eval_pairs']} pairs (chance 0.5) |",
+        f"| candidates | {args.train_prompts} train prompts + {args.eval_prompts} held-out prompts "
+        f"× {args.responses} answers of ≤ {args.tokens} tokens (embedded SmolLM2-135M-Instruct) |",
+        f"| labels (sentiment judge) | {label_train['records']} training rankings of {args.responses} "
+        f"(Plackett-Luce noise T = {args.noise}); {label_eval['records']} held-out comparisons, all pairs, "
+        f"no noise ({label_eval['ties_skipped']} tied pairs skipped) |",
+        f"| reward model | embedded backbone, LoRA r 16, {args.pooling} pooling, {rm['steps']} steps "
+        f"× {args.batch_size} rankings, lr {args.learning_rate}, K-way ranking loss |",
+        f"| held-out accuracy (prompts never trained on) | **{rm['eval_accuracy']:.3f}** "
+        f"on {rm['eval_pairs']} pairs (chance 0.5) |",
         f"| held-out mean margin r_w − r_l / ECE | {rm['eval_margin']:.3f} / {rm['eval_ece']:.3f} |",
         f"| held-out accuracy during training (step: acc) | {curve} |",
-        f"| normalisation (reference = embedded model, {rm['reference_responses']} answers) | raw mean {rm['reference_raw_mean']:.3f}, std {rm['reference_raw_std']:.3f} → gain {rm['gain']:.3f}, bias {rm['bias']:.3f} |",
+        f"| normalisation (reference = embedded model, {rm['reference_responses']} answers) "
+        f"| raw mean {rm['reference_raw_mean']:.3f}, std {rm['reference_raw_std']:.3f} "
+        f"→ gain {rm['gain']:.3f}, bias {rm['bias']:.3f} |",
         "| time | "
         + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
         + f"; total {sum(seconds.values()) / 60:.1f} min |",

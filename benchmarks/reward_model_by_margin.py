@@ -38,9 +38,8 @@ def main() -> None:
     gold = torch.tensor(
         sentiment_reward()([], [response for _, _, response in answers], [record for _, record, _ in answers])
     )
-    print(
-        f"{len(answers)} answers to {len(records)} prompts; Spearman(reward, VADER) {torch.corrcoef(torch.stack([ranks(reward), ranks(gold)]))[0, 1]:.3f}"
-    )
+    spearman = torch.corrcoef(torch.stack([ranks(reward), ranks(gold)]))[0, 1]
+    print(f"{len(answers)} answers to {len(records)} prompts; Spearman(reward, VADER) {spearman:.3f}")
     buckets: dict[str, list[bool]] = {"< 0.2": [], "0.2-0.5": [], ">= 0.5": []}
     for a in range(len(answers)):
         for b in range(a + 1, len(answers)):

@@ -6,7 +6,8 @@ over the response tokens, and its accuracy is measured on the held-out compariso
 backbone moves: this shows which reading of the hidden states a reward head can use at once.
 
     .venv/bin/python benchmarks/reward_probe.py --data runs/bench-rm2
-        # --data: the output of benchmarks/reward_model.py (label-train/rankings.jsonl, label-eval/comparisons.jsonl)
+        # --data: the output of benchmarks/reward_model.py
+        # (label-train/rankings.jsonl, label-eval/comparisons.jsonl)
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def sequence_pairs(records: list[dict], kind: str, index: dict[tuple[str, str], 
     for record in records:
         responses = responses_best_first(record, kind)
         pairs += [
-            (index[(record["prompt"], responses[w])], index[(record["prompt"], responses[l])])
-            for w, l in preference_pairs(record, kind)
+            (index[(record["prompt"], responses[winner])], index[(record["prompt"], responses[loser])])
+            for winner, loser in preference_pairs(record, kind)
         ]
     return torch.tensor(pairs)
 
@@ -101,7 +102,8 @@ def main() -> None:
     started = time.time()
     found = features(model, tokenizer, sequences)
     print(
-        f"{len(sequences)} sequences, features in {time.time() - started:.0f} s; {len(train_pairs)} training pairs (noisy ranking order), {len(eval_pairs)} held-out pairs"
+        f"{len(sequences)} sequences, features in {time.time() - started:.0f} s; "
+        f"{len(train_pairs)} training pairs (noisy ranking order), {len(eval_pairs)} held-out pairs"
     )
     print("| features | " + " | ".join(f"held-out acc (train acc), L2 {p:g}" for p in PENALTIES) + " |")
     print("| --- | " + " | ".join("---" for _ in PENALTIES) + " |")

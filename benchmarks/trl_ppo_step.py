@@ -137,8 +137,8 @@ def main() -> None:
     per_iteration = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
     measured = per_iteration[1:] or per_iteration
     print(
-        f"TRL {trl.__version__} PPOTrainer: {BATCH} prompts x {NEW_TOKENS} new tokens, {EPOCHS} epochs, minibatch {MINIBATCH}, "
-        f"float32, {torch.get_num_threads()} threads"
+        f"TRL {trl.__version__} PPOTrainer: {BATCH} prompts x {NEW_TOKENS} new tokens, {EPOCHS} epochs, "
+        f"minibatch {MINIBATCH}, float32, {torch.get_num_threads()} threads"
     )
     print("seconds per iteration: " + ", ".join(f"{s:.2f}" for s in per_iteration) + " (first is warm-up)")
     print(f"median of measured iterations: {statistics.median(measured):.2f} s")

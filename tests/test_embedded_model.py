@@ -1,4 +1,7 @@
-"""The embedded default model: loads with no network, pads with a token that is not EOS, samples and scores consistently."""
+"""The embedded default model: loads with no network, pads with a token that is not EOS, and scores its own samples.
+
+The log-probs kept while sampling are those a fresh forward pass over the same tokens gives.
+"""
 
 import pytest
 import torch

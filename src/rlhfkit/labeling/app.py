@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlhfkit.labeling.agreement import agreement
@@ -112,38 +112,56 @@ def create_app(db_path: Path, settings: ServeSettings) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
     )
     app.state.db_path = db_path
-    rng = random.Random()
+    app.include_router(_page_routes())
+    app.include_router(_session_routes(settings))
+    app.include_router(_labelling_routes(settings, random.Random()))
+    app.include_router(_admin_routes(settings))
+    return app
+
+
+def _page(request: Request, conn: sqlite3.Connection, name: str, admin_only: bool) -> Response:
+    """A page for a signed-in labeller; the sign-in page (401) without a valid token, 403 for a non-admin."""
+    try:
+        me = authenticate(request, conn)
+    except HTTPException:
+        return _html("signin.html", 401)
+    if admin_only and not me.is_admin:
+        return _html("forbidden.html", 403)
+    return _html(name, 200)
+
+
+def _page_routes() -> APIRouter:
+    """The two pages and their scripts and styles (read once, served from memory)."""
+    router = APIRouter()
     assets = {
         path.name: (path.read_bytes(), MEDIA_TYPES[path.suffix])
         for path in STATIC.iterdir()
         if path.suffix in MEDIA_TYPES
     }
 
-    def page(request: Request, conn: sqlite3.Connection, name: str, admin_only: bool) -> Response:
-        try:
-            me = authenticate(request, conn)
-        except HTTPException:
-            return _html("signin.html", 401)
-        if admin_only and not me.is_admin:
-            return _html("forbidden.html", 403)
-        return _html(name, 200)
-
-    @app.get("/")
+    @router.get("/")
     def label_page(request: Request, conn: DB) -> Response:
-        return page(request, conn, "label.html", admin_only=False)
+        return _page(request, conn, "label.html", admin_only=False)
 
-    @app.get("/admin")
+    @router.get("/admin")
     def admin_page(request: Request, conn: DB) -> Response:
-        return page(request, conn, "admin.html", admin_only=True)
+        return _page(request, conn, "admin.html", admin_only=True)
 
-    @app.get("/static/{name}")
+    @router.get("/static/{name}")
     def static(name: str) -> Response:
         if name not in assets:
             raise HTTPException(404, "no such file")
         content, media_type = assets[name]
         return Response(content, media_type=media_type)
 
-    @app.post("/api/session", status_code=204)
+    return router
+
+
+def _session_routes(settings: ServeSettings) -> APIRouter:
+    """Signing in and out (the token in an HttpOnly cookie), and who the caller is."""
+    router = APIRouter(prefix="/api")
+
+    @router.post("/session", status_code=204)
     def sign_in(body: SignIn, request: Request, conn: DB) -> Response:
         if find_labeler(conn, body.token) is None:
             raise HTTPException(401, "unknown token")
@@ -159,13 +177,13 @@ def create_app(db_path: Path, settings: ServeSettings) -> FastAPI:
         )
         return response
 
-    @app.delete("/api/session", status_code=204)
+    @router.delete("/session", status_code=204)
     def sign_out(me: Me) -> Response:
         response = Response(status_code=204)
         response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
         return response
 
-    @app.get("/api/me")
+    @router.get("/me")
     def whoami(me: Me, request: Request, conn: DB) -> dict[str, Any]:
         found = credentials(request)
         assert found is not None, "authenticated requests carry a token"
@@ -176,14 +194,21 @@ def create_app(db_path: Path, settings: ServeSettings) -> FastAPI:
             **labeler_progress(conn, me.id, settings.judgements_per_task),
         }
 
-    @app.get("/api/tasks/next", response_model=None)
+    return router
+
+
+def _labelling_routes(settings: ServeSettings, rng: random.Random) -> APIRouter:
+    """A labeller's next task, and their judgement of it."""
+    router = APIRouter(prefix="/api")
+
+    @router.get("/tasks/next", response_model=None)
     def get_next_task(me: Me, conn: DB) -> Response | dict[str, Any]:
         task = next_task(conn, me.id, settings.judgements_per_task, settings.lease_seconds, rng)
         if task is None:
             return Response(status_code=204)
         return {"task_id": task.task_id, "prompt": task.prompt, "responses": task.responses}
 
-    @app.post("/api/judgements", status_code=201)
+    @router.post("/judgements", status_code=201)
     def post_judgement(body: JudgementIn, me: Me, conn: DB) -> dict[str, int]:
         try:
             judgement_id = record_judgement(conn, me.id, body.task_id, body.choice, body.ranking, body.comment)
@@ -195,15 +220,22 @@ def create_app(db_path: Path, settings: ServeSettings) -> FastAPI:
             raise HTTPException(422, str(error)) from None
         return {"id": judgement_id}
 
-    @app.get("/api/admin/progress")
+    return router
+
+
+def _admin_routes(settings: ServeSettings) -> APIRouter:
+    """Progress, agreement between labellers, and the exports: admins only."""
+    router = APIRouter(prefix="/api/admin")
+
+    @router.get("/progress")
     def progress(me: Admin, conn: DB) -> dict[str, Any]:
         return admin_progress(conn, settings.judgements_per_task)
 
-    @app.get("/api/admin/agreement")
+    @router.get("/agreement")
     def labeler_agreement(me: Admin, conn: DB) -> dict[str, Any]:
         return agreement(judgement_rows(conn))
 
-    @app.get("/api/admin/export/{name}")
+    @router.get("/export/{name}")
     def export(name: str, me: Admin, conn: DB, keep_ties: bool = False, keep_both_bad: bool = False) -> Response:
         if name not in ("comparisons.jsonl", "rankings.jsonl"):
             raise HTTPException(404, "exports are comparisons.jsonl and rankings.jsonl")
@@ -215,4 +247,4 @@ def create_app(db_path: Path, settings: ServeSettings) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
-    return app
+    return router
