@@ -51,12 +51,20 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def parameter_name(key: str) -> str:
+    """`trainable/backbone.layers.0.mlp.up_proj.weight` and `model/model.layers.0.mlp.up_proj.weight` -> from `layers.`.
+
+    A checkpoint names a reward model's backbone `backbone.`, its final/ (a sequence classifier) `model.`.
+    """
+    name = key.split("/", 1)[1]
+    return name[name.index("layers.") :] if "layers." in name else name
+
+
 def moved(final: dict[str, torch.Tensor], earlier: dict[str, torch.Tensor]) -> bool:
-    """True if some final tensor differs from the same parameter in `earlier` (names matched by suffix)."""
-    named = {key.split("/", 1)[1]: value for key, value in earlier.items()}
+    """True if some final tensor differs from the same parameter in `earlier`."""
+    named = {parameter_name(key): value for key, value in earlier.items()}
     for key, value in final.items():
-        name = key.split("/", 1)[1]
-        match = next((v for n, v in named.items() if n.endswith(name) or name.endswith(n)), None)
+        match = named.get(parameter_name(key))
         if match is not None and match.shape == value.shape and not torch.equal(match, value):
             return True
     return False
