@@ -53,6 +53,7 @@ from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic, write_jsonl_atomic
 
 Generate = Callable[[list[str]], list[str]]  # formatted model inputs -> decoded responses, one per input
+FormatMessages = Callable[[list[dict[str, str]]], str]  # a conversation -> the model's input text (chat template)
 
 
 def _default_prompts() -> str:
@@ -124,7 +125,7 @@ def critique_and_revise(
     principles: list[Principle],
     revisions: int,
     generate: Generate,
-    format_messages: Callable[[list[dict[str, str]]], str],
+    format_messages: FormatMessages,
     rng: random.Random,
 ) -> list[dict[str, Any]]:
     """Chains for one batch of prompt records: 1 + 2 * revisions batched `generate` calls in all.
@@ -167,10 +168,8 @@ def chain_metrics(chains: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def revise_all(
-    config: ConstitutionConfig, records: list[Record], principles: list[Principle], out: Path
-) -> list[dict[str, Any]]:
-    """Chains for every record, `critique.batch_size` prompts at a time, with one metrics line per batch."""
+def load_generator(config: ConstitutionConfig) -> tuple[Generate, FormatMessages]:
+    """The model's batched sampler and its chat formatter: the model loads here, before anything is written."""
     tokenizer = load_tokenizer(config.model.name)
     model = load_causal_lm(config.model.name, tokenizer).eval()
 
@@ -180,6 +179,18 @@ def revise_all(
     def format_messages(messages: list[dict[str, str]]) -> str:
         return format_prompt(tokenizer, {"messages": messages})
 
+    return generate, format_messages
+
+
+def revise_all(
+    config: ConstitutionConfig,
+    records: list[Record],
+    principles: list[Principle],
+    generate: Generate,
+    format_messages: FormatMessages,
+    out: Path,
+) -> list[dict[str, Any]]:
+    """Chains for every record, `critique.batch_size` prompts at a time, with one metrics line per batch."""
     batch_size = config.critique.batch_size
     batches = [records[start : start + batch_size] for start in range(0, len(records), batch_size)]
     tracker = Tracker(out, len(batches), "constitution: critique and revise")
@@ -196,13 +207,14 @@ def revise_all(
 
 def constitution(config: ConstitutionConfig) -> Path:
     """The Python API of `rlhfkit constitution`: writes config.out and returns its demonstrations.jsonl."""
-    out = output_directory(config.out, "constitution")  # 1. validate everything before any heavy work or output
+    out = output_directory(config.out, "constitution")  # 1. validate everything, and load the model, before any output
     principles = load_constitution(constitution_path(config.critique.constitution))
     records = load_records(config.data.prompts, "prompts", limit=config.data.limit or None)
+    generate, format_messages = load_generator(config)
     seed_everything(config.seed)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    chains = revise_all(config, records, principles, out)
+    chains = revise_all(config, records, principles, generate, format_messages, out)
     plot_metrics(out / "metrics.jsonl", list(chain_metrics(chains)), out / "constitution.png")
     demonstrations = [demonstration(r, c["final"]) for r, c in zip(records, chains) if c["final"].strip()]
     path = out / "demonstrations.jsonl"
