@@ -13,23 +13,23 @@ from typing import Any
 import torch
 
 from rlhfkit.data.collate import tokenize_prompt_response
-from rlhfkit.data.records import detect_kind, prompt_messages, read_rows
+from rlhfkit.data.readers import read_located
+from rlhfkit.data.records import detect_kind, from_trl, prompt_messages
 from rlhfkit.errors import UserError
 
 PREFERENCE_KINDS = ("comparisons", "rankings", "choices")
 
 
 def preference_kind(source: str) -> str:
-    """comparisons, rankings or choices: what the file's first record is."""
-    name, rows = read_rows(source)
+    """comparisons, rankings or choices: what the source's first record is (TRL's formats converted)."""
+    name, rows = read_located(source)
     if not rows or not isinstance(rows[0][1], dict):
         raise UserError(f"{name}: expected comparison, ranking or choice records")
-    found = detect_kind(rows[0][1])
+    where, first = rows[0]
+    found = detect_kind(from_trl(first, where))
     kind = "rankings" if found == "rankings_or_candidates" else found
     if kind not in PREFERENCE_KINDS:
-        raise UserError(
-            f"{name}:{rows[0][0]}: a reward model trains on comparisons, rankings or choices; this is a {kind} record"
-        )
+        raise UserError(f"{where}: a reward model trains on comparisons, rankings or choices; this is a {kind} record")
     return kind
 
 

@@ -1,132 +1,22 @@
-"""Record kinds, file reading and validation.
+"""Record kinds, their validation, TRL's formats read as them, and the text of a record.
 
-Every stage reads records of one kind (see DESIGN.md, "Data formats"). A
-file may be JSON Lines, a JSON list, CSV, Parquet, or a `datasets` id
-(`name` or `name:split`). Validation happens before any heavy work and names
-the file, the line (1-based; the row for CSV/Parquet) and the field.
+Every stage reads records of one kind (see DESIGN.md, "Data formats") from any source
+`rlhfkit.data.readers` reads, or from records in memory (a list of dicts, a `datasets.Dataset`)
+given to the Python API. Validation happens before any heavy work and names the file and line
+(1-based; the row for CSV, Parquet and datasets), or `records[i]` in memory, and the field.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import datasets
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from rlhfkit.errors import UserError, read_text
+from rlhfkit.data.readers import read_located, without_absent_cells
+from rlhfkit.data.readers import read_rows as read_rows  # re-exported: the labelling app reads candidates with it
+from rlhfkit.errors import UserError
 
 Record = dict[str, Any]
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    rows = []
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
-        if line.strip():
-            rows.append((number, _parse_json(line, f"{path}:{number}")))
-    return rows
-
-
-def _parse_json(text: str, where: str) -> Any:
-    """A JSON value, or a UserError at `where` naming the line and column of the first mistake."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserError(f"{where}: malformed JSON ({error.msg}: line {error.lineno} column {error.colno})") from None
-    except RecursionError:
-        raise UserError(f"{where}: JSON nested too deeply to be a record") from None
-
-
-def _read_json(path: Path) -> list[tuple[int, Any]]:
-    data = _parse_json(read_text(path), str(path))
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return list(enumerate(data, start=1))
-
-
-def _decode_cell(value: str) -> Any:
-    """CSV cells holding JSON lists or numbers (responses, best, margin) are decoded; text stays text."""
-    stripped = value.strip()
-    if stripped[:1] in ("[", "{") or stripped.lstrip("-").replace(".", "", 1).isdigit():
-        try:
-            return json.loads(stripped)
-        except (json.JSONDecodeError, RecursionError):
-            return value
-    return value
-
-
-def _read_csv(path: Path) -> list[tuple[int, Any]]:
-    """Rows keyed by the header; the line number is where the row starts (a quoted cell may span lines)."""
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    rows, start = [], 2
-    try:
-        for row in reader:
-            if None in row:
-                raise UserError(
-                    f"{path}:{start}: {len(reader.fieldnames or []) + len(row[None])} cells, "
-                    f"but the header names {len(reader.fieldnames or [])} columns"
-                )
-            rows.append((start, {k: _decode_cell(v) for k, v in row.items() if v}))  # missing and empty cells: absent
-            start = reader.line_num + 1
-    except csv.Error as error:
-        raise UserError(f"{path}:{start}: malformed CSV ({error})") from None
-    return rows
-
-
-def _read_parquet(path: Path) -> list[tuple[int, Any]]:
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as error:
-        reason = str(error).strip().splitlines()[0].rpartition("': ")[2]  # without pyarrow's copy of the path
-        raise UserError(f"{path}: not a readable Parquet file ({reason})") from None
-    return list(enumerate(table.to_pylist(), start=1))
-
-
-def _read_dataset(name: str) -> list[tuple[int, Any]]:
-    dataset_id, _, split = name.partition(":")
-    try:
-        dataset = datasets.load_dataset(dataset_id, split=split or "train")
-    except Exception as error:  # datasets raises many types; report the cause in one line
-        raise UserError(
-            f"{name}: not a file, and loading it as a datasets id failed: {str(error).splitlines()[0]}"
-        ) from None
-    return list(enumerate(dataset, start=1))
-
-
-READERS: dict[str, Callable[[Path], list[tuple[int, Any]]]] = {
-    ".jsonl": _read_jsonl,
-    ".json": _read_json,
-    ".csv": _read_csv,
-    ".parquet": _read_parquet,
-}
-
-
-def read_rows(source: str | Path) -> tuple[str, list[tuple[int, Any]]]:
-    """(display name, [(line number, raw record)]) from a file or a datasets id.
-
-    A name with a data-file suffix, an existing path, or one that looks like a path (absolute,
-    `./`, `~`, or more than one `/`) is a file; anything else (`name`, `org/name:split`) a datasets id.
-    """
-    path = Path(source).expanduser()
-    suffix = path.suffix.lower()
-    if not (suffix in READERS or path.exists() or _looks_like_path(str(source))):
-        return str(source), _read_dataset(str(source))
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory; expected a .jsonl, .json, .csv or .parquet file")
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if suffix not in READERS:
-        raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet")
-    return str(path), READERS[suffix](path)
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1 or "\\" in name
 
 
 # ---------------------------------------------------------------------------
@@ -158,17 +48,21 @@ def _check_encodable(text: str, where: str, field_name: str) -> None:
 
 
 def _messages(record: Record, where: str) -> list[dict[str, str]]:
-    messages = record.get("messages")
+    return _turns(record.get("messages"), "messages", where)
+
+
+def _turns(messages: Any, key: str, where: str) -> list[dict[str, str]]:
+    """`messages` checked as a non-empty list of {"role": str, "content": str} (the field `key` of a record)."""
     if not isinstance(messages, list) or not messages:
-        raise UserError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
+        raise UserError(f"{where}: field {key!r} must be a non-empty list of {{role, content}}")
     for i, message in enumerate(messages):
         if (
             not isinstance(message, dict)
             or not isinstance(message.get("role"), str)
             or not isinstance(message.get("content"), str)
         ):
-            raise UserError(f'{where}: messages[{i}] must be {{"role": str, "content": str}}')
-        _check_encodable(message["content"], where, f"messages[{i}].content")
+            raise UserError(f'{where}: {key}[{i}] must be {{"role": str, "content": str}}')
+        _check_encodable(message["content"], where, f"{key}[{i}].content")
     return messages
 
 
@@ -282,19 +176,125 @@ def _compatible(expected: str, found: str) -> bool:
     return found == expected or expected == "prompts" or (expected == "candidates" and found == "choices")
 
 
-def load_records(source: str | Path, kind: str, limit: int | None = None) -> list[Record]:
-    """Read and validate records of `kind` from a file or datasets id; raise UserError naming file:line:field."""
+# ---------------------------------------------------------------------------
+# TRL's formats
+# ---------------------------------------------------------------------------
+#
+# TRL (huggingface.co/docs/trl/dataset_formats) writes text as strings ("standard") or as lists of
+# {"role", "content"} messages ("conversational"). On load they become rlhfkit's records:
+#
+#   prompt-only            prompt (a list)                      -> messages
+#   prompt-completion      prompt + completion                  -> prompt + response, or messages
+#                                                                  ending with the completion's turns
+#   preference             prompt + chosen + rejected (each a   -> prompt or messages + chosen + rejected
+#                          string or one assistant turn)           (strings)
+#   implicit prompt        chosen + rejected: whole conversations sharing every turn but the last
+#                                                               -> messages (the shared turns) + chosen + rejected
+#   language modeling      messages                             -> (already rlhfkit's)
+
+
+def from_trl(record: Record, where: str) -> Record:
+    """`record` as an rlhfkit record (the table above); records in rlhfkit's own form come back as they are."""
+    if "completion" in record:
+        return _from_prompt_completion(dict(record), where)
+    if isinstance(record.get("chosen"), list) or isinstance(record.get("rejected"), list):
+        return _from_conversational_preference(dict(record), where)
+    if isinstance(record.get("prompt"), list):
+        record = dict(record)
+        record["messages"] = _prompt_turns(record, where)
+        return record
+    return record
+
+
+def _prompt_turns(record: Record, where: str) -> list[dict[str, str]] | None:
+    """The prompt's turns, taken out of 'prompt' (a string is one user turn) or read from 'messages'; None if neither.
+
+    A prompt ends with the turn the answer replies to, never with an assistant turn.
+    """
+    if "prompt" in record and "messages" in record:
+        raise UserError(f"{where}: gives both 'prompt' and 'messages'; keep one")
+    if "prompt" not in record:
+        return _turns(record["messages"], "messages", where) if "messages" in record else None
+    prompt = record.pop("prompt")
+    if isinstance(prompt, list):
+        turns = _turns(prompt, "prompt", where)
+    else:
+        turns = [{"role": "user", "content": _text({"prompt": prompt}, "prompt", where)}]
+    if turns[-1]["role"] == "assistant":
+        raise UserError(f"{where}: field 'prompt' ends with an assistant turn; a prompt ends with the turn answered")
+    return turns
+
+
+def _answer_turns(value: Any, key: str, where: str) -> list[dict[str, str]]:
+    """A completion's turns (a string is one assistant turn), ending with the assistant's."""
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": _text({key: value}, key, where)}]
+    turns = _turns(value, key, where)
+    if turns[-1]["role"] != "assistant":
+        raise UserError(f"{where}: field {key!r} must end with an assistant turn, not {turns[-1]['role']!r}")
+    return turns
+
+
+def _from_prompt_completion(record: Record, where: str) -> Record:
+    if "response" in record:
+        raise UserError(f"{where}: gives both 'completion' and 'response'; keep one")
+    if isinstance(record.get("label"), bool):
+        raise UserError(
+            f"{where}: prompt + completion + a true/false 'label' is an unpaired preference (TRL's KTO format), "
+            "which rlhfkit does not train on; give 'chosen' and 'rejected' answers to the same prompt"
+        )
+    completion = record.pop("completion")
+    if "prompt" not in record:
+        raise UserError(f"{where}: field 'completion' needs a 'prompt' before it")
+    if isinstance(record["prompt"], str) and isinstance(completion, str):
+        return {**record, "response": _text({"completion": completion}, "completion", where)}
+    turns = _prompt_turns(record, where)
+    return {**record, "messages": turns + _answer_turns(completion, "completion", where)}
+
+
+def _from_conversational_preference(record: Record, where: str) -> Record:
+    """An explicit prompt with one assistant turn per side, or two conversations sharing the prompt's turns."""
+    chosen = _answer_turns(record.pop("chosen", None), "chosen", where)
+    rejected = _answer_turns(record.pop("rejected", None), "rejected", where)
+    prompt = _prompt_turns(record, where)
+    if prompt is not None:
+        for key, turns in (("chosen", chosen), ("rejected", rejected)):
+            if len(turns) != 1:
+                raise UserError(
+                    f"{where}: field {key!r} must be the one assistant turn that answers the prompt, "
+                    f"not {len(turns)} turns"
+                )
+    elif len(chosen) < 2 or chosen[:-1] != rejected[:-1]:
+        raise UserError(
+            f"{where}: without a 'prompt', 'chosen' and 'rejected' must be whole conversations that share every "
+            "turn but their last (the prompt), as in TRL's implicit-prompt preference format"
+        )
+    messages = prompt if prompt is not None else chosen[:-1]
+    return {**record, "messages": messages, "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+def load_records(source: str | Path | Iterable[Record], kind: str, limit: int | None = None) -> list[Record]:
+    """Records of `kind`, TRL's formats converted; a UserError names the file:line (records[i]) and the field.
+
+    `source` is any source `rlhfkit.data.readers` reads, or records in memory (a list of dicts, a
+    `datasets.Dataset`) from the Python API: one validation for every way into a trainer.
+    """
     if kind not in VALIDATORS:
         raise ValueError(f"unknown record kind {kind!r}")
-    name, rows = read_rows(source)
+    name, rows = _located_rows(source)
     if not rows:
         raise UserError(f"{name}: holds no records (expected {kind})")
     records: list[Record] = []
     first_kind: str | None = None
-    for number, record in rows:
-        where = f"{name}:{number}"
-        if not isinstance(record, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for where, raw in rows:
+        if not isinstance(raw, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        record = from_trl(raw, where)
         found = detect_kind(record)
         if not _compatible(kind, found):
             raise UserError(
@@ -303,12 +303,28 @@ def load_records(source: str | Path, kind: str, limit: int | None = None) -> lis
         if first_kind is None:
             first_kind = found
         elif found != first_kind and kind != "prompts":
-            raise UserError(f"{where}: mixed record kinds in one file ({first_kind} earlier, {found} here)")
+            raise UserError(f"{where}: mixed record kinds in one source ({first_kind} earlier, {found} here)")
         VALIDATORS[kind](record, where)
         records.append(dict(record))
         if limit is not None and len(records) >= limit:
             break
     return records
+
+
+def _located_rows(source: str | Path | Iterable[Record]) -> tuple[str, list[tuple[str, Any]]]:
+    """(name, [(where, raw record)]) of a data source, or of records in memory (`records[i]`, from 0)."""
+    if isinstance(source, (str, Path)):
+        return read_located(source)
+    if isinstance(source, Mapping):
+        raise UserError(
+            f"records: got a {type(source).__name__} of {list(source)}; pass one split's records, e.g. records['train']"
+        )
+    try:
+        rows = list(source)
+    except TypeError:
+        raise UserError(f"records must be a data file's name or a list of dicts, got {type(source).__name__}") from None
+    columnar = hasattr(source, "column_names")  # a datasets.Dataset fills the columns a record lacks with None
+    return "records", [(f"records[{i}]", without_absent_cells(row) if columnar else row) for i, row in enumerate(rows)]
 
 
 # ---------------------------------------------------------------------------
