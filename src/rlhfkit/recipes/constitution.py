@@ -50,6 +50,7 @@ from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.recipes.generate import output_directory
 from rlhfkit.rewards.ai_judge import Principle, constitution_path, load_constitution
 from rlhfkit.rollout.generation import decode_responses, sample
+from rlhfkit.runtime import Runtime
 from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic, write_jsonl_atomic
 
 Generate = Callable[[list[str]], list[str]]  # formatted model inputs -> decoded responses, one per input
@@ -171,7 +172,9 @@ def chain_metrics(chains: list[dict[str, Any]]) -> dict[str, float]:
 def load_generator(config: ConstitutionConfig) -> tuple[Generate, FormatMessages]:
     """The model's batched sampler and its chat formatter: the model loads here, before anything is written."""
     tokenizer = load_tokenizer(config.model.name)
-    model = load_causal_lm(config.model.name, tokenizer).eval()
+    runtime = Runtime()
+    model = load_causal_lm(config.model.name, tokenizer).eval().to(runtime.device)
+    runtime.settle_precision(config.model, model)
 
     def generate(texts: list[str]) -> list[str]:
         return decode_responses(tokenizer, sample(model, tokenizer, texts, config.generation, config.model.dtype))

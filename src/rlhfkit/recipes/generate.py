@@ -28,7 +28,7 @@ from rlhfkit.data import format_prompt, load_records
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import RunDirectory
+from rlhfkit.runtime import RunDirectory, Runtime
 from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
 
@@ -100,7 +100,9 @@ def generate(config: GenerateConfig) -> Path:
     out = output_directory(config.out, "generate")
     records = load_records(config.data.prompts, "prompts", limit=config.data.limit or None)
     tokenizer = load_tokenizer(config.model.name)
-    model = load_causal_lm(config.model.name, tokenizer).eval()
+    runtime = Runtime()
+    model = load_causal_lm(config.model.name, tokenizer).eval().to(runtime.device)
+    runtime.settle_precision(config.model, model)  # model.dtype=auto measured; config.yaml records the result
     started = time.time()
     seed_everything(config.seed)
     answers = generate_candidates(model, tokenizer, records, config)
