@@ -34,7 +34,7 @@ from rlhfkit.checkpoint import (
     save_checkpoint,
     write_directory_atomic,
 )
-from rlhfkit.config import config_from_args, load_yaml_mapping, save_config
+from rlhfkit.config import config_from_args, load_yaml_mapping, save_config, to_dict
 from rlhfkit.errors import UserError
 from rlhfkit.runtime.core import Runtime
 from rlhfkit.tracking import Tracker, plot_metrics, read_jsonl, write_json_atomic
@@ -150,7 +150,13 @@ def _train(trainer: Trainer, out: Path) -> dict[str, Any]:
     """Steps 3-5 of the module docstring into the existing run directory `out`."""
     runtime = trainer.runtime
     tracker = (
-        Tracker(out, trainer.total_steps, f"rlhfkit {trainer.command}", start_step=trainer.step)
+        Tracker(
+            out,
+            trainer.total_steps,
+            f"rlhfkit {trainer.command}",
+            start_step=trainer.step,
+            hyperparameters=to_dict(trainer.config),
+        )
         if runtime.is_main
         else None
     )
