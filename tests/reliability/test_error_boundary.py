@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import rlhfkit.recipes.generate as generate_recipe
-from rlhfkit.checkpoint import check_output_directory, check_seed, seed_everything
+from rlhfkit.checkpoint import check_output_directory, seed_everything
 from rlhfkit.cli import main
-from rlhfkit.config import load_config
+from rlhfkit.config import check_seed, load_config
 from rlhfkit.data import load_records
 from rlhfkit.errors import UserError, decode_utf8
 
