@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
 from torch import nn
 
 from rlhfkit.config import LoRAConfig
@@ -75,3 +81,47 @@ def decoder_from_layer(model: nn.Module, first: int):
 def merged(model: nn.Module) -> nn.Module:
     """The model as plain transformers weights: a LoRA adapter merged into a copy (the model itself is kept)."""
     return copy.deepcopy(model).merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def exported(model: nn.Module, precision: str) -> nn.Module:
+    """The model as final/ holds it: LoRA merged, and in bf16 when training computed in bf16 (never the live model).
+
+    Under bf16 autocast every matmul already read its weights rounded to bf16, so bf16 weights keep
+    what the run computed with at half the disk; the fp32 masters stay in the checkpoints for --resume.
+    An fp32 run keeps fp32.
+    """
+    plain = merged(model)
+    if precision != "bfloat16":
+        return plain
+    return (plain if plain is not model else copy.deepcopy(model)).to(torch.bfloat16)
+
+
+def save_adapter(model: PeftModel, tokenizer: Any, directory: Path) -> None:
+    """The PEFT adapter (adapter_config.json + adapter_model.safetensors) and the tokenizer it was trained with.
+
+    Its base_model_name_or_path is the directory or hub id the base loaded from (for a model that was
+    itself an adapter merged into its base, that adapter's directory: rlhfkit loads the chain).
+    """
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def save_reward_adapter(backbone: PeftModel, score_weight: torch.Tensor, tokenizer: Any, directory: Path) -> None:
+    """A reward model's LoRA as PEFT saves a sequence classifier's (task SEQ_CLS, `score` a module to save).
+
+    The backbone's adapter tensors move under the classifier's prefix, and score.weight is the head with
+    the gain folded in, as in the merged directory. PEFT loads it with
+    `AutoPeftModelForSequenceClassification.from_pretrained(directory, num_labels=1)`: it scores with
+    the standard class (last-token pooling, no score_offset), so differences between answers match.
+    """
+    prefix = backbone.get_base_model().base_model_prefix
+    state = {
+        key.replace("base_model.model.", f"base_model.model.{prefix}.", 1): tensor.contiguous()
+        for key, tensor in get_peft_model_state_dict(backbone).items()
+    }
+    state["base_model.model.score.weight"] = score_weight.detach().float().contiguous()
+    config = dataclasses.replace(backbone.peft_config["default"], task_type="SEQ_CLS", modules_to_save=["score"])
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(directory))
+    save_file(state, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(directory)

@@ -44,7 +44,8 @@ from rlhfkit.data import format_prompt, load_records, prompt_text
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.models.lora import apply_lora, is_lora, merged
+from rlhfkit.models.loading import save_policy
+from rlhfkit.models.lora import apply_lora, is_lora
 from rlhfkit.recipes.sft import split_records
 from rlhfkit.rewards import build_reward, checked_scores
 from rlhfkit.rollout.generation import decode_responses, sample
@@ -293,9 +294,8 @@ class DPOTrainer:
         load_training_state(tensors, state, self.unwrapped, self.optimizer, self.scheduler)
 
     def save_final(self, directory: Path) -> None:
-        """A plain model directory + tokenizer (LoRA merged into a copy), loadable as a policy."""
-        merged(self.unwrapped).save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        """A plain model directory + tokenizer (LoRA merged into a copy, the adapter in adapter/): a policy."""
+        save_policy(self.unwrapped, self.tokenizer, directory, self.config.model.dtype)
 
     def summary(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
         """The held-out figures before the first update (`initial`: the step-0 record) and at the last evaluation."""

@@ -55,7 +55,8 @@ from rlhfkit.data.preferences import (
 from rlhfkit.errors import UserError
 from rlhfkit.models import ScalarHeadModel, load_backbone, load_causal_lm, load_tokenizer
 from rlhfkit.models.heads import check_pooling
-from rlhfkit.models.lora import apply_lora, merged
+from rlhfkit.models.loading import ADAPTER_DIR
+from rlhfkit.models.lora import apply_lora, exported, is_lora, save_reward_adapter
 from rlhfkit.recipes.sft import split_records
 from rlhfkit.rewards.calibration import pair_statistics, plot_reliability, reward_normalisation
 from rlhfkit.rollout.generation import decode_responses, sample
@@ -338,9 +339,13 @@ class RewardModelTrainer:
             self.evaluate()
         self.normalization = self.normalise()
         model = self.unwrapped
-        final = ScalarHeadModel(merged(model.backbone), gain=model.gain, bias=model.bias, pooling=model.pooling)
+        backbone = exported(model.backbone, self.config.model.dtype)  # bf16 when trained in bf16
+        final = ScalarHeadModel(backbone, gain=model.gain, bias=model.bias, pooling=model.pooling)
         final.head.load_state_dict(model.head.state_dict())
-        final.save(directory, self.tokenizer, {**self.normalization, "eval": self.figures()})
+        final.to(backbone.dtype).save(directory, self.tokenizer, {**self.normalization, "eval": self.figures()})
+        if is_lora(model.backbone):
+            score = model.gain * model.head.weight
+            save_reward_adapter(model.backbone, score, self.tokenizer, directory / ADAPTER_DIR)
 
     def figures(self) -> dict[str, Any]:
         """What was trained on, and the held-out figures of the last evaluation (eval_accuracy, eval_ece, ...)."""

@@ -32,7 +32,8 @@ from rlhfkit.data.collate import pack_items, pad_batch, tokenize_prompt_response
 from rlhfkit.data.records import demonstration_response
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.models.lora import apply_lora, merged
+from rlhfkit.models.loading import save_policy
+from rlhfkit.models.lora import apply_lora
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, check_micro_batches, fit, run_config
 from rlhfkit.training import (
@@ -267,9 +268,8 @@ class SFTTrainer:
         load_training_state(tensors, state, self.unwrapped, self.optimizer, self.scheduler)
 
     def save_final(self, directory: Path) -> None:
-        """A plain model directory + tokenizer (LoRA merged into a copy), the PPO policy and reference."""
-        merged(self.unwrapped).save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        """A plain model directory + tokenizer (LoRA merged into a copy, the adapter in adapter/), the PPO policy."""
+        save_policy(self.unwrapped, self.tokenizer, directory, self.config.model.dtype)
 
     def summary(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
         evals = [h["eval/loss"] for h in history if h.get("eval/loss") is not None]
