@@ -35,6 +35,8 @@ from rlhfkit.report_to import NO_TRACKER, REPORT_TO_ENV, parse_report_to, reques
 # command name -> (module, one-line description). A two-word key is a sub-command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("rlhfkit.recipes.ppo", "PPO against a reward source, with a KL leash to a frozen reference"),
+    "grpo": ("rlhfkit.recipes.grpo", "GRPO: ppo without a critic, 4 responses per prompt compared in their group"),
+    "rloo": ("rlhfkit.recipes.grpo", "RLOO: ppo without a critic, each response against the mean of the others"),
     "sft": ("rlhfkit.recipes.sft", "supervised fine-tuning on demonstrations"),
     "rm": ("rlhfkit.recipes.reward", "train a reward model on comparisons, rankings or choices"),
     "generate": ("rlhfkit.recipes.generate", "sample K responses per prompt into candidates.jsonl"),

@@ -108,20 +108,29 @@ class GenerationConfig:
             raise UserError(f"generation.top_k must be >= 0, got {self.top_k}")
 
 
-REWARD_KINDS = ("sentiment", "rouge", "length", "function", "model")
+REWARD_KINDS = ("sentiment", "rouge", "length", "function", "model", "verifiable")
 
 
 @dataclasses.dataclass
 class RewardConfig:
-    kind: str = field("sentiment", "reward source: sentiment, rouge, length, function or model")
+    kind: str = field(
+        "sentiment",
+        "reward source: sentiment, rouge, length, function, model, or verifiable (1 when the final answer "
+        "matches the prompt record's reference, else 0)",
+    )
     model: str = field("", "reward-model directory (an `rlhfkit rm` final/), for kind=model")
     function: str = field("", "package.module:function with signature (prompts, responses, records) -> scores")
     target_length: int = field(
         20, "for kind=length: the response length in words that scores 0; each word away costs 1/target"
     )
     batch_size: int = field(16, "responses per reward-model forward pass")
+    tolerance: float = field(
+        1e-6, "for kind=verifiable: a numeric answer counts within tolerance x max(1, |reference|)"
+    )
 
     def __post_init__(self) -> None:
+        if self.tolerance < 0:
+            raise UserError(f"reward.tolerance must be >= 0, got {self.tolerance}")
         if self.kind not in REWARD_KINDS:
             raise UserError(f"reward.kind must be one of {', '.join(REWARD_KINDS)}, got {self.kind!r}")
         if self.kind == "function" and ":" not in self.function:

@@ -16,13 +16,22 @@ from torch import Tensor
 
 from rlhfkit.algorithms.core import _zero_outside, masked_mean
 
+# A reduction of per-token losses (B, T) with their mask (None for (N,) tensors) to one number;
+# masked_mean by default, or one of critic_free.LOSS_AGGREGATIONS with max_new_tokens bound.
+Reduce = Callable[[Tensor, Tensor | None], Tensor]
+
 # Logits are processed in slices of at most this many elements along their first
 # dimension, so that the float32 temporaries of a (B, T, V) tensor stay bounded.
 _CHUNK_ELEMENTS = 1 << 24
 
 
 def clipped_policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor | None, clip_range: float
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor | None,
+    clip_range: float,
+    reduce: Reduce = masked_mean,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate objective, as a loss to minimise.
 
@@ -33,14 +42,15 @@ def clipped_policy_loss(
     stats: "clipfrac", the fraction of positions where the clipped term is
     strictly the larger (so it set the loss and the gradient is zero), and
     "approx_kl", mean((ratio - 1) - log ratio), the k3 estimate of
-    KL(pi_old || pi) from the samples of pi_old.
+    KL(pi_old || pi) from the samples of pi_old. `reduce` turns the per-token
+    losses into the loss (the mean over tokens by default); the stats are token means.
     """
     log_ratio = _zero_outside(logprobs.float() - old_logprobs.float(), mask)
     advantages = advantages.float()
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = reduce(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
@@ -50,7 +60,12 @@ def clipped_policy_loss(
 
 
 def kl_penalty_policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor | None, beta: float
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor | None,
+    beta: float,
+    reduce: Reduce = masked_mean,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The PPO paper's adaptive-KL-penalty surrogate (sec. 4), as a loss to minimise.
 
@@ -59,13 +74,15 @@ def kl_penalty_policy_loss(
     the second term being the k3 estimate of KL(pi_old || pi). Shapes as in
     `clipped_policy_loss`; adapt beta between updates with `update_kl_penalty_beta`.
     stats: "approx_kl" as above, and "clipfrac", always 0 since nothing is
-    clipped, so that both surrogates log the same keys.
+    clipped, so that both surrogates log the same keys. `reduce` as in
+    `clipped_policy_loss`, over both terms.
     """
     log_ratio = _zero_outside(logprobs.float() - old_logprobs.float(), mask)
     advantages = advantages.float()
     ratio = torch.exp(log_ratio)
-    kl = masked_mean((ratio - 1.0) - log_ratio, mask)
-    loss = -masked_mean(ratio * advantages, mask) + beta * kl
+    per_token_kl = (ratio - 1.0) - log_ratio
+    kl = masked_mean(per_token_kl, mask)
+    loss = reduce(-ratio * advantages, mask) + beta * reduce(per_token_kl, mask)
     stats = {"clipfrac": torch.zeros((), device=loss.device), "approx_kl": kl.detach()}
     return loss, stats
 
@@ -86,7 +103,12 @@ def update_kl_penalty_beta(beta: float, kl: float, target: float) -> float:
 
 
 def clipped_value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor | None, clip_range: float | None
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor | None,
+    clip_range: float | None,
+    reduce: Reduce = masked_mean,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The critic's loss, with the value change clipped around the rollout-time values (PPO2 baselines).
 
@@ -97,17 +119,18 @@ def clipped_value_loss(
     None or <= 0 gives the unclipped 0.5 * MSE. IMPORTANT: c is in the units of the
     returns, so a sensible value depends on the reward scale. stats: "clipfrac",
     the fraction of positions where the clipped term is strictly the larger.
+    `reduce` as in `clipped_policy_loss` (the "mean_t" above).
     """
     values = _zero_outside(values, mask)
     returns = returns.float()
     unclipped = (values - returns) ** 2
     if clip_range is None or clip_range <= 0:
-        loss = 0.5 * masked_mean(unclipped, mask)
+        loss = 0.5 * reduce(unclipped, mask)
         return loss, {"clipfrac": torch.zeros((), device=loss.device)}
     old_values = old_values.float()
     values_clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
     clipped = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = 0.5 * reduce(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask)}
     return loss, stats

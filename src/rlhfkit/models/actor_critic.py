@@ -1,11 +1,12 @@
 """The language model as an actor-critic: the action is the next token, the episode one response.
 
 `ActorCritic` holds the policy (a causal LM, maybe with LoRA) and its critic:
-either a `ValueHead` on the policy's last hidden states (shared trunk) or a
-separate `ScalarHeadModel`. One forward pass over prompt + response gives,
-for every response position t, log π(a_t | s_t) under the sampling
-temperature, the entropy of π(· | s_t), and V(s_t), where s_t is the prompt
-plus the first t response tokens.
+either a `ValueHead` on the policy's last hidden states (shared trunk), a
+separate `ScalarHeadModel`, or none at all (GRPO, RLOO, REINFORCE++ need no
+value model). One forward pass over prompt + response gives, for every
+response position t, log π(a_t | s_t) under the sampling temperature, the
+entropy of π(· | s_t), and V(s_t) (None without a critic), where s_t is the
+prompt plus the first t response tokens.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def response_logits(
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, policy: nn.Module, critic: ValueHead | ScalarHeadModel):
+    def __init__(self, policy: nn.Module, critic: ValueHead | ScalarHeadModel | None):
         super().__init__()
         self.policy = policy
         self.critic = critic
@@ -68,7 +69,13 @@ class ActorCritic(nn.Module):
 
     @property
     def shares_trunk(self) -> bool:
+        """A value head on the policy's own last hidden states."""
         return isinstance(self.critic, ValueHead)
+
+    @property
+    def scores_while_sampling(self) -> bool:
+        """The sampling pass gives all that scoring needs of the policy: no separate critic must read the text."""
+        return self.critic is None or self.shares_trunk
 
     def forward(
         self,
@@ -79,12 +86,13 @@ class ActorCritic(nn.Module):
         dtype: str,
         entropy_grad: bool = True,
         frozen_states: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(B, P + R) ids and mask, (B, R) response ids -> logprobs, entropy, values, each (B, R) fp32.
 
-        entropy_grad=False (an entropy bonus of 0) computes the entropy as a statistic only: its
-        backward over the whole vocabulary at every response token is then skipped. `frozen_states`, the
-        output of the frozen layers below the adapters (`frozen_layers`), skips recomputing them.
+        values is None without a critic. entropy_grad=False (an entropy bonus of 0) computes the entropy
+        as a statistic only: its backward over the whole vocabulary at every response token is then
+        skipped. `frozen_states`, the output of the frozen layers below the adapters (`frozen_layers`),
+        skips recomputing them.
         """
         response_length = response_ids.shape[1]
         with autocast(dtype):
@@ -97,14 +105,16 @@ class ActorCritic(nn.Module):
                 frozen_states=frozen_states,
                 frozen_layers=self.frozen_layers,
             )
-            if self.shares_trunk:
-                values = self.critic(hidden)
+            if self.critic is None:
+                values = None
+            elif self.shares_trunk:
+                values = self.critic(hidden).float()
             else:
-                values = self.critic.token_values(input_ids, attention_mask)[:, -response_length - 1 : -1]
+                values = self.critic.token_values(input_ids, attention_mask)[:, -response_length - 1 : -1].float()
         logprobs = logprobs_from_logits(logits, response_ids, temperature)
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = entropy_from_logits(logits if temperature == 1.0 else logits / temperature)
-        return logprobs, entropy, values.float()
+        return logprobs, entropy, values
 
     def reference_context(self):
         """With LoRA, the reference policy is this policy with its adapter disabled."""
@@ -141,13 +151,14 @@ def response_logprobs(
 
 
 def load_actor_critic(
-    model_name: str, tokenizer, lora: LoRAConfig, critic_source: str | None = None
+    model_name: str, tokenizer, lora: LoRAConfig, critic_source: str | None = None, value_model: bool = True
 ) -> tuple[ActorCritic, nn.Module | None]:
     """The policy with its critic, and the frozen reference (None with LoRA: the policy with its adapter off).
 
-    critic_source None: a value head on the policy's trunk. Otherwise a separate critic: a reward
-    model directory (`rlhfkit rm` final/) starts it as that reward model, as Ziegler et al. start
-    the value function; any other model name gives its transformer with a fresh head.
+    value_model False: no critic at all (nothing of it is built). Else critic_source None: a value
+    head on the policy's trunk; otherwise a separate critic: a reward model directory (`rlhfkit rm`
+    final/) starts it as that reward model, as Ziegler et al. start the value function; any other
+    model name gives its transformer with a fresh head.
     """
     policy = load_causal_lm(model_name, tokenizer)
     reference = None
@@ -155,7 +166,9 @@ def load_actor_critic(
         policy = apply_lora(policy, lora)
     else:
         reference = load_causal_lm(model_name, tokenizer).eval().requires_grad_(False)
-    if critic_source is None:
+    if not value_model:
+        critic = None
+    elif critic_source is None:
         critic = ValueHead(policy.config.hidden_size)
     elif Path(critic_source, "reward.json").is_file():
         critic = ScalarHeadModel.load(critic_source)

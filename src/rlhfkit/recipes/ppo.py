@@ -2,7 +2,7 @@
 
 One iteration, as in Ziegler et al. 2019 / Stiennon et al. 2020 / InstructGPT:
 
-    1 generate   sample one response per prompt (left-padded prompts, temperature, top-k/top-p, stop at EOS)
+    1 generate   sample K responses per prompt (left-padded prompts, temperature, top-k/top-p, stop at EOS)
     2 score      reward source -> one score per response; reference log-probs; values
     3 reward     per-token -β·KL plus the score on the last real token
     4 advantage  GAE(γ, λ) on the rollout-time values, whitened over the batch
@@ -10,14 +10,21 @@ One iteration, as in Ziegler et al. 2019 / Stiennon et al. 2020 / InstructGPT:
                  PPO paper's adaptive-KL surrogate), clipped value loss, entropy bonus, PPO-ptx
     6 log        metrics and samples; adapt β (`rlhfkit.runtime.fit` owns checkpoints, final/, summary)
 
+GRPO, RLOO and REINFORCE++ (`algorithm.advantage`; `rlhfkit grpo` and `rlhfkit rloo`) are this
+same iteration without a value model: step 4 takes its baseline from the scores of the K responses
+to a prompt, or of the whole batch (`rollout.advantages`), and step 5 has no value loss. The KL may
+act as a loss term instead of a reward penalty (`algorithm.kl_in`), and the per-token losses are
+reduced by a named aggregation (`algorithm.loss_aggregation`; token_mean is PPO's).
+
 Where this departs from a naive implementation, and why:
 - Step 1 keeps the log-probs and last hidden states that sampling already computed, so the
   policy is not run a second time to score its own samples (the old log-probs are exactly
   the distribution that was sampled from). Only the reference (and a separate critic) run in step 2.
-- Every process draws the same global batch of prompts and keeps its share. The loss of a
-  minibatch is its mean over the tokens of the whole minibatch: each micro-batch's mean is weighted
-  by `share_weight` of its tokens, so gradient accumulation and N processes give the update of one
-  process holding the whole minibatch. Advantages are whitened over all processes' tokens.
+- Every process draws the same global batch of prompts and keeps its share (whole groups: prompts
+  are sharded, then each sampled K times). The loss of a minibatch is its aggregation over the whole
+  minibatch: each micro-batch's is weighted by `share_weight` of its tokens (or responses, by the
+  aggregation), so gradient accumulation and N processes give the update of one process holding the
+  whole minibatch. Advantages are whitened (group statistics taken) over all processes' rows.
 - Early stopping (ppo.target_kl) is checked after every minibatch, on the approx-KL of all processes.
 - Precision: `model.dtype=bfloat16` runs full-sequence passes under bf16 autocast over fp32 weights;
   log-probs, advantages and losses are fp32 either way.
@@ -26,6 +33,7 @@ Where this departs from a naive implementation, and why:
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -35,11 +43,13 @@ from safetensors.torch import save_file
 
 from rlhfkit.algorithms import (
     KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
     AdaptiveKLController,
     FixedKLController,
     RunningMeanStd,
     clipped_policy_loss,
     clipped_value_loss,
+    kl_loss,
     kl_penalty_policy_loss,
     masked_mean,
     ppo_epochs,
@@ -72,19 +82,6 @@ from rlhfkit.training import (
 
 __all__ = ["PPOConfig", "PPOTrainer"]
 
-# the statistics of one micro-batch, token-weighted into the minibatch's (`_micro_losses` returns them in this order)
-MINIBATCH_KEYS = (
-    "policy/loss", "policy/clipfrac", "policy/approx_kl", "policy/entropy", "value/loss", "value/clipfrac",
-)  # fmt: skip
-
-
-def critic_source(config: PPOConfig) -> str | None:
-    """None for a value head on the policy; for a separate critic the model it starts from."""
-    if config.critic.kind == "shared":
-        return None
-    reward_model = config.reward.model if config.reward.kind == "model" else ""
-    return config.critic.model or reward_model or config.model.name
-
 
 class PPOTrainer:
     """PPO for a causal LM against any reward callable `(prompts, responses, records) -> scores`.
@@ -92,7 +89,6 @@ class PPOTrainer:
     >>> PPOTrainer(PPOConfig(), reward=my_reward, prompts=[{"prompt": "Hi"}, ...]).train("runs/short")
     """
 
-    command = "ppo"
     plot_keys = ("reward/score_mean", "kl/mean", "policy/clipfrac", "value/explained_variance")
     eval_every = 0
 
@@ -102,24 +98,21 @@ class PPOTrainer:
         reward: RewardFn | None = None,
         prompts: list[dict[str, Any]] | None = None,
         runtime: Runtime | None = None,
+        command: str = "ppo",
     ):
-        self.config = config
+        self.config, self.command = config, command
         self.runtime = runtime = runtime or Runtime(config.model.dtype, config.seed)
         self.prompts = prompts if prompts is not None else load_records(config.data.prompts, "prompts")
         if not self.prompts:
             raise UserError(f"{config.data.prompts}: holds no prompts")
-        if config.mini_batch_size % runtime.num_processes:
-            raise UserError(
-                f"train.mini_batch_size {config.mini_batch_size} (and train.batch_size {config.train.batch_size}) "
-                f"must be divisible by the {runtime.num_processes} processes"
-            )
+        config.check_processes(runtime.num_processes)
         if reward is None:
             validate_records_for_reward(config.reward, self.prompts, config.data.prompts)
         self.ptx_records = load_records(config.data.ptx, "demonstrations") if config.data.ptx else []
 
         self.tokenizer = load_tokenizer(config.model.name)
         actor_critic, reference = load_actor_critic(
-            config.model.name, self.tokenizer, config.model.lora, critic_source(config)
+            config.model.name, self.tokenizer, config.model.lora, config.critic_source, not config.algorithm.critic_free
         )
         runtime.settle_precision(config.model, actor_critic.policy)
         self.reward = reward if reward is not None else build_reward(config.reward, config.model.dtype, runtime.device)
@@ -132,6 +125,10 @@ class PPOTrainer:
             else FixedKLController(config.kl.coef)
         )
         self.penalty_beta = config.ppo.penalty_beta
+        self.aggregation = LOSS_AGGREGATIONS[config.algorithm.loss_aggregation]
+        self.kl_in_loss = (
+            KL_ESTIMATORS[config.algorithm.kl_estimator_name] if config.algorithm.kl_in == "loss" else None
+        )
         self.score_moments = RunningMeanStd() if config.score.normalize else None
         self.step, self.total_steps = 0, config.train.steps
         self.checkpoint_every = config.train.checkpoint_every
@@ -143,9 +140,14 @@ class PPOTrainer:
     # -- steps 1-4: the rollout ------------------------------------------------------------
 
     def prompt_batch(self, step: int) -> list[dict[str, Any]]:
-        """This process's share of iteration `step`'s prompts (epoch-wise permutations, seeded)."""
+        """This process's share of iteration `step`'s prompts (epoch-wise permutations, seeded), each K times.
+
+        The K copies of a prompt are consecutive rows, and a process holds whole groups (prompts are
+        sharded before they are repeated), as the group estimators require.
+        """
         indices = batch_indices(len(self.prompts), self.config.train.batch_size, step, self.config.seed)
-        return self.runtime.shard([self.prompts[i] for i in indices])
+        group_size = self.config.algorithm.responses_per_prompt
+        return [record for record in self.runtime.shard([self.prompts[i] for i in indices]) for _ in range(group_size)]
 
     def rollout(self, records: list[dict[str, Any]]) -> tuple[Experience, list[str], dict[str, float]]:
         """Steps 1-4: generate, score, shape rewards, advantages. Returns (experience, responses, timings)."""
@@ -160,10 +162,11 @@ class PPOTrainer:
         """Step 1: one sampled response per prompt record."""
         model, limit = self.unwrapped.eval(), self.config.data.max_prompt_length
         texts = [left_truncate(self.tokenizer, format_prompt(self.tokenizer, r), limit) for r in records]
-        # with a value head, the sampling pass's log-probs and hidden states save a forward
+        # without a separate critic, the sampling pass's log-probs (and hidden states for a value head) save a forward
         return sample(
-            model.policy, self.tokenizer, texts, self.config.generation, self.runtime.precision, model.shares_trunk
-        )
+            model.policy, self.tokenizer, texts, self.config.generation, self.runtime.precision,
+            keep_scores=model.scores_while_sampling, keep_hidden=model.shares_trunk,
+        )  # fmt: skip
 
     def score(self, samples: Rollout, records: list[dict[str, Any]]) -> tuple[Experience, list[str]]:
         """Steps 2-4 on sampled responses: scores, reference log-probs, values, shaped rewards, advantages."""
@@ -178,10 +181,10 @@ class PPOTrainer:
             raw_scores, samples.ended, config.score.no_eos_penalty, self.score_moments, config.score.clip,
             runtime.gather,
         )  # fmt: skip
+        spec = config.advantage_spec(self.kl_controller.value)
         experience = build_experience(
-            samples, logprobs, ref_logprobs, values, raw_scores, scores, self.kl_controller.value,
-            KL_ESTIMATORS[config.kl.estimator], config.ppo.gamma, config.ppo.lam,
-            runtime.gather, runtime.process_index, frozen_states,
+            samples, logprobs, ref_logprobs, values, raw_scores, scores, spec, runtime.gather, runtime.process_index,
+            frozen_states,
         )  # fmt: skip
         return experience, responses
 
@@ -207,21 +210,25 @@ class PPOTrainer:
     def _minibatch_step(self, mini: Experience) -> dict[str, float]:
         """One optimiser step on this process's rows of a minibatch, accumulating over micro-batches.
 
-        Each micro-batch's token means are weighted by `share_weight` of its tokens in the global
-        minibatch, so the step is the one of a single mean over every process's tokens; the statistics
-        are the same token-weighted means over all processes (equal on every process, so that all of
-        them stop early together).
+        Each micro-batch's loss is weighted by `share_weight` of what the aggregation counts (tokens for
+        token_mean, responses otherwise) in the global minibatch, so the step is the one of a single
+        aggregation over every process's rows. The statistics are the same weighted means over all
+        processes (the losses by the aggregation, the rest by tokens; equal on every process, so that
+        all of them stop early together).
         """
-        runtime, rows = self.runtime, mini.samples.response_ids.shape[0]
-        global_tokens = float(runtime.sum(mini.samples.response_mask.sum().float()))
-        sums = torch.zeros(len(MINIBATCH_KEYS), device=runtime.device)
+        runtime, rows, mask = self.runtime, mini.samples.response_mask.shape[0], mini.samples.response_mask
+        local = torch.tensor([float(mask.sum()), float(self.aggregation.count(mask))], device=runtime.device)
+        global_tokens, global_units = runtime.sum(local).tolist()
+        aggregate = functools.partial(self.aggregation.reduce, max_new_tokens=self.config.generation.max_new_tokens)
+        sums: dict[str, torch.Tensor] = {}
         for start in range(0, rows, self.config.micro_batch_size):
             micro = mini.select(torch.arange(start, min(start + self.config.micro_batch_size, rows)))
-            tokens = float(micro.samples.response_mask.sum())
-            loss, stats = self._micro_losses(micro)
-            runtime.backward(loss * share_weight(tokens, global_tokens, runtime.num_processes))
-            sums += stats * share_weight(tokens, global_tokens)
-        totals = dict(zip(MINIBATCH_KEYS, runtime.sum(sums).tolist()))
+            units = self.aggregation.count(micro.samples.response_mask)
+            loss, aggregated, token_means = self._micro_losses(micro, aggregate)
+            runtime.backward(loss * share_weight(units, global_units, runtime.num_processes))
+            _accumulate(sums, aggregated, share_weight(units, global_units))
+            _accumulate(sums, token_means, share_weight(float(micro.samples.response_mask.sum()), global_tokens))
+        totals = dict(zip(sums, runtime.sum(torch.stack(list(sums.values()))).tolist()))
         if self.config.ppo.ptx_coef > 0:
             totals["ptx/loss"] = self._ptx_backward()
         totals["train/grad_norm"] = optimizer_step(
@@ -229,8 +236,12 @@ class PPOTrainer:
         )
         return totals
 
-    def _micro_losses(self, micro: Experience) -> tuple[torch.Tensor, torch.Tensor]:
-        """The micro-batch's loss (token means) and its detached statistics in the order of MINIBATCH_KEYS."""
+    def _micro_losses(self, micro: Experience, aggregate) -> tuple[torch.Tensor, dict, dict]:
+        """The micro-batch's loss, and its statistics: (loss, aggregated losses, token means).
+
+        The policy loss, the KL loss term, the entropy bonus and the value loss are reduced by
+        `aggregate` (algorithm.loss_aggregation); clip fractions, approx-KL and entropy are token means.
+        """
         config, mask = self.config, micro.samples.response_mask
         logprobs, entropy, values = self.actor_critic(
             micro.samples.input_ids, micro.samples.attention_mask, micro.samples.response_ids,
@@ -238,14 +249,26 @@ class PPOTrainer:
             entropy_grad=config.ppo.entropy_coef != 0, frozen_states=micro.frozen_states,
         )  # fmt: skip
         if config.ppo.objective == "clip":
-            pg_loss, pg = clipped_policy_loss(logprobs, micro.logprobs, micro.advantages, mask, config.ppo.clip_range)
+            surrogate, trust = clipped_policy_loss, config.ppo.clip_range
         else:
-            pg_loss, pg = kl_penalty_policy_loss(logprobs, micro.logprobs, micro.advantages, mask, self.penalty_beta)
-        vf_loss, vf = clipped_value_loss(values, micro.values, micro.returns, mask, config.ppo.value_clip_range)
-        entropy_mean = masked_mean(entropy, mask)
-        loss = pg_loss + config.ppo.value_coef * vf_loss - config.ppo.entropy_coef * entropy_mean
-        stats = torch.stack([pg_loss, pg["clipfrac"], pg["approx_kl"], entropy_mean, vf_loss, vf["clipfrac"]])
-        return loss, stats.detach().float()
+            surrogate, trust = kl_penalty_policy_loss, self.penalty_beta
+        pg_loss, pg = surrogate(logprobs, micro.logprobs, micro.advantages, mask, trust, reduce=aggregate)
+        aggregated = {"policy/loss": pg_loss}
+        token_means = {"policy/clipfrac": pg["clipfrac"], "policy/approx_kl": pg["approx_kl"]}
+        token_means["policy/entropy"] = masked_mean(entropy, mask)
+        loss = pg_loss
+        if config.ppo.entropy_coef:
+            loss = loss - config.ppo.entropy_coef * aggregate(entropy, mask)
+        if self.kl_in_loss is not None:
+            aggregated["kl/loss"] = kl_loss(logprobs, micro.ref_logprobs, mask, self.kl_in_loss, aggregate)
+            loss = loss + self.kl_controller.value * aggregated["kl/loss"]
+        if values is not None:
+            vf_loss, vf = clipped_value_loss(
+                values, micro.values, micro.returns, mask, config.ppo.value_clip_range, reduce=aggregate
+            )
+            aggregated["value/loss"], token_means["value/clipfrac"] = vf_loss, vf["clipfrac"]
+            loss = loss + config.ppo.value_coef * vf_loss
+        return loss, aggregated, token_means
 
     def _ptx_backward(self) -> float:
         """PPO-ptx (InstructGPT eq. 2): γ · SFT loss on a micro-batch of demonstrations, added to the gradient."""
@@ -278,6 +301,8 @@ class PPOTrainer:
         metrics = {
             **rollout_stats,
             "kl/coef": self.kl_controller.value,
+            "kl/in_loss": float(self.kl_in_loss is not None),
+            "algorithm/group_size": self.config.algorithm.responses_per_prompt,
             **update_stats,
             "time/rollout_s": rolled - started,
             **timings,
@@ -288,7 +313,7 @@ class PPOTrainer:
         }
         if self.config.ppo.objective == "kl_penalty":
             metrics["policy/penalty_beta"] = self.penalty_beta
-        self.kl_controller.update(rollout_stats["kl/mean"], self.config.train.batch_size)
+        self.kl_controller.update(rollout_stats["kl/mean"], self.config.responses_per_iteration)
         self.step += 1
         samples = Samples([prompt_text(r) for r in records], responses, experience.raw_scores.tolist())
         return {key: float(value) for key, value in metrics.items()}, samples
@@ -314,16 +339,18 @@ class PPOTrainer:
             self.score_moments.load_state_dict(state["score_moments"])
 
     def save_final(self, directory: Path) -> None:
-        """`final/`: the policy as a plain model directory (LoRA merged into a copy) + tokenizer, and the critic."""
+        """`final/`: the policy as a plain model directory (LoRA merged into a copy), tokenizer, critic (if any)."""
         model = self.unwrapped
         merged(model.policy).save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
-        critic = {name: tensor.detach().contiguous().cpu() for name, tensor in model.critic.state_dict().items()}
-        save_file(critic, str(directory / "critic.safetensors"))
+        if model.critic is not None:
+            critic = {name: tensor.detach().contiguous().cpu() for name, tensor in model.critic.state_dict().items()}
+            save_file(critic, str(directory / "critic.safetensors"))
 
     def summary(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
         scores = [h["reward/score_mean"] for h in history]
         return {
+            "advantage": self.config.algorithm.advantage,
             "score_first": scores[0],
             "score_last": scores[-1],
             "score_last5_mean": sum(scores[-5:]) / len(scores[-5:]),
@@ -336,17 +363,27 @@ class PPOTrainer:
         return fit(self, RunDirectory.resolve(str(out or self.config.out), self.command, resume))
 
 
+def _accumulate(sums: dict[str, torch.Tensor], stats: dict[str, torch.Tensor], weight: float) -> None:
+    """sums[key] += weight * stats[key], detached: a micro-batch's share of the minibatch's statistics."""
+    for key, value in stats.items():
+        sums[key] = sums.get(key, 0.0) + value.detach().float() * weight
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, PPOConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = run_config(PPOConfig, args)  # with --resume, the run's own config.yaml is the base
-    run_directory = RunDirectory.resolve(config.out, "ppo", args.resume)  # before any model loads
-    summary = fit(PPOTrainer(config), run_directory)
+    return train_command(run_config(PPOConfig, args), "ppo", args.resume)  # with --resume, the run's config.yaml
+
+
+def train_command(config: PPOConfig, command: str, resume: bool) -> int:
+    """What `rlhfkit ppo` (and `grpo`, `rloo`) do with their configuration: train, then say where the policy is."""
+    run_directory = RunDirectory.resolve(config.out, command, resume)  # before any model loads
+    summary = fit(PPOTrainer(config, command=command), run_directory)
     if summary:
         print(
-            f"rlhfkit ppo: score {summary['score_first']:.3f} -> {summary['score_last']:.3f}, "
+            f"rlhfkit {command}: score {summary['score_first']:.3f} -> {summary['score_last']:.3f}, "
             f"KL {summary['kl_last']:.2f}, {summary['seconds_per_step']:.1f} s/step; policy in {summary['final']}"
         )
     return 0

@@ -1,18 +1,22 @@
 """The configuration of `rlhfkit ppo`: one dataclass per concern, nested into `PPOConfig`.
 
-Sizes that follow from others are properties of `PPOConfig` (`mini_batch_size`, `micro_batch_size`,
-`optimizer_steps`), so a config.yaml keeps the user's 0 ("derived") and a resumed run derives the same.
+Sizes that follow from others are properties of `PPOConfig` (`group_size`, `mini_batch_size`,
+`micro_batch_size`, `optimizer_steps`), so a config.yaml keeps the user's 0 ("derived") and a resumed
+run derives the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from rlhfkit.algorithms import KL_ESTIMATORS
-from rlhfkit.assets import PROMPTS
+from rlhfkit.algorithms import KL_ESTIMATORS, LOSS_AGGREGATIONS
+from rlhfkit.assets import ARITHMETIC, PROMPTS
 from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, field
 from rlhfkit.errors import UserError
+from rlhfkit.rollout.advantages import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, AdvantageSpec
 from rlhfkit.training import OptimConfig
+
+DEFAULT_GROUP_SIZE = 4  # K of the group estimators when algorithm.group_size is 0 (GRPO's papers use 4 to 64)
 
 
 def derived_mini_batch_size(batch_size: int) -> int:
@@ -26,7 +30,11 @@ def derived_mini_batch_size(batch_size: int) -> int:
 
 @dataclasses.dataclass
 class PPODataConfig:
-    prompts: str = field(str(PROMPTS), "prompts file (JSONL/JSON/CSV/Parquet) or datasets id")
+    prompts: str = field(
+        "",
+        "prompts file (JSONL/JSON/CSV/Parquet) or datasets id (empty: the packaged prompts, arithmetic.jsonl "
+        "with references for reward.kind=verifiable, else prompts.jsonl; config.yaml records which)",
+    )
     ptx: str = field(
         "", "demonstrations mixed into the update with coefficient ppo.ptx_coef (PPO-ptx, InstructGPT); empty: off"
     )
@@ -36,10 +44,12 @@ class PPODataConfig:
 @dataclasses.dataclass
 class PPOTrainConfig:
     steps: int = field(20, "PPO iterations")
-    batch_size: int = field(16, "prompts per iteration (all processes together)")
+    batch_size: int = field(
+        16, "prompts per iteration (all processes together); each gets algorithm.group_size responses"
+    )
     ppo_epochs: int = field(4, "passes over each batch")
     mini_batch_size: int = field(
-        0, "responses per optimiser step (0: the largest divisor of batch_size not above batch_size / 4)"
+        0, "responses per optimiser step (0: the largest divisor of the responses per iteration not above a quarter)"
     )
     micro_batch_size: int = field(
         0, "responses per forward pass; gradients accumulate up to mini_batch_size (0: = mini_batch_size)"
@@ -53,10 +63,6 @@ class PPOTrainConfig:
         for name in ("mini_batch_size", "micro_batch_size", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise UserError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if self.mini_batch_size and self.batch_size % self.mini_batch_size:
-            raise UserError(
-                f"train.batch_size {self.batch_size} is not divisible by train.mini_batch_size {self.mini_batch_size}"
-            )
 
 
 @dataclasses.dataclass
@@ -83,16 +89,76 @@ class PPOAlgorithmConfig:
 
 
 @dataclasses.dataclass
+class AlgorithmConfig:
+    advantage: str = field(
+        "gae",
+        "advantage estimator: gae (PPO with a critic), or without a value model grpo, rloo, reinforce++, "
+        "reinforce++-baseline",
+    )
+    group_size: int = field(
+        0,
+        f"responses sampled per prompt, K (0: {DEFAULT_GROUP_SIZE} for the group estimators grpo, rloo, "
+        "reinforce++-baseline, else 1)",
+    )
+    scale_by_std: bool = field(True, "grpo divides by the group's std (false: Dr. GRPO, the mean only)")
+    loss_aggregation: str = field(
+        "token_mean",
+        "per-token losses to one: token_mean (every token alike), sequence_mean_token_mean (GRPO's paper), "
+        "constant_normalizer (Dr. GRPO: token sum / (responses x max_new_tokens))",
+    )
+    kl_in: str = field("reward", "where the KL to the reference acts: reward (-β·KL per token) or loss (+β·KL term)")
+    kl_estimator: str = field(
+        "", "per-token KL estimator: k1, k2 or k3 (Schulman); empty: k1 in the reward, k3 in the loss"
+    )
+
+    def __post_init__(self) -> None:
+        if self.advantage not in ADVANTAGE_ESTIMATORS:
+            raise UserError(
+                f"algorithm.advantage must be one of {', '.join(ADVANTAGE_ESTIMATORS)}, got {self.advantage!r}"
+            )
+        if self.group_size < 0:
+            raise UserError(f"algorithm.group_size must be >= 1 (0: derived), got {self.group_size}")
+        if self.advantage in GROUP_ESTIMATORS and self.group_size == 1:
+            raise UserError(
+                f"algorithm.group_size 1 leaves algorithm.advantage={self.advantage} no group to compare a response "
+                f"with; set algorithm.group_size to 2 or more (0: {DEFAULT_GROUP_SIZE})"
+            )
+        if self.loss_aggregation not in LOSS_AGGREGATIONS:
+            raise UserError(
+                f"algorithm.loss_aggregation must be one of {', '.join(LOSS_AGGREGATIONS)}, "
+                f"got {self.loss_aggregation!r}"
+            )
+        if self.kl_in not in ("reward", "loss"):
+            raise UserError(f"algorithm.kl_in must be reward or loss, got {self.kl_in!r}")
+        if self.kl_estimator and self.kl_estimator not in KL_ESTIMATORS:
+            raise UserError(
+                f"algorithm.kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {self.kl_estimator!r}"
+            )
+
+    @property
+    def critic_free(self) -> bool:
+        """No value model: the advantage comes from the scores alone."""
+        return self.advantage != "gae"
+
+    @property
+    def responses_per_prompt(self) -> int:
+        """K: algorithm.group_size, or derived when 0."""
+        return self.group_size or (DEFAULT_GROUP_SIZE if self.advantage in GROUP_ESTIMATORS else 1)
+
+    @property
+    def kl_estimator_name(self) -> str:
+        """algorithm.kl_estimator, or derived when empty: k1 in the reward (Ziegler), k3 in the loss (GRPO)."""
+        return self.kl_estimator or ("k1" if self.kl_in == "reward" else "k3")
+
+
+@dataclasses.dataclass
 class KLConfig:
-    coef: float = field(0.05, "β of the per-token -β·KL reward (initial value if adaptive)")
-    estimator: str = field("k1", "per-token KL estimator in the reward: k1 (log-ratio), k2 or k3")
+    coef: float = field(
+        0.05, "β: the weight of the KL to the reference, in the reward or the loss (initial value if adaptive)"
+    )
     adaptive: bool = field(False, "adapt β to keep the KL near kl.target (Ziegler et al. 2019)")
     target: float = field(6.0, "target per-response KL for the adaptive controller")
     horizon: int = field(10000, "horizon (in responses) of the adaptive controller")
-
-    def __post_init__(self) -> None:
-        if self.estimator not in KL_ESTIMATORS:
-            raise UserError(f"kl.estimator must be one of {', '.join(KL_ESTIMATORS)}, got {self.estimator!r}")
 
 
 @dataclasses.dataclass
@@ -123,7 +189,8 @@ class PPOConfig:
     generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling")
     reward: RewardConfig = field(factory=RewardConfig, doc="reward source")
     score: ScoreConfig = field(factory=ScoreConfig, doc="score shaping")
-    kl: KLConfig = field(factory=KLConfig, doc="KL penalty in the reward")
+    kl: KLConfig = field(factory=KLConfig, doc="KL to the reference")
+    algorithm: AlgorithmConfig = field(factory=AlgorithmConfig, doc="advantage estimator, loss reduction, KL")
     ppo: PPOAlgorithmConfig = field(factory=PPOAlgorithmConfig, doc="PPO update")
     critic: CriticConfig = field(factory=CriticConfig, doc="critic")
     train: PPOTrainConfig = field(factory=PPOTrainConfig, doc="schedule")
@@ -131,21 +198,60 @@ class PPOConfig:
         factory=OptimConfig, doc="optimiser (the schedule runs over all optimiser steps of the run)"
     )
     seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/ppo-<time>)")
+    out: str = field("", "output directory (default runs/<command>-<time>)")
 
     def __post_init__(self) -> None:
+        if not self.data.prompts:
+            self.data.prompts = str(ARITHMETIC if self.reward.kind == "verifiable" else PROMPTS)
         if self.ppo.ptx_coef > 0 and not self.data.ptx:
             raise UserError("ppo.ptx_coef > 0 needs data.ptx=<demonstrations file>")
+        if self.algorithm.critic_free and self.critic.kind != "shared":
+            raise UserError(
+                f"critic.kind={self.critic.kind} asks for a value model, which algorithm.advantage="
+                f"{self.algorithm.advantage} does without; use algorithm.advantage=gae for a critic"
+            )
+        if self.train.mini_batch_size and self.responses_per_iteration % self.train.mini_batch_size:
+            raise UserError(
+                f"{self._responses_named} is not divisible by train.mini_batch_size {self.train.mini_batch_size}"
+            )
         if self.train.micro_batch_size and self.mini_batch_size % self.train.micro_batch_size:
             raise UserError(
                 f"train.mini_batch_size {self.mini_batch_size} is not divisible by train.micro_batch_size "
                 f"{self.train.micro_batch_size}"
             )
 
+    def check_processes(self, num_processes: int) -> None:
+        """Every process must hold whole groups of responses and an equal share of every minibatch."""
+        if self.train.batch_size % num_processes or self.mini_batch_size % num_processes:
+            raise UserError(
+                f"train.batch_size {self.train.batch_size} (prompts) and train.mini_batch_size {self.mini_batch_size} "
+                f"(responses) must be divisible by the {num_processes} processes"
+            )
+
+    @property
+    def critic_source(self) -> str | None:
+        """None for a value head on the policy (or no critic); for a separate critic the model it starts from."""
+        if self.critic.kind == "shared":
+            return None
+        reward_model = self.reward.model if self.reward.kind == "model" else ""
+        return self.critic.model or reward_model or self.model.name
+
+    @property
+    def _responses_named(self) -> str:
+        batch, group = self.train.batch_size, self.algorithm.responses_per_prompt
+        if group == 1:
+            return f"train.batch_size {batch}"
+        return f"train.batch_size {batch} x algorithm.group_size {group} = {batch * group} responses"
+
+    @property
+    def responses_per_iteration(self) -> int:
+        """Responses sampled per iteration: train.batch_size prompts x K (algorithm.group_size) each."""
+        return self.train.batch_size * self.algorithm.responses_per_prompt
+
     @property
     def mini_batch_size(self) -> int:
-        """Responses per optimiser step: train.mini_batch_size, or derived from train.batch_size when 0."""
-        return self.train.mini_batch_size or derived_mini_batch_size(self.train.batch_size)
+        """Responses per optimiser step: train.mini_batch_size, or derived from the responses per iteration when 0."""
+        return self.train.mini_batch_size or derived_mini_batch_size(self.responses_per_iteration)
 
     @property
     def micro_batch_size(self) -> int:
@@ -155,4 +261,17 @@ class PPOConfig:
     @property
     def optimizer_steps(self) -> int:
         """Optimiser steps over the whole run (for the learning-rate schedule)."""
-        return self.train.steps * self.train.ppo_epochs * (self.train.batch_size // self.mini_batch_size)
+        return self.train.steps * self.train.ppo_epochs * (self.responses_per_iteration // self.mini_batch_size)
+
+    def advantage_spec(self, kl_coef: float) -> AdvantageSpec:
+        """What step 4 needs, with the KL controller's current β (in the reward only when algorithm.kl_in=reward)."""
+        algorithm = self.algorithm
+        return AdvantageSpec(
+            estimator=algorithm.advantage,
+            kl_coef=kl_coef if algorithm.kl_in == "reward" else 0.0,
+            kl_estimator=KL_ESTIMATORS[algorithm.kl_estimator_name],
+            gamma=self.ppo.gamma,
+            lam=self.ppo.lam,
+            group_size=algorithm.responses_per_prompt,
+            scale_by_std=algorithm.scale_by_std,
+        )

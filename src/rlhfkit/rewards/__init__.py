@@ -19,9 +19,11 @@ from rouge_score import rouge_scorer
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from rlhfkit.config import RewardConfig
+from rlhfkit.data import read_rows
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.errors import UserError
 from rlhfkit.models import ScalarHeadModel, autocast, load_tokenizer
+from rlhfkit.rewards.verifiable import reference_of, verifiable_reward
 
 RewardFn = Callable[[list[str], list[str], list[dict[str, Any]]], Sequence[float]]
 
@@ -119,6 +121,8 @@ def build_reward(config: RewardConfig, dtype: str = "float32", device: torch.dev
         return length_reward(config.target_length)
     if config.kind == "function":
         return function_reward(config.function)
+    if config.kind == "verifiable":
+        return verifiable_reward(config.tolerance)
     return model_reward(config.model, config.batch_size, dtype, device)
 
 
@@ -130,6 +134,24 @@ def validate_records_for_reward(config: RewardConfig, records: list[dict[str, An
                 raise UserError(
                     f"{source}: record {i} has no 'reference' string, which reward.kind=rouge compares against"
                 )
+    if config.kind == "verifiable":
+        for index, record in enumerate(records):
+            try:
+                reference_of(record, source)
+            except UserError:
+                reference_of(record, _location(source, index, len(records)))  # the same error, naming file:line
+
+
+def _location(source: str, index: int, count: int) -> str:
+    """`file:line` of the index-th record when `records` are the rows of `source`, else the record's number.
+
+    Only called for a record that fails a check, so reading the file a second time costs nothing on a good run.
+    """
+    try:
+        name, rows = read_rows(source)
+    except UserError:
+        return f"{source}: record {index + 1}"
+    return f"{name}:{rows[index][0]}" if len(rows) == count else f"{source}: record {index + 1}"
 
 
 def checked_scores(

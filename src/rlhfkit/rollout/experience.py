@@ -5,6 +5,9 @@ r_t     = -β·KL_t  (+ score on the last real token)    Ziegler et al. 2019, eq
 A_t     = GAE(γ, λ) with the rollout-time values V(s_t)
 R_t     = A_t + V(s_t)                                 value targets
 A_t     ← whiten(A_t) over the whole batch (all processes)
+
+Without a critic (GRPO, RLOO, REINFORCE++) step 4 is `rollout.advantages.critic_free_advantages`
+instead, and the experience has no values and no returns.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.algorithms import RunningMeanStd, kl_k1, kl_shaped_rewards, masked_gae, whiten
+from rlhfkit.rollout.advantages import AdvantageSpec, critic_free_advantages
 from rlhfkit.rollout.generation import Samples
 
 Gather = Callable[[torch.Tensor], torch.Tensor]  # every process's rows of a tensor, in process order
@@ -32,13 +36,13 @@ class Experience:
     samples: Samples
     logprobs: torch.Tensor  # (B, R) log π_old, fp32
     ref_logprobs: torch.Tensor  # (B, R) log π_ref
-    values: torch.Tensor  # (B, R) V_old(s_t)
+    values: torch.Tensor | None  # (B, R) V_old(s_t); None without a critic
     scores: torch.Tensor  # (B,) shaped scores that entered the reward
     raw_scores: torch.Tensor  # (B,) what the reward source returned
-    rewards: torch.Tensor  # (B, R) KL-shaped per-token rewards
-    kl: torch.Tensor  # (B, R) per-token KL estimate that was penalised
-    advantages: torch.Tensor  # (B, R) whitened
-    returns: torch.Tensor  # (B, R)
+    rewards: torch.Tensor  # (B, R) KL-shaped per-token rewards (no KL term when the KL is a loss term)
+    kl: torch.Tensor  # (B, R) per-token KL estimate
+    advantages: torch.Tensor  # (B, R) whitened (GAE), or the critic-free estimator's
+    returns: torch.Tensor | None  # (B, R) value targets; None without a critic
     frozen_states: torch.Tensor | None = None  # (B, P + R, H) output of the frozen layers below the adapters
 
     def select(self, index: torch.Tensor) -> Experience:
@@ -95,23 +99,25 @@ def build_experience(
     samples: Samples,
     logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor,
-    values: torch.Tensor,
+    values: torch.Tensor | None,
     raw_scores: torch.Tensor,
     scores: torch.Tensor,
-    kl_coef: float,
-    kl_estimator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    gamma: float,
-    lam: float,
+    spec: AdvantageSpec,
     gather: Gather = identity,
     rank: int = 0,
     frozen_states: torch.Tensor | None = None,
 ) -> Experience:
-    """Steps 3-4: KL-shaped rewards, GAE on the rollout-time values, advantages whitened over all processes."""
+    """Steps 3-4: KL-shaped rewards, then GAE on the rollout-time values whitened over all processes,
+    or (values None) the critic-free estimator of `spec`."""
     mask = samples.response_mask
-    values = values.masked_fill(~mask, 0.0)
-    rewards, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator=kl_estimator)
-    advantages, returns = masked_gae(rewards, values, mask, gamma, lam)
-    advantages = whiten_across(advantages, mask, gather, rank)
+    rewards, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, spec.kl_coef, estimator=spec.kl_estimator)
+    if spec.critic_free:
+        advantages = critic_free_advantages(scores, logprobs, ref_logprobs, mask, spec, gather, rank)
+        returns = None
+    else:
+        values = values.masked_fill(~mask, 0.0)
+        advantages, returns = masked_gae(rewards, values, mask, spec.gamma, spec.lam)
+        advantages = whiten_across(advantages, mask, gather, rank)
     return Experience(
         samples, logprobs, ref_logprobs, values, scores, raw_scores, rewards, kl, advantages, returns, frozen_states
     )

@@ -108,14 +108,17 @@ def sample(
     config: GenerationConfig,
     dtype: str = "float32",
     keep_scores: bool = False,
+    keep_hidden: bool = True,
 ) -> Samples:
-    """Sample one response per prompt text. With keep_scores, also keep log-probs and last hidden states.
+    """Sample one response per prompt text. With keep_scores, also keep log-probs and (keep_hidden) last hidden states.
 
     They are kept only when decoding ran in `dtype` itself, so that they are what a forward pass in
     `dtype` gives (a CPU decodes in fp32 under bf16 too); otherwise `logprobs` and `hidden` are None
-    and the caller runs that forward pass.
+    and the caller runs that forward pass. Without a value head to read them, keep_hidden=False
+    spares the memory of every decoding step's hidden states.
     """
     keep_scores = keep_scores and decodes_in(dtype)
+    keep_hidden = keep_hidden and keep_scores
 
     device = next(model.parameters()).device
     query_ids, query_mask = tokenize_prompts(tokenizer, prompt_texts, device)
@@ -129,7 +132,7 @@ def sample(
         pad_token_id=tokenizer.pad_token_id,
         return_dict_in_generate=True,
         output_logits=keep_scores,
-        output_hidden_states=keep_scores,
+        output_hidden_states=keep_hidden,
     )
     with decoding_precision(dtype):
         out = model.generate(input_ids=query_ids, attention_mask=query_mask.long(), generation_config=generation)
@@ -141,6 +144,7 @@ def sample(
         logits = torch.stack(out.logits, dim=1)  # (B, R, V) raw logits that each token was sampled from
         logprobs = logprobs_from_logits(logits, response_ids, config.temperature)
         samples.logprobs = logprobs.masked_fill(~response_mask, 0.0)
+    if keep_hidden:
         # hidden_states[t][-1]: last layer at step t; step 0 covers the whole prompt, its last column precedes token 0
         samples.hidden = torch.cat([step[-1][:, -1:, :] for step in out.hidden_states], dim=1).float()
     return samples

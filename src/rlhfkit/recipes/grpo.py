@@ -1,0 +1,51 @@
+"""`rlhfkit grpo` and `rlhfkit rloo`: `rlhfkit ppo` with the defaults of GRPO and of RLOO.
+
+Neither is a trainer of its own: both run `PPOTrainer` (the same rollout, scoring and clipped
+update) with another advantage estimator and no value model. Only the defaults differ, so every
+`ppo` key works here and `--set` overrides any of them:
+
+    grpo  algorithm.advantage=grpo  group_size=4  kl_in=loss  kl_estimator=k3   (Shao et al. 2024)
+    rloo  algorithm.advantage=rloo  group_size=4  kl_in=reward                  (Ahmadian et al. 2024)
+
+and both train.batch_size=4 prompts, so an iteration samples the 16 responses of a `ppo` iteration.
+config.yaml records the resolved configuration, so `--resume` continues with it as `ppo` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rlhfkit.config import add_config_arguments, config_from_args, load_config
+from rlhfkit.recipes.ppo import train_command
+from rlhfkit.recipes.ppo_config import PPOConfig
+from rlhfkit.runtime import run_config
+
+# command -> the configuration keys whose defaults it changes (a base under --config and --set)
+COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "grpo": {
+        "algorithm": {"advantage": "grpo", "group_size": 4, "kl_in": "loss", "kl_estimator": "k3"},
+        "train": {"batch_size": 4},
+    },
+    "rloo": {
+        "algorithm": {"advantage": "rloo", "group_size": 4, "kl_in": "reward"},
+        "train": {"batch_size": 4},
+    },
+}
+
+
+def command_config(command: str, args: argparse.Namespace) -> PPOConfig:
+    """The configuration of `rlhfkit <command>`: its defaults, then --config and --set (the run's own with --resume)."""
+    if getattr(args, "resume", False):
+        return run_config(PPOConfig, args)  # config.yaml holds the command's defaults already
+    return config_from_args(PPOConfig, args, base=COMMAND_DEFAULTS[command])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # the CLI names each command's parser "rlhfkit <command>": --help lists the keys with this command's defaults
+    command = parser.prog.rsplit(" ", 1)[-1]
+    add_config_arguments(parser, lambda: load_config(PPOConfig, base=COMMAND_DEFAULTS[command]))
+
+
+def run(args: argparse.Namespace) -> int:
+    return train_command(command_config(args.command, args), args.command, args.resume)
