@@ -44,6 +44,21 @@ class MultiDiscreteActionEnv(ScriptedEnv):
     action_space = spaces.MultiDiscrete([2, 3])
 
 
+class BanditEnv(gym.Env):
+    """A two-armed bandit: every episode is one step from the observation [0]; arm 1 pays 1, arm 0 pays 0."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), float(action), True, False, {}
+
+
 if "RlhfkitTest/Scripted-v0" not in gym.registry:
     gym.register("RlhfkitTest/Scripted-v0", entry_point=ScriptedEnv, max_episode_steps=3)  # type: ignore[arg-type]
     gym.register("RlhfkitTest/MultiDiscreteAction-v0", entry_point=MultiDiscreteActionEnv, max_episode_steps=3)  # type: ignore[arg-type]
+    gym.register("RlhfkitTest/Bandit-v0", entry_point=BanditEnv)  # type: ignore[arg-type]

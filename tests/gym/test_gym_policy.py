@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributions import Categorical, Normal, kl_divergence
 
 from rlhfkit.gym.policy import ActorCritic
 
@@ -60,3 +61,25 @@ def test_orthogonal_initialisation_gains_and_zero_biases():
     assert all(
         torch.count_nonzero(m.bias) == 0 for m in [*policy.actor, *policy.critic] if isinstance(m, torch.nn.Linear)
     )
+
+
+def test_kl_from_an_old_policy_matches_torch_distributions():
+    torch.manual_seed(0)
+    observations = torch.randn(5, 3)
+    for policy in (
+        ActorCritic(obs_dim=3, action_dim=4, discrete=True, hidden_sizes=[8], orthogonal_init=False),
+        ActorCritic(obs_dim=3, action_dim=2, discrete=False, hidden_sizes=[8], orthogonal_init=False),
+    ):
+        with torch.no_grad():
+            old = policy.distribution(observations).frozen()
+            for param in policy.actor_parameters():
+                param.add_(0.3 * torch.randn_like(param))  # in place: `frozen` must not follow
+            new_out = policy.actor(observations)
+        if policy.discrete:
+            reference = kl_divergence(Categorical(logits=old.out), Categorical(logits=new_out))
+        else:
+            old_normal = Normal(old.out, old.log_std.exp().expand_as(old.out))
+            reference = kl_divergence(old_normal, Normal(new_out, policy.log_std.exp().expand_as(new_out))).sum(-1)
+        assert reference.min() > 0.01
+        torch.testing.assert_close(policy.kl_from(old, observations), reference)
+        assert torch.allclose(policy.kl_from(policy.distribution(observations), observations), torch.zeros(5))

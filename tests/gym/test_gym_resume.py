@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+import rlhfkit.gym.updates as updates
 import rlhfkit.recipes.gym as recipe
 from rlhfkit.checkpoint import load_checkpoint
 from rlhfkit.cli import main
@@ -38,7 +39,7 @@ def _train(env_id: str, out, interrupt_at_update: int | None = None, monkeypatch
     batch = 2 * int(settings[1].split("=")[1])
     settings.append(f"train.total_timesteps={UPDATES * batch}")
     if interrupt_at_update is not None:
-        real_update, calls = recipe.ppo_epochs, []
+        real_update, calls = updates.ppo_epochs, []
 
         def interrupted_update(*args, **kwargs):
             calls.append(1)
@@ -46,7 +47,7 @@ def _train(env_id: str, out, interrupt_at_update: int | None = None, monkeypatch
                 raise KeyboardInterrupt
             return real_update(*args, **kwargs)
 
-        monkeypatch.setattr(recipe, "ppo_epochs", interrupted_update)
+        monkeypatch.setattr(updates, "ppo_epochs", interrupted_update)
     argv = ["gym", "--env", env_id, "--out", str(out)]
     for setting in settings:
         argv += ["--set", setting]

@@ -60,7 +60,8 @@ def test_truncated_step_keeps_its_bootstrap_in_the_advantage():
     # Sub-env 0, delta_t = 1 + 0.5 * next_value * (1 - terminated) - value:
     #   1.5, 1, 0.5 (truncation: 1 + 0.5*3 - 2), -3.5, -10 (termination: 1 - 11), -8.5, -9
     # A_t = delta_t + 0.5 * A_{t+1}, not carried across the ends at t2 and t4:
-    #   A6 = -9, A5 = -8.5 - 4.5 = -13, A4 = -10, A3 = -3.5 - 5 = -8.5, A2 = 0.5, A1 = 1 + 0.25 = 1.25, A0 = 1.5 + 0.625 = 2.125
+    #   A6 = -9, A5 = -8.5 - 4.5 = -13, A4 = -10, A3 = -3.5 - 5 = -8.5, A2 = 0.5,
+    #   A1 = 1 + 0.25 = 1.25, A0 = 1.5 + 0.625 = 2.125
     # (Treating the truncation as a termination would give A2 = 1 - 2 = -1.)
     assert advantages[0].tolist() == [2.125, 1.25, 0.5, -8.5, -10.0, -13.0, -9.0]
     assert returns[0].tolist() == [2.125, 2.25, 2.5, 1.5, 1.0, 7.0, 12.0]

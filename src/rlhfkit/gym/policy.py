@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -36,6 +37,19 @@ def _mlp(sizes: list[int], output_gain: float, orthogonal_init: bool) -> nn.Sequ
         layers.append(linear)
         layers.append(nn.Tanh())
     return nn.Sequential(*layers[:-1])
+
+
+class ActionDistribution(NamedTuple):
+    """pi(.|s) for a batch of states: what a KL between two policies needs."""
+
+    out: Tensor  # (N, action_dim): logits (Discrete) or means (Box)
+    log_std: Tensor | None  # (action_dim,) for Box, None for Discrete
+
+    def frozen(self) -> ActionDistribution:
+        """A copy that no later change of the policy's parameters (in place, as TRPO makes them) can reach."""
+        return ActionDistribution(
+            self.out.detach().clone(), None if self.log_std is None else self.log_std.detach().clone()
+        )
 
 
 class ActorCritic(nn.Module):
@@ -76,14 +90,50 @@ class ActorCritic(nn.Module):
         return actions, self._gaussian_logprobs(noise), self.value(observations)
 
     def evaluate(self, observations: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """For PPO's update: (log pi(a|s) (N,), entropy of pi(.|s) (N,), V(s) (N,))."""
-        out = self.actor(observations)
+        """For the updates: (log pi(a|s) (N,), entropy of pi(.|s) (N,), V(s) (N,))."""
+        distribution = self.distribution(observations)
+        return self._logprobs(distribution.out, actions), self.entropy(distribution), self.value(observations)
+
+    def logprobs(self, observations: Tensor, actions: Tensor) -> Tensor:
+        """log pi(a|s) (N,), without V(s): what TRPO's surrogate and line search need."""
+        return self._logprobs(self.actor(observations), actions)
+
+    def entropy(self, distribution: ActionDistribution) -> Tensor:
+        """H(pi(.|s)) (N,) of `distribution(observations)`."""
         if self.discrete:
-            entropy = entropy_from_logits(out)
-            return logprobs_from_logits(out, actions), entropy, self.value(observations)
+            return entropy_from_logits(distribution.out)
         # H(N(mu, sigma^2)) = sum_i log sigma_i + 1/2 log(2 pi e)
-        entropy = (self.log_std + 0.5 + _LOG_SQRT_2PI).sum().expand(len(out))
-        return self._gaussian_logprobs((actions - out) * torch.exp(-self.log_std)), entropy, self.value(observations)
+        return (self.log_std + 0.5 + _LOG_SQRT_2PI).sum().expand(len(distribution.out))
+
+    def _logprobs(self, out: Tensor, actions: Tensor) -> Tensor:
+        """log pi(a|s) (N,) from the actor's output `out` (logits or means)."""
+        if self.discrete:
+            return logprobs_from_logits(out, actions)
+        return self._gaussian_logprobs((actions - out) * torch.exp(-self.log_std))
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """The parameters of pi alone (not V's): what TRPO's natural gradient moves."""
+        return [*self.actor.parameters(), *([] if self.discrete else [self.log_std])]
+
+    def distribution(self, observations: Tensor) -> ActionDistribution:
+        """pi(.|s) as numbers: logits (N, action_dim), or means (N, action_dim) and the log std (action_dim,)."""
+        return ActionDistribution(self.actor(observations), None if self.discrete else self.log_std)
+
+    def kl_from(self, old: ActionDistribution, observations: Tensor) -> Tensor:
+        """KL(old || pi(.|s)) per state (N,), exactly (TRPO's constraint; its Hessian is the Fisher matrix).
+
+        Categorical:       sum_a p_old(a) (log p_old(a) - log p(a))
+        Diagonal Gaussian: sum_i log(sigma_i / sigma_old_i) + (sigma_old_i^2 + (mu_old_i - mu_i)^2) / (2 sigma_i^2)
+                           - 1/2
+        """
+        new = self.distribution(observations)
+        if self.discrete:
+            old_logp, logp = torch.log_softmax(old.out, -1), torch.log_softmax(new.out, -1)
+            return (old_logp.exp() * (old_logp - logp)).sum(-1)
+        old_log_std, log_std = cast(Tensor, old.log_std), cast(Tensor, new.log_std)
+        variance_ratio = torch.exp(2 * (old_log_std - log_std))  # sigma_old^2 / sigma^2
+        squared_shift = (old.out - new.out).pow(2) * torch.exp(-2 * log_std)  # (mu_old - mu)^2 / sigma^2
+        return (log_std - old_log_std + 0.5 * (variance_ratio + squared_shift - 1)).sum(-1)
 
     def _gaussian_logprobs(self, z: Tensor) -> Tensor:
         """log N(a; mu, sigma^2) = sum_i -z_i^2 / 2 - log sigma_i - 1/2 log(2 pi), with z = (a - mu) / sigma."""
