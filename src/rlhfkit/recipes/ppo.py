@@ -63,7 +63,7 @@ from rlhfkit.data.records import demonstration_response
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.actor_critic import ActorCritic, load_actor_critic
-from rlhfkit.models.lora import merged
+from rlhfkit.models.loading import save_policy
 from rlhfkit.recipes.ppo_config import PPOConfig
 from rlhfkit.rewards import RewardFn, build_reward, checked_scores, validate_records_for_reward
 from rlhfkit.rollout.experience import Experience, build_experience, shape_scores
@@ -71,6 +71,7 @@ from rlhfkit.rollout.generation import Samples as Rollout
 from rlhfkit.rollout.generation import decode_responses, left_truncate, sample
 from rlhfkit.rollout.scoring import rollout_metrics, score_responses
 from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, fit, run_config
+from rlhfkit.tracking import phase
 from rlhfkit.training import (
     batch_indices,
     build_optimizer,
@@ -102,7 +103,7 @@ class PPOTrainer:
     ):
         self.config, self.command = config, command
         self.runtime = runtime = runtime or Runtime(config.model.dtype, config.seed)
-        self.prompts = prompts if prompts is not None else load_records(config.data.prompts, "prompts")
+        self.prompts = load_records(prompts if prompts is not None else config.data.prompts, "prompts")
         if not self.prompts:
             raise UserError(f"{config.data.prompts}: holds no prompts")
         config.check_processes(runtime.num_processes)
@@ -152,8 +153,10 @@ class PPOTrainer:
     def rollout(self, records: list[dict[str, Any]]) -> tuple[Experience, list[str], dict[str, float]]:
         """Steps 1-4: generate, score, shape rewards, advantages. Returns (experience, responses, timings)."""
         started = time.perf_counter()
+        phase("generate", 1, 3)
         samples = self.generate(records)
         generated = time.perf_counter()
+        phase("score", 2, 3)
         experience, responses = self.score(samples, records)
         timings = {"time/generate_s": generated - started, "time/score_s": time.perf_counter() - generated}
         return experience, responses, timings
@@ -193,6 +196,7 @@ class PPOTrainer:
     def update(self, experience: Experience) -> dict[str, float]:
         """Step 5: K epochs of shuffled minibatches (each process shuffles its own rows of the global batch)."""
         config = self.config
+        phase("update", 3, 3)
         self.actor_critic.train()
         stats = ppo_epochs(
             num_rows=experience.samples.response_ids.shape[0],
@@ -339,10 +343,9 @@ class PPOTrainer:
             self.score_moments.load_state_dict(state["score_moments"])
 
     def save_final(self, directory: Path) -> None:
-        """`final/`: the policy as a plain model directory (LoRA merged into a copy), tokenizer, critic (if any)."""
+        """`final/`: the policy as a plain model directory (LoRA merged, its adapter in adapter/), tokenizer, critic."""
         model = self.unwrapped
-        merged(model.policy).save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        save_policy(model.policy, self.tokenizer, directory, self.runtime.precision)
         if model.critic is not None:
             critic = {name: tensor.detach().contiguous().cpu() for name, tensor in model.critic.state_dict().items()}
             save_file(critic, str(directory / "critic.safetensors"))
