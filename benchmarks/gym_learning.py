@@ -8,6 +8,9 @@ defaults for its action space plus `SETTINGS` below.
 
     .venv/bin/python benchmarks/gym_learning.py                      # both, seeds 0 1 2
     .venv/bin/python benchmarks/gym_learning.py --only CartPole-v1 --seeds 0 1 2
+    .venv/bin/python benchmarks/gym_learning.py --set algorithm=trpo   # another algorithm, same targets
+
+(benchmarks/gym_family.py runs all four algorithms beside Stable-Baselines3's.)
 """
 
 from __future__ import annotations
@@ -74,8 +77,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
-            f"| {r['env_id']} | {r['settings']} | {r['seed']} | {r['env_steps']:,} | {r['eval_return_mean']:.1f} ± {r['eval_return_std']:.1f} | "
-            f"{'yes' if r['reached'] else 'no'} ({r['target']}) | {r['wall_seconds']:.0f} | {r['steps_per_second']:.0f} |"
+            f"| {r['env_id']} | {r['settings']} | {r['seed']} | {r['env_steps']:,} | "
+            f"{r['eval_return_mean']:.1f} ± {r['eval_return_std']:.1f} | "
+            f"{'yes' if r['reached'] else 'no'} ({r['target']}) | {r['wall_seconds']:.0f} | "
+            f"{r['steps_per_second']:.0f} |"
         )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=2))

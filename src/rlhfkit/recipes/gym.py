@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,11 @@ class GymTrainer:
         rollout, episodes = self.runner.collect(self.policy, config.ppo.rollout_steps)
         # 2. the algorithm's update
         stats = self.algorithm.update(self.policy, self.optimizer, config, rollout)
-        # 3. the learning-rate schedule
-        self.scheduler.step()
+        # 3. the learning-rate schedule, which counts updates (a REINFORCE update in which no episode
+        # ended takes no optimiser step; torch's warning about that order does not apply)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`", UserWarning)
+            self.scheduler.step()
         self.step += 1
         seconds = time.perf_counter() - started
         self.train_seconds += seconds
