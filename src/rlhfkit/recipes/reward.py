@@ -65,6 +65,8 @@ from rlhfkit.training import (
     OptimConfig,
     batch_indices,
     build_optimizer,
+    check_held_out,
+    check_schedule,
     load_training_state,
     optimizer_step,
     training_state,
@@ -81,10 +83,7 @@ class RMDataConfig:
     )
 
     def __post_init__(self) -> None:
-        if not 0 < self.eval_fraction < 1:
-            raise UserError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        if self.max_length < 2:
-            raise UserError(f"data.max_length must be at least 2, got {self.max_length}")
+        check_held_out(self)
 
 
 @dataclasses.dataclass
@@ -98,13 +97,7 @@ class RMTrainConfig:
     checkpoint_every: int = field(100, "save a checkpoint every N steps (and at the end)")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.micro_batch_size < 0 or self.batch_size % (self.micro_batch_size or self.batch_size):
-            raise UserError(
-                f"train.batch_size {self.batch_size} is not divisible by train.micro_batch_size {self.micro_batch_size}"
-            )
+        check_schedule(self)
 
 
 @dataclasses.dataclass
