@@ -80,6 +80,14 @@ def test_reinforce_leaves_out_the_steps_whose_episode_has_not_ended():
     assert stats == {"reinforce/complete_fraction": 0.0}
     assert all(torch.equal(p, q) for p, q in zip(policy.parameters(), before))
 
+    # The next two steps: the episode ends at its third step, the one step of the batch (nothing to whiten).
+    runner = EnvRunner(inspect_env("RlhfkitTest/Scripted-v0"), 1, 0, False, False, 0.99)
+    runner.collect(policy, 2)
+    rollout, _ = runner.collect(policy, 2)
+    stats = reinforce_update(policy, torch.optim.SGD(policy.parameters(), lr=0.1), config, rollout)
+    assert stats["reinforce/complete_fraction"] == 0.5 and stats["policy/loss"] != 0.0
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
+
 
 def _distribution(policy: ActorCritic, observations: torch.Tensor):
     """pi(.|s) as torch.distributions, independent of ActorCritic's own log-prob and KL code."""

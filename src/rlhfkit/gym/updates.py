@@ -75,7 +75,9 @@ def _policy_gradient_step(
     """
     ppo = config.ppo
     logprobs, entropy, values = policy.evaluate(rows["observations"], rows["actions"])
-    advantages = whiten(rows["advantages"]) if ppo.normalize_advantages else rows["advantages"]
+    advantages = rows["advantages"]
+    if ppo.normalize_advantages and len(advantages) > 1:  # one row has no spread (REINFORCE may keep only one)
+        advantages = whiten(advantages)
     policy_loss = policy_gradient_loss(logprobs, advantages, None)
     value_loss, _ = clipped_value_loss(values, rows["values"], rows["returns"], None, 0.0)
     entropy = entropy.mean()
