@@ -46,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label export": ("rlhfkit.labeling.cli", "export human judgements as comparison or ranking records"),
     "dpo": ("rlhfkit.recipes.dpo", "direct preference optimisation (DPO, IPO, conservative DPO)"),
     "constitution": ("rlhfkit.recipes.constitution", "Constitutional AI: critique and revise, write demonstrations"),
-    "gym": ("rlhfkit.recipes.gym", "classic PPO on a Gymnasium environment"),
+    "gym": ("rlhfkit.recipes.gym", "REINFORCE, A2C, TRPO or PPO on a Gymnasium environment"),
     "demo": ("rlhfkit.recipes.demo", "the whole RLHF pipeline on the embedded model, with a report"),
 }
 
