@@ -193,16 +193,7 @@ def all_cases() -> list[Case]:
 
 
 # Known gaps, each in a file this suite's author does not own, reported to the lead: {case id: reason}.
-KNOWN_GAPS = {
-    "rm-types-data.train-record-not-object": "data/preferences.py names the file but not the line",
-    "gym-config-env-id-with-path": "gym/envs.py passes an env id with '/' and ':' to an import",
-}
-CASES = [
-    pytest.param(
-        case, id=case.id, marks=[pytest.mark.xfail(reason=KNOWN_GAPS[case.id])] if case.id in KNOWN_GAPS else []
-    )
-    for case in all_cases()
-]
+CASES = [pytest.param(case, id=case.id) for case in all_cases()]
 
 
 @pytest.fixture

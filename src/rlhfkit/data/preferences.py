@@ -23,9 +23,11 @@ PREFERENCE_KINDS = ("comparisons", "rankings", "choices")
 def preference_kind(source: str) -> str:
     """comparisons, rankings or choices: what the source's first record is (TRL's formats converted)."""
     name, rows = read_located(source)
-    if not rows or not isinstance(rows[0][1], dict):
-        raise UserError(f"{name}: expected comparison, ranking or choice records")
+    if not rows:
+        raise UserError(f"{name}: expected comparison, ranking or choice records, found none")
     where, first = rows[0]
+    if not isinstance(first, dict):
+        raise UserError(f"{where}: expected a comparison, ranking or choice record (an object), got {first!r:.60}")
     found = detect_kind(from_trl(first, where))
     kind = "rankings" if found == "rankings_or_candidates" else found
     if kind not in PREFERENCE_KINDS:

@@ -51,6 +51,11 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
             env = gym.make(env_id) if render_mode is None else gym.make(env_id, render_mode=render_mode)
         except gym.error.Error as error:
             raise UserError(f"env.id {env_id!r}: {error}") from None
+        except (ImportError, AttributeError, TypeError, ValueError) as error:
+            # an id like "pkg.module:Name" makes Gymnasium import an entry point; a wrong one fails here
+            raise UserError(
+                f"env.id {env_id!r} is not a registered environment ({type(error).__name__}: {error})"
+            ) from None
     space = env.observation_space
     if isinstance(space, spaces.Box) and len(space.shape) == 1:
         return env
