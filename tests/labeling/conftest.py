@@ -15,9 +15,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """One headless Chromium for the session's browser tests (Debian's, driven by Playwright)."""
+    """One headless Chromium per browser-test module (Debian's, driven by Playwright).
+
+    Module scope, not session: Playwright's sync API keeps an asyncio loop running in the main
+    thread until it stops, and later tests that run their own event loop (anyio.run) would fail.
+    """
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (`make browser`) to run the browser tests")
     from playwright.sync_api import sync_playwright
