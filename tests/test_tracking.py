@@ -300,3 +300,12 @@ def test_trackio_local_run_holds_config_metrics_and_samples_table(tmp_path, monk
     tables = [log["samples"]["_value"] for log in logs if "samples" in log]
     assert [rows[0]["response"] for rows in tables] == ["response 1", "response 2"]
     assert SQLiteStorage.get_run_config("rlhfkit", "run")["train.steps"] == 2
+
+
+def test_a_partial_last_metrics_line_from_a_kill_is_dropped_on_resume(tmp_path):
+    from rlhfkit.tracking import _truncate_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n{"step": 3, "lo')
+    _truncate_jsonl(path, keep_before_step=3)
+    assert path.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n'

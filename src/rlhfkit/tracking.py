@@ -49,14 +49,21 @@ def _jsonable(value: Any) -> Any:
 
 
 def _truncate_jsonl(path: Path, keep_before_step: int) -> None:
+    """Keep the records before `keep_before_step`, rewritten atomically.
+
+    A run killed in the middle of a write can leave a partial last line: it is dropped, never parsed.
+    """
     if not path.exists():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) < keep_before_step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) < keep_before_step:
+            kept.append(line)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def flatten_config(tree: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str | None]:
