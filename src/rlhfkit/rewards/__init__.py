@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,8 +65,14 @@ def length_reward(target_words: int) -> RewardFn:
 
 
 def function_reward(spec: str) -> RewardFn:
-    """A user function `package.module:function` with signature (prompts, responses, records) -> scores."""
+    """A user function `package.module:function` with signature (prompts, responses, records) -> scores.
+
+    Modules in the working directory are found as `python -m` finds them: the `rlhfkit` console
+    script's own sys.path does not include it, and users should not need `PYTHONPATH=.`.
+    """
     module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as error:
