@@ -67,6 +67,11 @@ class GymTrainer:
         torch.set_num_threads(1)
         self.config = config
         self.runtime = runtime or Runtime(seed=config.seed)
+        # the rollout and the update run in one process: refuse N processes rather than train N times
+        if self.runtime.num_processes > 1:
+            raise UserError(
+                f"rlhfkit gym runs in one process, got {self.runtime.num_processes}: start it without accelerate launch"
+            )
         self.spec = inspect_env(config.env.id)
         env = config.env
         self.runner = EnvRunner(
