@@ -8,7 +8,9 @@ protocol). `fit` does the rest, the same way for every command:
     2 record    config.yaml (the fully resolved configuration)
     3 evaluate  once before the first step (logged as step 0), so every run shows where it started
     4 loop      train_step; evaluate every `eval_every` steps; log metrics and samples;
-                checkpoint every `checkpoint_every` steps (and at the end)
+                checkpoint every `checkpoint_every` steps (and at the end); a trainer whose
+                evaluation set `stop_reason` (a monitor that saw the reward being hacked) ends
+                the run there: a checkpoint, the reason in one line, then step 5 as usual
     5 finish    final/ written atomically, the metric plots, summary.json (with the runtime)
 
 Under several processes every process runs every step; only the main process writes files.
@@ -66,6 +68,7 @@ class Trainer(Protocol):
     eval_every: int  # 0: evaluate only before the first and after the last step
     checkpoint_every: int  # 0: checkpoint only at the end
     plot_keys: Sequence[str]  # metrics drawn in training.png
+    # optional: `stop_reason: str | None`, set by `evaluate` to end the run early (read by `stop_reason`)
 
     def train_step(self) -> StepOutput: ...
 
@@ -164,21 +167,29 @@ def _train(trainer: Trainer, out: Path) -> dict[str, Any]:
     try:
         if trainer.step == 0:
             log(tracker, 0, *trainer.evaluate())
-        while trainer.step < trainer.total_steps:
+        while trainer.step < trainer.total_steps and stop_reason(trainer) is None:
             metrics, samples = trainer.train_step()
             if due(trainer.step, trainer.eval_every, trainer.total_steps):
                 eval_metrics, eval_samples = trainer.evaluate()
                 metrics, samples = {**metrics, **eval_metrics}, eval_samples or samples
             log(tracker, trainer.step, metrics, samples)
-            if due(trainer.step, trainer.checkpoint_every, trainer.total_steps) and runtime.is_main:
+            stopping = stop_reason(trainer) is not None
+            if (stopping or due(trainer.step, trainer.checkpoint_every, trainer.total_steps)) and runtime.is_main:
                 tensors, state = trainer.checkpoint_state()
                 save_checkpoint(out, trainer.step, tensors, {**state, "step": trainer.step, "rng": runtime.rng_state()})
     finally:
         if tracker is not None:
             tracker.close()
+    if stop_reason(trainer) is not None and runtime.is_main:
+        print(f"rlhfkit {trainer.command}: stopped at step {trainer.step}: {stop_reason(trainer)}")
     summary = finish(trainer, out, time.time() - started) if runtime.is_main else {}
     runtime.wait()
     return summary
+
+
+def stop_reason(trainer: Trainer) -> str | None:
+    """Why the trainer asks to end its run before `total_steps` (an optional attribute, set by its evaluation)."""
+    return getattr(trainer, "stop_reason", None)
 
 
 def restore(trainer: Trainer, checkpoint: Path) -> None:
