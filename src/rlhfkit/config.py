@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from rlhfkit.errors import UserError, read_text
+from rlhfkit.trl_keys import CONFIG_COMMANDS, MappedFile, from_trl, is_trl_file
 
 T = TypeVar("T")
 
@@ -300,11 +302,21 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     base: dict[str, Any] | None = None,
+    command: str = "",
 ) -> T:
-    """Build `cls` from defaults, then `base`, then the YAML file at `path`, then `key.sub=value` overrides."""
+    """Build `cls` from defaults, then `base`, then the YAML file at `path`, then `key.sub=value` overrides.
+
+    A flat TRL-style file at `path` is translated for `command` (`rlhfkit.trl_keys`), which is named
+    in one line once the configuration is built.
+    """
     values: dict[str, Any] = dict(base or {})
+    mapped = None
     if path is not None:
-        values = _merge(values, load_yaml_mapping(path))
+        loaded = load_yaml_mapping(path)
+        if is_trl_file(loaded, {f.name for f in dataclasses.fields(cls)}):  # type: ignore[arg-type]
+            mapped = trl_file_values(loaded, cls, command, str(path), values)
+            loaded = mapped.values
+        values = _merge(values, loaded)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -319,7 +331,16 @@ def load_config(
     config = _build(cls, values)
     if isinstance(getattr(config, "seed", 0), int):
         check_seed(config.seed)
+    if mapped is not None:
+        mapped.announce(os.environ)
     return config
+
+
+def trl_file_values(loaded: dict[str, Any], cls: type, command: str, source: str, base: dict[str, Any]) -> MappedFile:
+    """`from_trl` for this command (the Python API names none: the config class tells), with its group size."""
+    group_size = base.get("algorithm", {}).get("group_size", 0) if isinstance(base.get("algorithm"), dict) else 0
+    sections = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return from_trl(loaded, sections, command or CONFIG_COMMANDS.get(cls.__name__, ""), source, group_size)
 
 
 def check_seed(seed: int, key: str = "seed") -> int:
@@ -374,4 +395,4 @@ def config_from_args(cls: type[T], args: argparse.Namespace, base: dict[str, Any
     overrides = list(args.set)
     if getattr(args, "out", None):
         overrides.append(f"out={args.out}")
-    return load_config(cls, args.config, overrides, base=base)
+    return load_config(cls, args.config, overrides, base=base, command=getattr(args, "command", ""))
