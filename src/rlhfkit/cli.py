@@ -48,8 +48,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "constitution": ("rlhfkit.recipes.constitution", "Constitutional AI: critique and revise, write demonstrations"),
     "gym": ("rlhfkit.recipes.gym", "REINFORCE, A2C, TRPO or PPO on a Gymnasium environment"),
     "demo": ("rlhfkit.recipes.demo", "the whole RLHF pipeline on the embedded model, with a report"),
+    "loop": ("rlhfkit.recipes.loop", "the online loop: sample, label (judge or people), reward model, PPO; rounds"),
 }
 
+
+# commands whose output `--push-to-hub REPO` uploads once the run has succeeded (rlhfkit.hub says what goes)
+PUSHABLE = ("sft", "rm", "dpo", "ppo", "grpo", "rloo", "gym", "generate", "label", "constitution")
 
 # options every command takes, before or after the command's name
 GLOBAL_OPTIONS: dict[str, str] = {
@@ -179,8 +183,16 @@ def _run(command: str, module_name: str, description: str, rest: list[str], debu
         set_torch_threads(threads)
         parser = _Parser(prog=f"rlhfkit {command}", description=description)
         module.add_arguments(parser)
+        if command in PUSHABLE:
+            parser.add_argument(
+                "--push-to-hub",
+                metavar="REPO",
+                help="after a successful run, upload what it made (final/, or its records) to this hub repository",
+            )
         args = parser.parse_args(rest)  # exits (SystemExit) after --help or a one-line usage error
         args.command = command
+        if getattr(args, "push_to_hub", None):
+            return _run_and_push(command, module, args)
         return int(module.run(args) or 0)
     except UserError as error:
         return _refuse(command, one_line(str(error)), debug)
@@ -193,6 +205,30 @@ def _run(command: str, module_name: str, description: str, rest: list[str], debu
         return 130
     except Exception as error:
         return _internal_error(command, error, debug)
+
+
+def _run_and_push(command: str, module, args: argparse.Namespace) -> int:
+    """Run the command, then push the output directory it resolved; a failed push is one line, the outputs stay.
+
+    The repository's name is checked before the run, so a typo costs no training. Under several
+    processes only the first (RANK 0) pushes.
+    """
+    hub = importlib.import_module("rlhfkit.hub")  # huggingface_hub and httpx, only when a push is asked for
+    repo = hub.check_repo_id(args.push_to_hub)
+    resolved = importlib.import_module("rlhfkit.runtime.run").RESOLVED  # every command's output directory
+    start = len(resolved)
+    code = int(module.run(args) or 0)
+    if code != 0 or os.environ.get("RANK", "0") != "0":
+        return code
+    if len(resolved) == start:
+        raise UserError(f"--push-to-hub {repo}: rlhfkit {command} made no output directory to push")
+    directory = resolved[-1]
+    try:
+        url = hub.push_to_hub(directory, repo)
+    except UserError as error:
+        raise UserError(f"{error}; the run's outputs stay in {directory}") from None
+    print(f"rlhfkit {command}: pushed {directory} to the hub repository {repo}: {url}")
+    return code
 
 
 def _refuse(command: str, message: str, debug: bool) -> int:

@@ -4,12 +4,14 @@
 creating the repository first if it does not exist. What is pushed is what the next user loads:
 
     a run's output directory       its final/ (the policy, reward model or Gym policy)
+    a data run's output directory  its records file (generate's candidates, label's comparisons, ...)
     a model or adapter directory   as it is (config.json, or adapter_config.json for PEFT)
     a save_to_disk directory       its rows as Parquet, data/<split>-00000-of-00001.parquet, which the
                                    hub's viewer and `datasets.load_dataset(repo_id)` read
     a data file or data folder     as it is (JSON Lines, JSON, CSV, Parquet)
 
-Nothing here runs without being asked: no command pushes unless the user names a repository.
+Nothing here runs without being asked: no command pushes unless the user names a repository
+(`--push-to-hub REPO` on a command pushes what the run made once it has succeeded).
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from pathlib import Path
 
 import httpx
 from huggingface_hub import HfApi
+from huggingface_hub.utils import validate_repo_id
 
 from rlhfkit import __version__
 from rlhfkit.data.readers import READERS
-from rlhfkit.errors import UserError, summarize
+from rlhfkit.errors import UserError, one_line, summarize
 
 MODEL_FILES = ("config.json", "adapter_config.json", "policy.safetensors")
 SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")
+RUN_LOGS = ("metrics.jsonl", "samples.jsonl", "chains.jsonl")  # a run's logs, not its records
 
 
 def push_to_hub(
@@ -52,6 +56,15 @@ def push_to_hub(
     return str(commit)
 
 
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if the hub would accept it as a name (owner/name), else a UserError, before any run starts."""
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as error:
+        raise UserError(f"--push-to-hub {repo_id}: {one_line(str(error))}") from None
+    return repo_id
+
+
 def what_to_push(path: Path) -> tuple[Path, str]:
     """(the file or directory to upload, "model" or "dataset"); UserError for anything else."""
     if not path.exists():
@@ -62,6 +75,9 @@ def what_to_push(path: Path) -> tuple[Path, str]:
         return path, "dataset"
     if (path / "final").is_dir():
         return what_to_push(path / "final")
+    records = [file for file in path.glob("*.jsonl") if file.name not in RUN_LOGS]
+    if (path / "summary.json").is_file() and len(records) == 1:
+        return records[0], "dataset"
     if any((path / name).is_file() for name in MODEL_FILES):
         return path, "model"
     if any((path / name).is_file() for name in SAVED_DATASET_FILES):
