@@ -29,6 +29,7 @@ from rlhfkit.labeling.decisions import MAX_COMMENT_LENGTH, InvalidJudgement
 from rlhfkit.labeling.export import build_export, jsonl_text
 from rlhfkit.labeling.guard import RequestGuard, internal_error
 from rlhfkit.labeling.labelers import Labeler, csrf_token, find_labeler
+from rlhfkit.labeling.loop_rounds import loop_routes
 from rlhfkit.labeling.progress import admin_progress, judgement_rows, labeler_progress
 from rlhfkit.labeling.queue import AlreadyJudged, NotShown, TaskNotFound, next_task, record_judgement
 
@@ -116,6 +117,7 @@ def create_app(db_path: Path, settings: ServeSettings) -> FastAPI:
     app.include_router(_session_routes(settings))
     app.include_router(_labelling_routes(settings, random.Random()))
     app.include_router(_admin_routes(settings))
+    app.include_router(loop_routes(DB, Admin))  # the online loop's rounds (rlhfkit loop --server)
     return app
 
 

@@ -45,6 +45,28 @@ function showAgreement(agreement) {
   );
 }
 
+const figure = (summary, key, format) => (summary && typeof summary[key] === "number" ? format(summary[key]) : "–");
+
+function showLoop(loop) {
+  $("loop-card").hidden = loop.rounds.length === 0;
+  const waiting = loop.rounds.filter((r) => r.waiting > 0 && r.summary === null);
+  $("loop-waiting").textContent = waiting.length
+    ? waiting.map((r) => `Round ${r.round} of ${r.run} waits for ${r.waiting} more judgement(s).`).join(" ")
+    : "No round is waiting for judgements.";
+  $("loop-rounds").tBodies[0].replaceChildren(
+    ...loop.rounds.map((r) =>
+      row([
+        r.run,
+        r.round,
+        `${r.judged} of ${r.needed}`,
+        r.waiting,
+        figure(r.summary, "reward_model_accuracy", percent),
+        figure(r.summary, "gold_score", (value) => value.toFixed(3)),
+      ]),
+    ),
+  );
+}
+
 function updateExportLinks() {
   const query = new URLSearchParams();
   if ($("keep-ties").checked) query.set("keep_ties", "true");
@@ -54,14 +76,16 @@ function updateExportLinks() {
 }
 
 async function refresh() {
-  const [me, progress, agreement] = await Promise.all([
+  const [me, progress, agreement, loop] = await Promise.all([
     whoami(),
     request("GET", "/api/admin/progress"),
     request("GET", "/api/admin/agreement"),
+    request("GET", "/api/admin/loop"),
   ]);
   $("who").textContent = me.name;
   showProgress(progress);
   showAgreement(agreement);
+  showLoop(loop);
   showStatus(`Updated ${new Date().toLocaleTimeString()}.`);
 }
 
