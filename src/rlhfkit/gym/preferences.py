@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from rlhfkit.algorithms import RunningMeanStd
@@ -39,6 +41,7 @@ from rlhfkit.gym.envs import EnvSpec
 from rlhfkit.gym.rollout import Rollout
 
 REWARD_KINDS = ("environment", "preferences")
+REWARD_MODEL_FILE = "reward_model.safetensors"
 
 
 @dataclasses.dataclass
@@ -297,6 +300,16 @@ def correlation(x: Tensor, y: Tensor) -> float | None:
 # ---------------------------------------------------------------------------
 
 
+def refuse_another_reward_kind(kind: str, tensors: dict[str, Any]) -> None:
+    """UserError where --resume would switch a run between the environment's reward and a learned one."""
+    trained = "preferences" if "reward_model" in tensors else "environment"
+    if trained != kind:
+        raise UserError(
+            f"--resume: the run was trained with reward.kind={trained}; "
+            f"reward.kind={kind} needs a new run (another --out)"
+        )
+
+
 class PreferenceReward:
     """The comparisons, the reward ensemble, its optimiser and its output statistics: a run's preference state."""
 
@@ -339,6 +352,10 @@ class PreferenceReward:
             "reward/comparisons": len(self.comparisons),
             "reward/true_correlation": correlation(predicted, true_rewards),
         }
+
+    def save(self, directory: Path) -> None:
+        """reward_model.safetensors: the ensemble that the final policy was trained on (`RewardEnsemble` loads it)."""
+        save_file(self.ensemble.state_dict(), str(directory / REWARD_MODEL_FILE))
 
     def checkpoint_state(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
         """(tensors: the ensemble, the comparisons, the output statistics; state: the ensemble's optimiser)."""
