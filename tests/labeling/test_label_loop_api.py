@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import httpx
-from label_helpers import LiveServer, make_db, pair_tasks
+from label_helpers import LiveServer, free_port, make_db, pair_tasks
+
+from rlhfkit.labeling.db import open_db
+from rlhfkit.labeling.labelers import add_labeler
 
 ROUND = "/api/admin/loop/run-1/rounds/1"
+PAIR = {"prompt": "Say hi.", "responses": ["Hi!", "Go."]}
 
 
 def test_admin_api_takes_a_round_counts_its_judgements_and_keeps_its_summary(tmp_path):
@@ -41,3 +49,33 @@ def test_admin_api_takes_a_round_counts_its_judgements_and_keeps_its_summary(tmp
             2,
             {"round": 1, "gold_score": 0.25},
         )
+
+
+def test_serve_with_loop_starts_without_tasks_and_takes_a_loops_rounds(tmp_path):
+    db = tmp_path / "labels.sqlite"
+    conn = open_db(db)
+    token = add_labeler(conn, "boss", True)
+    conn.close()
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rlhfkit", "label", "serve", "--db", str(db), "--loop", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    try:
+        url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
+        while server.poll() is None:
+            try:
+                rounds = httpx.get(url + "/api/admin/loop", headers=headers)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()
+        assert rounds.json() == {"rounds": []}
+        pushed = httpx.put(url + ROUND, json={"needed": 1, "records": [PAIR]}, headers=headers).json()
+        assert (pushed["tasks"], pushed["waiting"]) == (1, 1)
+    finally:
+        server.terminate()
+        server.wait()
+        log.close()

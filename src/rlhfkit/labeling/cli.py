@@ -47,6 +47,11 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_db(parser)
     parser.add_argument(
+        "--loop",
+        action="store_true",
+        help="start without tasks: `rlhfkit loop --server URL` pushes each round's pairs (and shows its progress)",
+    )
+    parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
@@ -120,8 +125,11 @@ def _listen(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port} ({error.strerror}); pick another --port or --host") from None
 
 
-def _load_tasks(db: Path, candidates: list[Candidate]) -> tuple[int, int, int]:
-    """Add the candidates; returns (tasks in the database, tasks added, stored answers)."""
+def _load_tasks(db: Path, candidates: list[Candidate], for_loop: bool) -> tuple[int, int, int]:
+    """Add the candidates; returns (tasks in the database, tasks added, stored answers).
+
+    No task at all is refused unless `for_loop`: then `rlhfkit loop --server` brings them.
+    """
     conn = open_db(db)
     try:
         added = add_tasks(conn, candidates)
@@ -134,8 +142,10 @@ def _load_tasks(db: Path, candidates: list[Candidate]) -> tuple[int, int, int]:
             )
     finally:
         conn.close()
-    if total == 0:
-        raise UserError(f"{db}: holds no tasks yet; load some with --tasks candidates.jsonl")
+    if total == 0 and not for_loop:
+        raise UserError(
+            f"{db}: holds no tasks yet; load some with --tasks candidates.jsonl (or --loop for `rlhfkit loop --server`)"
+        )
     return total, added, answers
 
 
@@ -177,7 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
     candidates: list[Candidate] = [
         c for path in args.tasks for c in read_candidates(path)
     ]  # all valid before any is added
-    if not candidates and not args.db.is_file():
+    if not candidates and not args.db.is_file() and not args.loop:
         raise UserError(f"{args.db}: no such database; create it with --tasks candidates.jsonl")
     if args.host not in LOOPBACK_HOSTS:
         print(
@@ -186,7 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     with _listen(args.host, args.port) as listener:  # before the database: a busy port leaves nothing written
-        total, added, answers = _load_tasks(args.db, candidates)
+        total, added, answers = _load_tasks(args.db, candidates, args.loop)
         print(f"{total} task(s) in {args.db} ({added} new); {args.judgements_per_task} judgement(s) per task")
         print(f"open http://{args.host}:{args.port}/ and sign in with a labeller's token (Ctrl-C stops)", flush=True)
         settings = ServeSettings(
