@@ -11,7 +11,7 @@ from rlhfkit.runtime import precision as precision_module
 
 
 def test_auto_stays_auto_in_the_config_and_a_bad_precision_is_refused():
-    from rlhfkit.recipes.sft import SFTConfig
+    from rlhfkit.configs.sft import SFTConfig
 
     assert load_config(SFTConfig).model.dtype == "auto"  # resolved later, on the loaded model
     assert load_config(SFTConfig, overrides=["model.dtype=float32"]).model.dtype == "float32"
@@ -84,7 +84,7 @@ def test_a_run_records_the_resolved_precision_in_config_yaml(tiny_model_dir, tmp
 
 
 def test_a_typo_gets_the_closest_key_even_in_another_section():
-    from rlhfkit.recipes.sft import SFTConfig
+    from rlhfkit.configs.sft import SFTConfig
 
     with pytest.raises(UserError, match=r"'lora.enabled'; did you mean 'model.lora.enabled'\?"):
         load_config(SFTConfig, overrides=["lora.enabled=true"])
@@ -95,7 +95,7 @@ def test_a_typo_gets_the_closest_key_even_in_another_section():
 
 
 def test_a_section_given_as_a_scalar_is_refused_even_with_a_set_under_it(tmp_path):
-    from rlhfkit.recipes.sft import SFTConfig
+    from rlhfkit.configs.sft import SFTConfig
 
     path = tmp_path / "config.yaml"
     path.write_text("train: 5\n")

@@ -214,8 +214,21 @@ def _build(cls: type[T], values: dict[str, Any], prefix: str = "", root: type | 
         raise UserError(
             unknown_key_message(_first_leaf(prefix + unknown[0], values[unknown[0]]), root, prefix, list(fields))
         )
-    kwargs = {name: _coerce(value, hints[name], prefix + name, root) for name, value in values.items()}
+    kwargs = {
+        name: _coerce(_over_factory_default(fields[name], value), hints[name], prefix + name, root)
+        for name, value in values.items()
+    }
     return cls(**kwargs)
+
+
+def _over_factory_default(f: dataclasses.Field, value: Any) -> Any:
+    """A section given in part, over the section its factory builds: `--set optim.weight_decay=0.1` keeps
+    SFT's own `OptimConfig(learning_rate=2e-5)` rather than falling back to the class default."""
+    if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+        if dataclasses.is_dataclass(default):
+            return _merge(to_dict(default), value)
+    return value
 
 
 def _first_leaf(key: str, value: Any) -> str:

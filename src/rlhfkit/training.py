@@ -50,28 +50,6 @@ class OptimConfig:
             raise UserError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
 
 
-def check_schedule(train: Any, positive: tuple[str, ...] = ()) -> None:
-    """What every optimiser-step schedule (`train.*` of SFT, RM, DPO) must satisfy, as one-line errors.
-
-    steps, batch_size, eval_every, checkpoint_every (and the names in `positive`) above 0;
-    micro_batch_size 0 (= batch_size) or a divisor of batch_size.
-    """
-    for name in ("steps", "batch_size", "eval_every", "checkpoint_every", *positive):
-        if getattr(train, name) <= 0:
-            raise UserError(f"train.{name} must be positive, got {getattr(train, name)}")
-    micro = train.micro_batch_size
-    if micro < 0 or train.batch_size % (micro or train.batch_size):
-        raise UserError(f"train.batch_size {train.batch_size} is not divisible by train.micro_batch_size {micro}")
-
-
-def check_held_out(data: Any) -> None:
-    """What every `data.*` with a held-out split and a length cap must satisfy."""
-    if not 0 < data.eval_fraction < 1:
-        raise UserError(f"data.eval_fraction must be in (0, 1), got {data.eval_fraction}")
-    if data.max_length < 2:
-        raise UserError(f"data.max_length must be at least 2, got {data.max_length}")
-
-
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
     """Factor on the peak learning rate for optimiser step `step` (0-based).
 
@@ -174,6 +152,21 @@ def response_token_nll(
 # ---------------------------------------------------------------------------
 # Data order and exact resume
 # ---------------------------------------------------------------------------
+
+
+def split_records(
+    train: list[dict[str, Any]], eval_records: list[dict[str, Any]] | None, eval_fraction: float, source: str
+) -> tuple[list, list]:
+    """(train, eval): `eval_records` if given, else the last ceil(fraction * N) of `train` (at least 1)."""
+    if eval_records:
+        return train, eval_records
+    held_out = max(1, round(len(train) * eval_fraction))
+    if len(train) - held_out < 1:
+        raise UserError(
+            f"{source}: {len(train)} demonstration(s) are too few to hold out an eval split; "
+            "give data.eval or more records"
+        )
+    return train[:-held_out], train[-held_out:]
 
 
 def batch_indices(num_records: int, batch_size: int, step: int, seed: int) -> list[int]:

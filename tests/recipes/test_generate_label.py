@@ -8,9 +8,11 @@ import pytest
 
 from rlhfkit.cli import main
 from rlhfkit.config import RewardConfig
+from rlhfkit.configs.label import LabelConfig, LabelDataConfig
 from rlhfkit.data.records import load_records
+from rlhfkit.labeling.synthetic import label_record, noisy_order, prefer_first
 from rlhfkit.recipes.generate import candidates_record
-from rlhfkit.recipes.label import LabelConfig, LabelDataConfig, label, label_record, noisy_order, prefer_first
+from rlhfkit.recipes.label import label
 
 
 def write_jsonl(path, rows):

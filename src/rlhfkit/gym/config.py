@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from rlhfkit.config import field, load_config
+from rlhfkit.configs.common import RuntimeConfig
 from rlhfkit.errors import UserError
 from rlhfkit.gym.envs import inspect_env
 from rlhfkit.training import OptimConfig
@@ -159,6 +160,9 @@ class GymConfig:
         doc="optimiser (Adam with eps 1e-5 at weight_decay 0; the schedule runs over the updates)",
     )
     eval: EvalConfig = field(factory=EvalConfig, doc="final evaluation")
+    runtime: RuntimeConfig = field(
+        factory=RuntimeConfig, doc="this process's computation (the MLPs run on 1 CPU thread unless threads > 0)"
+    )
     seed: int = field(0, "one seed for everything (sub-environment i is reset with seed + i)")
     out: str = field("", "output directory (default runs/gym-<env>-<timestamp>)")
 

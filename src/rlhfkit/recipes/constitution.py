@@ -32,7 +32,6 @@ is `rlhfkit label --judge ai` (recipes/label.py, rewards/ai_judge.py).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -41,55 +40,19 @@ from typing import Any
 
 import torch
 
-from rlhfkit.assets import PROMPTS
 from rlhfkit.checkpoint import seed_everything
-from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, config_from_args, field, save_config
+from rlhfkit.config import add_config_arguments, save_config
+from rlhfkit.configs.constitution import ConstitutionConfig
 from rlhfkit.data.records import Record, format_prompt, load_records, prompt_messages, prompt_text
-from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.recipes.generate import output_directory
 from rlhfkit.rewards.ai_judge import Principle, constitution_path, load_constitution
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import Runtime
+from rlhfkit.runtime import Runtime, run_config
 from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic, write_jsonl_atomic
 
 Generate = Callable[[list[str]], list[str]]  # formatted model inputs -> decoded responses, one per input
 FormatMessages = Callable[[list[dict[str, str]]], str]  # a conversation -> the model's input text (chat template)
-
-
-def _default_prompts() -> str:
-    return str(PROMPTS)
-
-
-@dataclasses.dataclass
-class ConstitutionDataConfig:
-    prompts: str = field(factory=_default_prompts, doc="prompt records to critique and revise responses for")
-    limit: int = field(0, "use only the first N prompts (0: all)")
-
-
-@dataclasses.dataclass
-class CritiqueConfig:
-    constitution: str = field(
-        "", "constitution YAML of principles (empty: the shipped src/rlhfkit/assets/constitution.yaml)"
-    )
-    revisions: int = field(1, "critique-revision rounds per prompt")
-    batch_size: int = field(16, "prompts per batched generation")
-
-    def __post_init__(self) -> None:
-        if self.revisions <= 0:
-            raise UserError(f"critique.revisions must be positive, got {self.revisions}")
-        if self.batch_size <= 0:
-            raise UserError(f"critique.batch_size must be positive, got {self.batch_size}")
-
-
-@dataclasses.dataclass
-class ConstitutionConfig:
-    model: ModelConfig = field(factory=ModelConfig, doc="the model that answers, critiques and revises")
-    data: ConstitutionDataConfig = field(factory=ConstitutionDataConfig, doc="prompts")
-    critique: CritiqueConfig = field(factory=CritiqueConfig, doc="the constitution and the rounds")
-    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of responses, critiques and revisions")
-    seed: int = field(0, "seed for sampling and for the choice of principles")
-    out: str = field("", "output directory (default runs/constitution-<time>)")
 
 
 # ---------------------------------------------------------------------------
@@ -246,7 +209,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = constitution(config_from_args(ConstitutionConfig, args))
+    path = constitution(run_config(ConstitutionConfig, args))
     count = json.loads((path.parent / "summary.json").read_text())["demonstrations"]
     print(f"rlhfkit constitution: {count} demonstrations in {path}; next: rlhfkit sft --set data.train={path}")
     return 0

@@ -20,7 +20,7 @@ Each stage is the ordinary command's Python API (`generate`, `label`, `RewardMod
 every stage's output follows the same contract as running it by hand. A stage whose summary.json
 exists is done and skipped; one with a checkpoint resumes from it. Rerunning `rlhfkit demo --out
 DIR` after an interruption therefore continues where it stopped. Stages 5 and 6 live in
-`recipes/demo_report.py`.
+`rlhfkit/reporting.py`.
 """
 
 from __future__ import annotations
@@ -33,175 +33,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.assets import EVAL_PROMPTS, PROMPTS
 from rlhfkit.checkpoint import latest_checkpoint
 from rlhfkit.config import (
     EMBEDDED_MODEL,
     GenerationConfig,
-    LoRAConfig,
-    ModelConfig,
     RewardConfig,
     add_config_arguments,
-    check_precision,
-    config_from_args,
-    field,
     save_config,
 )
+from rlhfkit.configs.demo import QUICK, DemoConfig, generate_config, label_config, ppo_config, rm_config
 from rlhfkit.data import load_records
 from rlhfkit.errors import UserError
-from rlhfkit.models.heads import check_pooling
 from rlhfkit.models.tiny import build_tiny_model
-from rlhfkit.recipes.demo_report import evaluate_policies, plot_demo, write_report, write_summary
-from rlhfkit.recipes.generate import GenerateConfig, GenerateDataConfig, generate
-from rlhfkit.recipes.label import LabelConfig, LabelDataConfig, NoiseConfig, label
+from rlhfkit.recipes.generate import generate
+from rlhfkit.recipes.label import label
 from rlhfkit.recipes.ppo import PPOTrainer
-from rlhfkit.recipes.ppo_config import KLConfig, PPOConfig, PPODataConfig, PPOTrainConfig
-from rlhfkit.recipes.reward import NormalizeConfig, RewardModelTrainer, RMConfig, RMDataConfig, RMTrainConfig
+from rlhfkit.recipes.reward import RewardModelTrainer
+from rlhfkit.reporting import evaluate_policies, plot_demo, write_report, write_summary
 from rlhfkit.rewards import build_reward
-from rlhfkit.runtime import RunDirectory
+from rlhfkit.runtime import RunDirectory, run_config
 from rlhfkit.tracking import read_jsonl, write_json_atomic, write_jsonl_atomic
-from rlhfkit.training import OptimConfig
-
-
-@dataclasses.dataclass
-class DemoConfig:
-    model: str = field(EMBEDDED_MODEL, "the initial policy (also the reward model's backbone and the reference)")
-    prompts: str = field(str(PROMPTS), "training prompts")
-    eval_prompts: str = field(str(EVAL_PROMPTS), "held-out prompts for the before/after evaluation")
-    judge: str = field("sentiment", "the gold judge that stands in for people: sentiment, length, rouge or function")
-    judge_function: str = field("", "package.module:function when judge=function")
-    label_noise: float = field(
-        0.05, "noise temperature T of the synthetic labels (Plackett-Luce rankings with weights exp(score/T))"
-    )
-    num_prompts: int = field(48, "prompts answered for the preference data")
-    num_candidates: int = field(8, "candidate responses per prompt, ranked as one K-way ranking")
-    max_new_tokens: int = field(32, "response length cap, in every stage")
-    rm_steps: int = field(60, "reward-model optimiser steps")
-    rm_batch_size: int = field(
-        2, "rankings per reward-model step (each gives C(K,2) comparisons from K forward passes)"
-    )
-    rm_learning_rate: float = field(2e-4, "reward-model learning rate (LoRA)")
-    rm_pooling: str = field(
-        "mean",
-        "where the reward head reads: mean (over the response tokens; learns the sentiment judge faster) or last",
-    )
-    rm_heldout_fraction: float = field(
-        0.2, "share of the prompts whose candidates are held out, labelled without noise, to measure the reward model"
-    )
-    ppo_steps: int = field(12, "PPO iterations")
-    ppo_batch_size: int = field(16, "prompts per PPO iteration")
-    ppo_epochs: int = field(2, "PPO epochs per iteration")
-    ppo_learning_rate: float = field(
-        3e-4, "PPO learning rate (LoRA on the top layers: 1e-4 barely moved it, 4e-4 pushed KL past 5)"
-    )
-    ppo_top_layers: int = field(
-        8, "LoRA on the policy's last N layers (0: all); the update then skips the frozen layers below"
-    )
-    kl_coef: float = field(0.05, "β of the KL penalty")
-    num_eval_prompts: int = field(32, "held-out prompts in the evaluation")
-    dtype: str = field("auto", "forward-pass precision: auto, float32 or bfloat16 (as model.dtype)")
-    seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/demo-<time>)")
-
-    def __post_init__(self) -> None:
-        self.dtype = check_precision(self.dtype, "dtype")
-        if self.judge not in ("sentiment", "length", "rouge", "function"):
-            raise UserError(f"judge must be sentiment, length, rouge or function, got {self.judge!r}")
-        if not 0 < self.rm_heldout_fraction < 1:
-            raise UserError(f"rm_heldout_fraction must be in (0, 1), got {self.rm_heldout_fraction}")
-        if self.label_noise <= 0:
-            raise UserError(
-                f"label_noise must be positive (noise-free rankings drop every prompt with tied scores), "
-                f"got {self.label_noise}"
-            )
-        if self.num_candidates < 2:
-            raise UserError(f"num_candidates must be at least 2 to form pairs, got {self.num_candidates}")
-        check_pooling(self.rm_pooling, "rm_pooling")
-        if self.ppo_top_layers < 0:
-            raise UserError(f"ppo_top_layers must be >= 0 (0: LoRA on every layer), got {self.ppo_top_layers}")
-
-    @property
-    def gold_judge(self) -> RewardConfig:
-        """The judge that labels the preference data and scores the evaluation."""
-        return RewardConfig(kind=self.judge, function=self.judge_function)
-
-
-# A tiny random model and small stages: the same pipeline in well under two minutes (what the tests run).
-QUICK = {
-    "num_prompts": 16, "num_candidates": 3, "max_new_tokens": 8, "rm_steps": 12, "rm_batch_size": 4,
-    "ppo_steps": 3, "ppo_batch_size": 8, "ppo_epochs": 1, "ppo_top_layers": 1, "num_eval_prompts": 8,
-}  # fmt: skip
-
-
-# ---------------------------------------------------------------------------
-# 1-4: each stage's typed config, built from the demo's
-# ---------------------------------------------------------------------------
-
-
-def generate_config(config: DemoConfig, out: Path) -> GenerateConfig:
-    return GenerateConfig(
-        model=ModelConfig(name=config.model, dtype=config.dtype),
-        data=GenerateDataConfig(prompts=config.prompts, limit=config.num_prompts),
-        generation=GenerationConfig(max_new_tokens=config.max_new_tokens),
-        num_responses=config.num_candidates,
-        seed=config.seed,
-        out=str(out),
-    )
-
-
-def label_config(config: DemoConfig, candidates: Path, fmt: str, noise: float, out: Path) -> LabelConfig:
-    return LabelConfig(
-        data=LabelDataConfig(train=str(candidates)),
-        reward=config.gold_judge,
-        format=fmt,
-        noise=NoiseConfig(temperature=noise),
-        dtype=config.dtype,
-        seed=config.seed,
-        out=str(out),
-    )
-
-
-def rm_config(config: DemoConfig, rankings: Path, heldout: Path, out: Path) -> RMConfig:
-    """A LoRA reward model on the rankings, evaluated at the end on the held-out prompts' comparisons."""
-    return RMConfig(
-        model=ModelConfig(name=config.model, dtype=config.dtype, lora=LoRAConfig(enabled=True)),
-        data=RMDataConfig(train=str(rankings), eval=str(heldout)),
-        train=RMTrainConfig(
-            steps=config.rm_steps,
-            batch_size=config.rm_batch_size,
-            eval_every=config.rm_steps,
-            checkpoint_every=max(config.rm_steps // 2, 1),
-        ),
-        optim=OptimConfig(learning_rate=config.rm_learning_rate),
-        pooling=config.rm_pooling,
-        normalize=NormalizeConfig(
-            num_prompts=config.ppo_batch_size, generation=GenerationConfig(max_new_tokens=config.max_new_tokens)
-        ),
-        seed=config.seed,
-        out=str(out),
-    )
-
-
-def ppo_config(config: DemoConfig, reward_model: Path, out: Path) -> PPOConfig:
-    """PPO with LoRA on the policy's top layers against the learned reward model (its minibatch derived)."""
-    lora = LoRAConfig(enabled=True, top_layers=config.ppo_top_layers)
-    return PPOConfig(
-        model=ModelConfig(name=config.model, dtype=config.dtype, lora=lora),
-        data=PPODataConfig(prompts=config.prompts),
-        generation=GenerationConfig(max_new_tokens=config.max_new_tokens),
-        reward=RewardConfig(kind="model", model=str(reward_model)),
-        kl=KLConfig(coef=config.kl_coef),
-        train=PPOTrainConfig(
-            steps=config.ppo_steps,
-            batch_size=config.ppo_batch_size,
-            ppo_epochs=config.ppo_epochs,
-            checkpoint_every=max(config.ppo_steps // 4, 1),
-        ),
-        optim=OptimConfig(learning_rate=config.ppo_learning_rate),
-        seed=config.seed,
-        out=str(out),
-    )
-
 
 # ---------------------------------------------------------------------------
 # The pipeline
@@ -285,7 +136,7 @@ def run_pipeline(config: DemoConfig, configs: dict[str, Any], out: Path) -> dict
 
 
 def evaluate(config: DemoConfig, stages: dict[str, Path], out: Path) -> dict[str, Any]:
-    """Stage 5 (demo_report.evaluate_policies) into 5-evaluate/evaluation.json, unless it is there already."""
+    """Stage 5 (reporting.evaluate_policies) into 5-evaluate/evaluation.json, unless it is there already."""
     path = out / "5-evaluate" / "evaluation.json"
     if path.exists():
         print("rlhfkit demo: stage 5-evaluate already done, skipping", flush=True)
@@ -338,7 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(DemoConfig, args, base=dict(QUICK) if args.quick else None)
+    config = run_config(DemoConfig, args, defaults=dict(QUICK) if args.quick else None)
     out = RunDirectory.resolve(config.out, "demo", resume=False).path
     tiny = out / "tiny-model"
     if args.quick and config.model == EMBEDDED_MODEL:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -38,27 +37,24 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from rlhfkit.algorithms import conservative_dpo_loss, dpo_loss, ipo_loss, share_weight
-from rlhfkit.assets import EVAL_PROMPTS
-from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, add_config_arguments, field
+from rlhfkit.config import add_config_arguments
+from rlhfkit.configs.dpo import DPOConfig, DPODataConfig, DPOTrainConfig
 from rlhfkit.data import format_prompt, load_records, prompt_text
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.loading import save_policy
 from rlhfkit.models.lora import apply_lora, is_lora
-from rlhfkit.recipes.sft import split_records
 from rlhfkit.rewards import build_reward, checked_scores
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, check_micro_batches, fit, run_config
 from rlhfkit.training import (
-    OptimConfig,
     batch_indices,
     build_optimizer,
-    check_held_out,
-    check_schedule,
     load_training_state,
     optimizer_step,
     sequence_logprobs,
+    split_records,
     training_state,
 )
 
@@ -74,58 +70,6 @@ LOSSES: dict[str, Callable[[DPOTrainConfig], PreferenceLoss]] = {
     "ipo": lambda c: functools.partial(ipo_loss, tau=c.beta),
     "conservative": lambda c: functools.partial(conservative_dpo_loss, beta=c.beta, label_smoothing=c.label_smoothing),
 }
-
-
-@dataclasses.dataclass
-class DPODataConfig:
-    train: str = field("", "comparisons: prompt + chosen + rejected (e.g. from `rlhfkit label`)")
-    eval: str = field("", "held-out comparisons (empty: hold out data.eval_fraction of data.train)")
-    eval_fraction: float = field(0.1, "share of data.train held out when data.eval is empty")
-    prompts: str = field(str(EVAL_PROMPTS), "held-out prompts whose answers measure the policy's KL to the reference")
-    max_length: int = field(256, "tokens per prompt + response; the prompt is cut from the left first")
-
-    def __post_init__(self) -> None:
-        check_held_out(self)
-
-
-@dataclasses.dataclass
-class DPOTrainConfig:
-    steps: int = field(100, "optimiser steps")
-    batch_size: int = field(8, "comparison pairs per optimiser step")
-    micro_batch_size: int = field(0, "pairs per forward pass; gradients accumulate up to batch_size (0: = batch_size)")
-    loss: str = field("dpo", "dpo, ipo or conservative (label-smoothed DPO)")
-    beta: float = field(0.1, "β: strength of the pull to the reference (IPO's τ)")
-    label_smoothing: float = field(0.1, "for loss=conservative: probability that a label is flipped, in [0, 0.5)")
-    eval_every: int = field(25, "evaluate every N steps (and at the end)")
-    kl_prompts: int = field(16, "held-out prompts answered at each evaluation to measure KL (0: none)")
-    score_answers: bool = field(False, "also score held-out answers with reward.* (a gold measure, never trained on)")
-    reference_batch_size: int = field(16, "pairs per forward pass when caching the reference log-probs")
-    checkpoint_every: int = field(50, "save a checkpoint every N steps (and at the end)")
-
-    def __post_init__(self) -> None:
-        check_schedule(self, positive=("reference_batch_size", "beta"))
-        if self.loss not in LOSSES:
-            raise UserError(f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise UserError(f"train.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.kl_prompts < 0:
-            raise UserError(f"train.kl_prompts must be >= 0, got {self.kl_prompts}")
-
-
-@dataclasses.dataclass
-class DPOConfig:
-    model: ModelConfig = field(factory=ModelConfig, doc="the policy, which is also the reference")
-    data: DPODataConfig = field(factory=DPODataConfig, doc="data")
-    train: DPOTrainConfig = field(factory=DPOTrainConfig, doc="loss and schedule")
-    optim: OptimConfig = field(factory=lambda: OptimConfig(learning_rate=5e-6), doc="optimiser")
-    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of the held-out answers")
-    reward: RewardConfig = field(factory=RewardConfig, doc="gold scorer of held-out answers, with train.score_answers")
-    seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/dpo-<time>)")
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.train.micro_batch_size or self.train.batch_size
 
 
 def load_pairs(config: DPODataConfig, tokenizer: Any) -> dict[str, list[Pair]]:
@@ -192,7 +136,7 @@ class DPOTrainer:
         self.kl_prompts = load_records(config.data.prompts, "prompts")[: train.kl_prompts] if train.kl_prompts else []
         model = load_causal_lm(config.model.name, self.tokenizer)
         self.runtime.settle_precision(config.model, model)
-        check_micro_batches(train.batch_size, config.micro_batch_size, self.runtime.num_processes)
+        check_micro_batches(train.batch_size, config.train.micro_batch, self.runtime.num_processes)
         self.gold = build_reward(config.reward, config.model.dtype) if train.score_answers else None
         keep_copy = self.kl_prompts and not config.model.lora.enabled  # held-out KL's reference; LoRA's is the base
         self.reference_copy = copy.deepcopy(model).requires_grad_(False).to(self.runtime.device) if keep_copy else None
@@ -236,7 +180,7 @@ class DPOTrainer:
         """STATISTICS over the `total` pairs of all processes, this one holding `indices` of `split`. With gradients
         on, each micro-batch's mean loss is backwarded weighted by its share of `total` (`share_weight`)."""
         pairs, reference = self.pairs[split], self.reference[split]
-        sums, size = torch.zeros(len(STATISTICS), device=self.runtime.device), self.config.micro_batch_size
+        sums, size = torch.zeros(len(STATISTICS), device=self.runtime.device), self.config.train.micro_batch
         for chunk in [indices[start : start + size] for start in range(0, len(indices), size)]:
             policy = pair_logprobs(model, [pairs[i] for i in chunk], self.tokenizer.pad_token_id, self.runtime)
             losses, *rewards = self.loss_fn(*policy.unbind(1), *reference[chunk].unbind(1))

@@ -12,7 +12,6 @@ The candidates feed `rlhfkit label` (a judge), the labelling web app (people), o
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -21,42 +20,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from rlhfkit.assets import PROMPTS
 from rlhfkit.checkpoint import seed_everything
-from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, config_from_args, field, save_config
+from rlhfkit.config import add_config_arguments, save_config
+from rlhfkit.configs.generate import GenerateConfig
 from rlhfkit.data import format_prompt, load_records
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import RunDirectory, Runtime
+from rlhfkit.runtime import RunDirectory, Runtime, run_config
 from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
-
-
-@dataclasses.dataclass
-class GenerateDataConfig:
-    prompts: str = field(str(PROMPTS), "prompts file (JSONL/JSON/CSV/Parquet) or datasets id")
-    limit: int = field(0, "use only the first N prompts (0: all)")
-
-    def __post_init__(self) -> None:
-        if self.limit < 0:
-            raise UserError(f"data.limit must be >= 0, got {self.limit}")
-
-
-@dataclasses.dataclass
-class GenerateConfig:
-    model: ModelConfig = field(factory=ModelConfig, doc="the model that answers")
-    data: GenerateDataConfig = field(factory=GenerateDataConfig, doc="data")
-    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling")
-    num_responses: int = field(4, "K: responses sampled per prompt")
-    batch_size: int = field(8, "prompts per sampling batch (each repeated K times)")
-    seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/generate-<time>)")
-
-    def __post_init__(self) -> None:
-        if self.num_responses <= 0 or self.batch_size <= 0:
-            raise UserError(
-                f"num_responses and batch_size must be positive, got {self.num_responses} and {self.batch_size}"
-            )
 
 
 def candidates_record(record: dict[str, Any], responses: list[str]) -> dict[str, Any]:
@@ -130,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = generate(config_from_args(GenerateConfig, args))
+    path = generate(run_config(GenerateConfig, args))
     summary = json.loads((path.parent / "summary.json").read_text())
     print(f"rlhfkit generate: {summary['responses']} responses to {summary['records']} prompts in {path}")
     return 0

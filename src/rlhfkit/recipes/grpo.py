@@ -14,31 +14,11 @@ config.yaml records the resolved configuration, so `--resume` continues with it 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from rlhfkit.config import add_config_arguments, config_from_args, load_config
+from rlhfkit.config import add_config_arguments, load_config
+from rlhfkit.configs.ppo import COMMAND_DEFAULTS, PPOConfig
 from rlhfkit.recipes.ppo import train_command
-from rlhfkit.recipes.ppo_config import PPOConfig
 from rlhfkit.runtime import run_config
-
-# command -> the configuration keys whose defaults it changes (a base under --config and --set)
-COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "grpo": {
-        "algorithm": {"advantage": "grpo", "group_size": 4, "kl_in": "loss", "kl_estimator": "k3"},
-        "train": {"batch_size": 4},
-    },
-    "rloo": {
-        "algorithm": {"advantage": "rloo", "group_size": 4, "kl_in": "reward"},
-        "train": {"batch_size": 4},
-    },
-}
-
-
-def command_config(command: str, args: argparse.Namespace) -> PPOConfig:
-    """The configuration of `rlhfkit <command>`: its defaults, then --config and --set (the run's own with --resume)."""
-    if getattr(args, "resume", False):
-        return run_config(PPOConfig, args)  # config.yaml holds the command's defaults already
-    return config_from_args(PPOConfig, args, base=COMMAND_DEFAULTS[command])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,4 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return train_command(command_config(args.command, args), args.command, args.resume)
+    # with --resume the run's config.yaml is the base: it holds the command's defaults already
+    config = run_config(PPOConfig, args, defaults=COMMAND_DEFAULTS[args.command])
+    return train_command(config, args.command, args.resume)

@@ -24,8 +24,9 @@ Where this departs from the papers' text, and why:
   - Each algorithm, and each on a Box action space, starts from its own defaults
     (`rlhfkit.gym.config.algorithm_defaults`, under any config file and --set); for Box action
     spaces those normalise observations and scale rewards (baselines' VecNormalize).
-  - The MLPs compute on the CPU in one thread, whatever the runtime's device: for networks this
-    small that was measured fastest, and a fixed thread count keeps runs reproducible.
+  - The MLPs compute on the CPU in one thread (unless runtime.threads says otherwise), whatever the
+    runtime's device: for networks this small that was measured fastest, and a fixed thread count
+    keeps runs reproducible.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class GymTrainer:
     command = "gym"
 
     def __init__(self, config: GymConfig, runtime: Runtime | None = None):
-        torch.set_num_threads(1)
+        torch.set_num_threads(config.runtime.threads or 1)
         self.config = config
         self.runtime = runtime or Runtime(seed=config.seed)
         # the rollout and the update run in one process: refuse N processes rather than train N times

@@ -22,10 +22,8 @@ responses of one prompt are merged first, since a record may not compare a text 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -33,147 +31,22 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from rlhfkit.config import (
-    REWARD_KINDS,
-    ModelConfig,
-    RewardConfig,
-    add_config_arguments,
-    check_precision,
-    config_from_args,
-    field,
-    save_config,
-)
+from rlhfkit.config import REWARD_KINDS, add_config_arguments, save_config
+from rlhfkit.configs.label import FORMATS, AILabelConfig, LabelConfig
 from rlhfkit.data import load_records, prompt_text
 from rlhfkit.errors import UserError
+from rlhfkit.labeling.synthetic import distinct_responses, label_record
 from rlhfkit.recipes.generate import output_directory
 from rlhfkit.rewards import build_reward, checked_scores, validate_records_for_reward
 from rlhfkit.rewards.ai_judge import (
-    JudgeConfig,
     ai_comparisons,
     constitution_path,
     load_constitution,
     load_judge,
     position_bias,
 )
+from rlhfkit.runtime import run_config
 from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
-
-FORMATS = ("comparisons", "rankings", "choices")
-
-
-@dataclasses.dataclass
-class LabelDataConfig:
-    train: str = field(
-        "", 'candidates: prompt + "responses" (e.g. OUT/candidates.jsonl of `rlhfkit generate`); required'
-    )
-
-
-@dataclasses.dataclass
-class NoiseConfig:
-    temperature: float = field(
-        0.0, "T of the Bradley-Terry label noise P(a ≻ b) = σ((s_a - s_b)/T); 0: the judge's exact order"
-    )
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise UserError(f"noise.temperature must be >= 0, got {self.temperature}")
-
-
-@dataclasses.dataclass
-class LabelConfig:
-    data: LabelDataConfig = field(factory=LabelDataConfig, doc="data")
-    reward: RewardConfig = field(factory=RewardConfig, doc="the judge (also --judge KIND)")
-    format: str = field("comparisons", "records to write: comparisons (all pairs), rankings or choices (also --format)")
-    noise: NoiseConfig = field(factory=NoiseConfig, doc="label noise")
-    dtype: str = field("auto", "precision of a reward-model judge: auto, float32 or bfloat16 (as model.dtype)")
-    seed: int = field(0, "seed of the label noise")
-    out: str = field("", "output directory (default runs/label-<time>)")
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise UserError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        self.dtype = check_precision(self.dtype, "dtype")
-
-
-@dataclasses.dataclass
-class AILabelConfig:
-    """The keys of `rlhfkit label --judge ai`: a judge model instead of a reward source."""
-
-    data: LabelDataConfig = field(factory=LabelDataConfig, doc="data")
-    model: ModelConfig = field(
-        factory=ModelConfig,
-        doc="the policy: the judge unless judge.model names another (model.dtype is the judge's precision)",
-    )
-    judge: JudgeConfig = field(factory=JudgeConfig, doc="the AI judge")
-    seed: int = field(0, "seed for the choice of principles")
-    out: str = field("", "output directory (default runs/label-<time>)")
-
-
-# ---------------------------------------------------------------------------
-# Labelling: scores -> preferences (pure, given an RNG)
-# ---------------------------------------------------------------------------
-
-
-def prefer_first(score_a: float, score_b: float, temperature: float, rng: random.Random) -> bool | None:
-    """Whether a ≻ b: σ((s_a − s_b)/T)-distributed with T > 0; the higher score with T = 0, None on a tie."""
-    if temperature > 0:
-        return rng.random() < 1 / (1 + math.exp(-(score_a - score_b) / temperature))
-    return None if score_a == score_b else score_a > score_b
-
-
-def noisy_order(scores: list[float], temperature: float, rng: random.Random) -> list[int] | None:
-    """Indices best first: by score at T = 0 (None if any two tie), else a Plackett-Luce draw with weights exp(s/T).
-
-    Sorting s/T + Gumbel noise draws a Plackett-Luce ranking; its first element is a softmax(s/T) draw.
-    """
-    if temperature > 0:
-        keys = [s / temperature - math.log(-math.log(rng.random() or 1e-300)) for s in scores]
-        return sorted(range(len(scores)), key=lambda i: -keys[i])
-    if len(set(scores)) < len(scores):
-        return None
-    return sorted(range(len(scores)), key=lambda i: -scores[i])
-
-
-def prompt_fields(record: dict[str, Any]) -> dict[str, Any]:
-    """Everything of a candidates record except its responses (prompt or messages, extra keys)."""
-    return {key: value for key, value in record.items() if key not in ("responses", "best")}
-
-
-def compare_pairs(
-    record: dict[str, Any], scores: list[float], temperature: float, judge: str, rng: random.Random
-) -> tuple[list[dict[str, Any]], int]:
-    """A comparison for every pair of the record's responses that the judge separates; and the ties skipped."""
-    responses, base = record["responses"], prompt_fields(record)
-    labelled, ties = [], 0
-    for a, b in itertools.combinations(range(len(responses)), 2):
-        first = prefer_first(scores[a], scores[b], temperature, rng)
-        if first is None:
-            ties += 1
-            continue
-        winner, loser = (a, b) if first else (b, a)
-        meta = {"judge": judge, "scores": [scores[winner], scores[loser]]}
-        labelled.append({**base, "chosen": responses[winner], "rejected": responses[loser], "meta": meta})
-    return labelled, ties
-
-
-def label_record(
-    record: dict[str, Any], scores: list[float], fmt: str, temperature: float, judge: str, rng: random.Random
-) -> tuple[list[dict[str, Any]], int]:
-    """Preference records from one candidates record (distinct responses) and the judge's scores; and ties skipped."""
-    if fmt == "comparisons":
-        return compare_pairs(record, scores, temperature, judge, rng)
-    order = noisy_order(scores, temperature, rng)
-    if order is None:
-        return [], 1
-    responses, base = record["responses"], prompt_fields(record)
-    if fmt == "rankings":
-        meta = {"judge": judge, "scores": [scores[i] for i in order]}
-        return [{**base, "responses": [responses[i] for i in order], "meta": meta}], 0
-    return [{**base, "responses": responses, "best": order[0], "meta": {"judge": judge, "scores": scores}}], 0
-
-
-def distinct_responses(record: dict[str, Any]) -> dict[str, Any]:
-    """The record with duplicate responses merged (first occurrence kept)."""
-    return {**record, "responses": list(dict.fromkeys(record["responses"]))}
 
 
 def load_candidates(source: str) -> list[dict[str, Any]]:
@@ -297,14 +170,14 @@ def run(args: argparse.Namespace) -> int:
     if args.judge == "ai":  # Constitutional AI's RL stage has its own keys (model.*, judge.*)
         if args.format not in (None, "comparisons"):
             raise UserError(f"--judge ai writes comparisons (with soft labels), not {args.format}")
-        path = label_with_ai(config_from_args(AILabelConfig, args))
+        path = label_with_ai(run_config(AILabelConfig, args))
     else:
         args.set = [
             *([f"reward.kind={args.judge}"] if args.judge else []),
             *([f"format={args.format}"] if args.format else []),
             *args.set,
         ]
-        path = label(config_from_args(LabelConfig, args))
+        path = label(run_config(LabelConfig, args))
     summary = json.loads((path.parent / "summary.json").read_text())
     print(
         f"rlhfkit label: {summary['records']} {path.stem} from {summary['candidates']} prompts "

@@ -57,6 +57,7 @@ from rlhfkit.algorithms import (
     update_kl_penalty_beta,
 )
 from rlhfkit.config import add_config_arguments
+from rlhfkit.configs.ppo import PPOConfig
 from rlhfkit.data import format_prompt, load_records, prompt_text
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.data.records import demonstration_response
@@ -64,7 +65,6 @@ from rlhfkit.errors import UserError
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.actor_critic import ActorCritic, load_actor_critic
 from rlhfkit.models.loading import save_policy
-from rlhfkit.recipes.ppo_config import PPOConfig
 from rlhfkit.rewards import RewardFn, build_reward, checked_scores, validate_records_for_reward
 from rlhfkit.rollout.experience import Experience, build_experience, shape_scores
 from rlhfkit.rollout.generation import Samples as Rollout

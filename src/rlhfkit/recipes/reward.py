@@ -30,7 +30,6 @@ Where this departs from a naive implementation, and why:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhfkit.algorithms import best_of_k_loss, bradley_terry_loss, ranking_loss, share_weight, soft_bradley_terry_loss
-from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field
+from rlhfkit.config import add_config_arguments
+from rlhfkit.configs.reward import RMConfig
 from rlhfkit.data import format_prompt, load_records
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.data.preferences import (
@@ -54,89 +54,19 @@ from rlhfkit.data.preferences import (
 )
 from rlhfkit.errors import UserError
 from rlhfkit.models import ScalarHeadModel, load_backbone, load_causal_lm, load_tokenizer
-from rlhfkit.models.heads import check_pooling
 from rlhfkit.models.loading import ADAPTER_DIR
 from rlhfkit.models.lora import apply_lora, exported, is_lora, save_reward_adapter
-from rlhfkit.recipes.sft import split_records
 from rlhfkit.rewards.calibration import pair_statistics, plot_reliability, reward_normalisation
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.runtime import RunDirectory, Runtime, StepOutput, check_micro_batches, fit, run_config
 from rlhfkit.training import (
-    OptimConfig,
     batch_indices,
     build_optimizer,
-    check_held_out,
-    check_schedule,
     load_training_state,
     optimizer_step,
+    split_records,
     training_state,
 )
-
-
-@dataclasses.dataclass
-class RMDataConfig:
-    train: str = field("", "comparisons, rankings or choices (e.g. the output of `rlhfkit label`); required")
-    eval: str = field("", "held-out records of the same kind (empty: hold out data.eval_fraction of data.train)")
-    eval_fraction: float = field(0.1, "share of data.train held out when data.eval is empty")
-    max_length: int = field(
-        256, "tokens per prompt + response; the prompt is cut from the left first, the response never dropped"
-    )
-
-    def __post_init__(self) -> None:
-        check_held_out(self)
-
-
-@dataclasses.dataclass
-class RMTrainConfig:
-    steps: int = field(200, "optimiser steps")
-    batch_size: int = field(8, "records (a pair, a ranking or a choice) per optimiser step")
-    micro_batch_size: int = field(
-        0, "records per forward pass; gradients accumulate up to batch_size (0: = batch_size)"
-    )
-    eval_every: int = field(50, "evaluate every N steps (and at the end)")
-    checkpoint_every: int = field(100, "save a checkpoint every N steps (and at the end)")
-
-    def __post_init__(self) -> None:
-        check_schedule(self)
-
-
-@dataclasses.dataclass
-class NormalizeConfig:
-    enabled: bool = field(True, "set gain and bias so the reference policy's responses score mean 0, std 1")
-    policy: str = field("", "the reference policy that samples those responses (empty: model.name)")
-    num_prompts: int = field(64, "training prompts answered by the reference policy (one response each)")
-    batch_size: int = field(16, "prompts per sampling batch")
-    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of the reference responses")
-
-    def __post_init__(self) -> None:
-        if self.num_prompts < 2 or self.batch_size <= 0:
-            raise UserError(
-                "normalize.num_prompts must be >= 2 and normalize.batch_size > 0, "
-                f"got {self.num_prompts}, {self.batch_size}"
-            )
-
-
-@dataclasses.dataclass
-class RMConfig:
-    model: ModelConfig = field(factory=ModelConfig, doc="the backbone: any causal LM, or an `rlhfkit sft` final/")
-    data: RMDataConfig = field(factory=RMDataConfig, doc="data")
-    train: RMTrainConfig = field(factory=RMTrainConfig, doc="schedule")
-    optim: OptimConfig = field(factory=lambda: OptimConfig(learning_rate=1e-5), doc="optimiser")
-    pooling: str = field(
-        "last",
-        "where the head reads: last (the last token, EOS; InstructGPT) or mean (averaged over the response tokens)",
-    )
-    normalize: NormalizeConfig = field(factory=NormalizeConfig, doc="reward normalisation after training")
-    seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/rm-<time>)")
-
-    def __post_init__(self) -> None:
-        check_pooling(self.pooling)
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.train.micro_batch_size or self.train.batch_size
-
 
 # ---------------------------------------------------------------------------
 # The loss (picked once), scoring, the batch's backward pass, the reference responses
@@ -232,7 +162,7 @@ class RewardModelTrainer:
     def __init__(self, config: RMConfig, runtime: Runtime | None = None):
         self.config = config
         self.runtime = runtime or Runtime(config.model.dtype, config.seed)
-        check_micro_batches(config.train.batch_size, config.micro_batch_size, self.runtime.num_processes)
+        check_micro_batches(config.train.batch_size, config.train.micro_batch, self.runtime.num_processes)
         self.tokenizer = load_tokenizer(config.model.name)
         self.load_preferences()
         backbone = load_backbone(config.model.name, self.tokenizer)
@@ -286,7 +216,7 @@ class RewardModelTrainer:
         self.model.train()
         pad = self.tokenizer.pad_token_id
         loss = batch_loss_backward(
-            self.model, local, self.loss_fn, pad, self.runtime, config.micro_batch_size, config.train.batch_size
+            self.model, local, self.loss_fn, pad, self.runtime, config.train.micro_batch, config.train.batch_size
         )
         learning_rate = self.scheduler.get_last_lr()[0]
         grad_norm = optimizer_step(self.params, self.optimizer, self.scheduler, config.optim.max_grad_norm)
@@ -299,7 +229,7 @@ class RewardModelTrainer:
         """Step 3: held-out loss, pair accuracy, mean margin and ECE; each distinct sequence scored once."""
         model, pad = self.unwrapped.eval(), self.tokenizer.pad_token_id
         sequences, indices = distinct_sequences(self.eval_records)
-        per_pass = self.config.micro_batch_size * len(self.eval_records[0]["items"])
+        per_pass = self.config.train.micro_batch * len(self.eval_records[0]["items"])
         passes = [sequences[start : start + per_pass] for start in range(0, len(sequences), per_pass)]
         scores = torch.cat([score_sequences(model, chunk, pad, self.runtime) for chunk in passes])
         rewards = rows_by_record([scores[i] for i in indices])  # (N, K_max), as record_rewards lays them out

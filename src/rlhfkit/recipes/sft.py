@@ -18,105 +18,36 @@ Where this departs from a naive implementation, and why:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlhfkit.algorithms import share_weight
-from rlhfkit.assets import DEMONSTRATIONS, EVAL_PROMPTS
-from rlhfkit.config import GenerationConfig, ModelConfig, add_config_arguments, field
+from rlhfkit.config import add_config_arguments
+from rlhfkit.configs.sft import SFTConfig
 from rlhfkit.data import format_prompt, load_records, prompt_text
 from rlhfkit.data.collate import pack_items, pad_batch, tokenize_prompt_response
 from rlhfkit.data.records import demonstration_response
-from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.loading import save_policy
 from rlhfkit.models.lora import apply_lora
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, check_micro_batches, fit, run_config
 from rlhfkit.training import (
-    OptimConfig,
     batch_indices,
     build_optimizer,
-    check_held_out,
-    check_schedule,
     load_training_state,
     optimizer_step,
     response_token_logprobs,
     response_token_nll,
+    split_records,
     training_state,
 )
-
-
-@dataclasses.dataclass
-class SFTDataConfig:
-    train: str = field(
-        str(DEMONSTRATIONS), "demonstrations: prompt + response, or messages ending with the assistant turn"
-    )
-    eval: str = field("", "held-out demonstrations (empty: hold out data.eval_fraction of data.train)")
-    eval_fraction: float = field(0.1, "share of data.train held out when data.eval is empty")
-    prompts: str = field(
-        str(EVAL_PROMPTS), "prompts whose sampled answers are logged to samples.jsonl at each evaluation"
-    )
-    max_length: int = field(
-        256, "tokens per example; the prompt is cut from the left first, the response never dropped"
-    )
-    packing: bool = field(False, "concatenate examples into rows of max_length tokens")
-
-    def __post_init__(self) -> None:
-        check_held_out(self)
-
-
-@dataclasses.dataclass
-class SFTTrainConfig:
-    steps: int = field(100, "optimiser steps")
-    batch_size: int = field(8, "examples (packed rows with data.packing) per optimiser step")
-    micro_batch_size: int = field(
-        0, "examples per forward pass; gradients accumulate up to batch_size (0: = batch_size)"
-    )
-    eval_every: int = field(25, "evaluate every N steps (and at the end)")
-    eval_samples: int = field(4, "prompts from data.prompts answered at each evaluation (0: none)")
-    checkpoint_every: int = field(50, "save a checkpoint every N steps (and at the end)")
-
-    def __post_init__(self) -> None:
-        check_schedule(self)
-
-
-@dataclasses.dataclass
-class SFTConfig:
-    model: ModelConfig = field(factory=ModelConfig, doc="the model to fine-tune")
-    data: SFTDataConfig = field(factory=SFTDataConfig, doc="data")
-    train: SFTTrainConfig = field(factory=SFTTrainConfig, doc="schedule")
-    optim: OptimConfig = field(factory=lambda: OptimConfig(learning_rate=2e-5), doc="optimiser")
-    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of the logged answers")
-    seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/sft-<time>)")
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.train.micro_batch_size or self.train.batch_size
-
 
 # ---------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------
-
-
-def split_records(
-    train: list[dict[str, Any]], eval_records: list[dict[str, Any]] | None, eval_fraction: float, source: str
-) -> tuple[list, list]:
-    """(train, eval): `eval_records` if given, else the last ceil(fraction * N) of `train` (at least 1)."""
-    if eval_records:
-        return train, eval_records
-    held_out = max(1, round(len(train) * eval_fraction))
-    if len(train) - held_out < 1:
-        raise UserError(
-            f"{source}: {len(train)} demonstration(s) are too few to hold out an eval split; "
-            "give data.eval or more records"
-        )
-    return train[:-held_out], train[-held_out:]
 
 
 def tokenize_demonstrations(
@@ -211,7 +142,7 @@ class SFTTrainer:
 
         model = load_causal_lm(config.model.name, self.tokenizer)
         self.runtime.settle_precision(config.model, model)
-        check_micro_batches(config.train.batch_size, config.micro_batch_size, self.runtime.num_processes)
+        check_micro_batches(config.train.batch_size, config.train.micro_batch, self.runtime.num_processes)
         model = apply_lora(model, config.model.lora) if config.model.lora.enabled else model
         optimizer, self.scheduler = build_optimizer(model.parameters(), config.optim, config.train.steps)
         self.model, self.optimizer = self.runtime.prepare(model, optimizer)
@@ -231,7 +162,7 @@ class SFTTrainer:
         local = self.runtime.shard(batch)
         pad = self.tokenizer.pad_token_id
         loss = batch_loss_backward(
-            self.model, local, pad, self.runtime, config.micro_batch_size, response_tokens(batch)
+            self.model, local, pad, self.runtime, config.train.micro_batch, response_tokens(batch)
         )
         learning_rate = self.scheduler.get_last_lr()[0]
         grad_norm = optimizer_step(self.params, self.optimizer, self.scheduler, config.optim.max_grad_norm)
@@ -243,7 +174,7 @@ class SFTTrainer:
         """Held-out loss, and answers to the sample prompts (sampled on their own seed)."""
         model = self.unwrapped.eval()
         loss = evaluation_loss(
-            model, self.eval_items, self.tokenizer.pad_token_id, self.runtime, self.config.micro_batch_size
+            model, self.eval_items, self.tokenizer.pad_token_id, self.runtime, self.config.train.micro_batch
         )
         if not self.sample_prompts:
             return {"eval/loss": loss}, None

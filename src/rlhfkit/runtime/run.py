@@ -111,20 +111,31 @@ class RunDirectory:
         return cls(path, checkpoint)
 
 
-def run_config(cls: type[T], args: argparse.Namespace) -> T:
+def run_config(cls: type[T], args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> T:
     """The command's config from --config / --set / --out; with --resume the run's own config.yaml is the base.
 
     So a resumed run continues with the model, batch, lengths and coefficients it started with,
-    and `--set` on the resume command changes only the keys it names.
+    and `--set` on the resume command changes only the keys it names. `defaults`: the command's own
+    defaults under --config and --set (a resumed run's config.yaml holds them already). The config's
+    `runtime` section is applied here (`apply_runtime`).
     """
-    base = None
+    base = defaults
     if getattr(args, "resume", False):
         out = args.out or next((item.partition("=")[2] for item in reversed(args.set) if item.startswith("out=")), "")
         saved = Path(out, "config.yaml") if out else None
         if saved is None or not saved.is_file():
             raise UserError(f"--resume: {saved or '--out'} is missing; name the run to continue with --out DIR")
         base = load_yaml_mapping(saved)
-    return config_from_args(cls, args, base=base)
+    config = config_from_args(cls, args, base=base)
+    apply_runtime(config)
+    return config
+
+
+def apply_runtime(config: Any) -> None:
+    """`runtime.threads` > 0: torch computes on that many CPU threads (0 leaves the CLI's `--threads`)."""
+    threads = getattr(getattr(config, "runtime", None), "threads", 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def due(step: int, every: int, total: int) -> bool:

@@ -7,8 +7,8 @@
                  proxy and gold reward against PPO step, KL against step, gold against KL (where
                  over-optimisation of the proxy would show)
 
-`recipes/demo.py` runs them after the training stages; they take plain values, not the demo's
-config, so this module does not import the pipeline.
+`rlhfkit demo` (recipes/demo.py) runs them after its training stages; they take plain values, not the
+demo's config, so this module does not import the pipeline.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The configuration of `rlhfkit ppo`: one dataclass per concern, nested into `PPOConfig`.
+"""The configuration of `rlhfkit ppo` (and `grpo`, `rloo`): one dataclass per concern, nested into `PPOConfig`.
 
 Sizes that follow from others are properties of `PPOConfig` (`group_size`, `mini_batch_size`,
 `micro_batch_size`, `optimizer_steps`), so a config.yaml keeps the user's 0 ("derived") and a resumed
@@ -8,10 +8,12 @@ run derives the same.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from rlhfkit.algorithms import KL_ESTIMATORS, LOSS_AGGREGATIONS
 from rlhfkit.assets import ARITHMETIC, PROMPTS
 from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, field
+from rlhfkit.configs.common import RuntimeConfig
 from rlhfkit.errors import UserError
 from rlhfkit.rollout.advantages import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, AdvantageSpec
 from rlhfkit.training import OptimConfig
@@ -197,6 +199,7 @@ class PPOConfig:
     optim: OptimConfig = field(
         factory=OptimConfig, doc="optimiser (the schedule runs over all optimiser steps of the run)"
     )
+    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
     seed: int = field(0, "one seed for everything")
     out: str = field("", "output directory (default runs/<command>-<time>)")
 
@@ -275,3 +278,16 @@ class PPOConfig:
             group_size=algorithm.responses_per_prompt,
             scale_by_std=algorithm.scale_by_std,
         )
+
+
+# `rlhfkit grpo` and `rlhfkit rloo`: the keys whose defaults each changes (a base under --config and --set)
+COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "grpo": {
+        "algorithm": {"advantage": "grpo", "group_size": 4, "kl_in": "loss", "kl_estimator": "k3"},
+        "train": {"batch_size": 4},
+    },
+    "rloo": {
+        "algorithm": {"advantage": "rloo", "group_size": 4, "kl_in": "reward"},
+        "train": {"batch_size": 4},
+    },
+}
