@@ -57,11 +57,19 @@ def test_degeneration_signals_of_a_collapsed_and_a_varied_set():
 # -- the stopping rule on scripted sequences ------------------------------------------------------------
 
 
-def evaluations(proxy, gold=None, spread=None, distinct_2=None):
+def evaluations(proxy, gold=None, spread=None, distinct_2=None, spread_range=None):
     count = len(proxy)
     gold, spread, distinct_2 = gold or [None] * count, spread or [None] * count, distinct_2 or [None] * count
     return [
-        Evaluation(step, p, kl=0.1 * step, gold=g, spread=s, degeneration={} if d is None else {"distinct_2": d})
+        Evaluation(
+            step,
+            p,
+            kl=0.1 * step,
+            gold=g,
+            spread=s,
+            spread_range=spread_range,
+            degeneration={} if d is None else {"distinct_2": d},
+        )  # fmt: skip
         for step, (p, g, s, d) in enumerate(zip(proxy, gold, spread, distinct_2))
     ]
 
@@ -101,11 +109,15 @@ def test_gold_below_its_start_by_more_than_the_tolerance_stops():
 
 
 def test_a_spread_outside_the_training_range_stops_and_no_range_means_no_check():
-    history = evaluations(proxy=[0, 1, 2], spread=[0.2, 0.25, 0.35])
-    actions, monitor = decisions(history, StopRules(spread_range=(0.1, 0.3)))
+    actions, monitor = decisions(evaluations([0, 1, 2], spread=[0.2, 0.25, 0.35], spread_range=[0.1, 0.3]), StopRules())
     assert actions == ["continue", "continue", "stop"]
     assert monitor.reason.startswith("the reward ensemble's spread 0.350 left the range [0.100, 0.300]")
-    assert decisions(history, StopRules())[0] == ["continue"] * 3
+    assert decisions(evaluations([0, 1, 2], spread=[0.2, 0.25, 0.35]), StopRules())[0] == ["continue"] * 3
+    # the first evaluation is the baseline, whatever it shows
+    assert decisions(evaluations([0, 1], spread=[0.9, 0.2], spread_range=[0.1, 0.3]), StopRules())[0] == [
+        "continue",
+        "continue",
+    ]
 
 
 def test_distinct_2_below_a_fraction_of_its_start_stops_only_when_asked():

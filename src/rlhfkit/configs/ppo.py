@@ -11,8 +11,8 @@ import dataclasses
 from typing import Any
 
 from rlhfkit.algorithms import KL_ESTIMATORS, LOSS_AGGREGATIONS
-from rlhfkit.assets import ARITHMETIC, PROMPTS
-from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, field
+from rlhfkit.assets import ARITHMETIC, EVAL_PROMPTS, PROMPTS
+from rlhfkit.config import REWARD_KINDS, GenerationConfig, ModelConfig, RewardConfig, field
 from rlhfkit.configs.common import RuntimeConfig
 from rlhfkit.errors import UserError
 from rlhfkit.rollout.advantages import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, AdvantageSpec
@@ -184,6 +184,59 @@ class CriticConfig:
             raise UserError(f"critic.kind must be shared or separate, got {self.kind!r}")
 
 
+MONITOR_ACTIONS = ("stop", "rollback")
+
+
+@dataclasses.dataclass
+class MonitorConfig:
+    enabled: bool = field(
+        False, "watch for reward hacking on held-out prompts and stop the run when it starts (rewards/hacking.py)"
+    )
+    gold: str = field(
+        "",
+        "an independent judge of the held-out samples, a reward.kind (sentiment, rouge, length, function, model, "
+        "verifiable); empty: no gold judge, and the rules that need one are off",
+    )
+    gold_function: str = field("", "package.module:function of the gold judge, for monitor.gold=function")
+    gold_model: str = field("", "reward-model directory of the gold judge, for monitor.gold=model")
+    prompts: str = field(str(EVAL_PROMPTS), "held-out prompts, never trained on (default: the packaged ones)")
+    num_prompts: int = field(16, "held-out prompts answered at each evaluation")
+    eval_every: int = field(2, "evaluate every N iterations (and before the first and after the last)")
+    patience: int = field(
+        2, "stop when the proxy reward rose and the gold score fell at this many evaluations in a row (Gao et al.)"
+    )
+    gold_tolerance: float = field(0.1, "stop when the gold score falls this far below its first value")
+    distinct_2_fraction: float = field(
+        0.0, "stop when distinct-2 of the responses falls below this fraction of its first value (0: off)"
+    )
+    action: str = field(
+        "stop", "on a stop: stop (final/ is the current policy) or rollback (final/ is the best gold evaluation's)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.action not in MONITOR_ACTIONS:
+            raise UserError(f"monitor.action must be stop or rollback, got {self.action!r}")
+        if self.gold and self.gold not in REWARD_KINDS:
+            raise UserError(f"monitor.gold must be empty or one of {', '.join(REWARD_KINDS)}, got {self.gold!r}")
+        if self.action == "rollback" and not self.gold:
+            raise UserError("monitor.action=rollback goes back to the best gold score: set monitor.gold=<judge>")
+        if self.num_prompts <= 0 or self.patience <= 0 or self.eval_every < 0:
+            raise UserError("monitor.num_prompts and monitor.patience must be positive, monitor.eval_every >= 0")
+        if self.gold_tolerance < 0 or not 0 <= self.distinct_2_fraction < 1:
+            raise UserError("monitor.gold_tolerance must be >= 0 and monitor.distinct_2_fraction in [0, 1)")
+        if self.gold == "function" and ":" not in self.gold_function:
+            raise UserError(f"monitor.gold_function must look like package.module:function, got {self.gold_function!r}")
+        if self.gold == "model" and not self.gold_model:
+            raise UserError("monitor.gold=model needs monitor.gold_model=<directory of an rlhfkit rm run>/final")
+
+    @property
+    def gold_reward(self) -> RewardConfig | None:
+        """The gold judge as a reward source's configuration; None without one."""
+        if not self.gold:
+            return None
+        return RewardConfig(kind=self.gold, function=self.gold_function, model=self.gold_model)
+
+
 @dataclasses.dataclass
 class PPOConfig:
     model: ModelConfig = field(factory=ModelConfig, doc="policy (and reference) model")
@@ -195,6 +248,7 @@ class PPOConfig:
     algorithm: AlgorithmConfig = field(factory=AlgorithmConfig, doc="advantage estimator, loss reduction, KL")
     ppo: PPOAlgorithmConfig = field(factory=PPOAlgorithmConfig, doc="PPO update")
     critic: CriticConfig = field(factory=CriticConfig, doc="critic")
+    monitor: MonitorConfig = field(factory=MonitorConfig, doc="reward-hacking monitor")
     train: PPOTrainConfig = field(factory=PPOTrainConfig, doc="schedule")
     optim: OptimConfig = field(
         factory=OptimConfig, doc="optimiser (the schedule runs over all optimiser steps of the run)"

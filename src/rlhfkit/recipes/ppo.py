@@ -9,6 +9,7 @@ One iteration, as in Ziegler et al. 2019 / Stiennon et al. 2020 / InstructGPT:
     5 update     K epochs of shuffled minibatches (`algorithms.ppo_epochs`): clipped surrogate (or the
                  PPO paper's adaptive-KL surrogate), clipped value loss, entropy bonus, PPO-ptx
     6 log        metrics and samples; adapt β (`rlhfkit.runtime.fit` owns checkpoints, final/, summary)
+    7 evaluate   monitor.enabled: proxy vs gold judge, KL, degeneration on held-out prompts; stop when hacked
 
 GRPO, RLOO and REINFORCE++ (`algorithm.advantage`; `rlhfkit grpo` and `rlhfkit rloo`) are this
 same iteration without a value model: step 4 takes its baseline from the scores of the K responses
@@ -65,6 +66,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.actor_critic import ActorCritic, load_actor_critic
 from rlhfkit.models.loading import save_policy
+from rlhfkit.recipes.ppo_monitor import HeldOutMonitor
 from rlhfkit.rewards import RewardFn, build_reward, checked_scores, validate_records_for_reward
 from rlhfkit.rollout.experience import Experience, build_experience, shape_scores
 from rlhfkit.rollout.generation import Samples as Rollout
@@ -91,7 +93,7 @@ class PPOTrainer:
     """
 
     plot_keys = ("reward/score_mean", "kl/mean", "policy/clipfrac", "value/explained_variance")
-    eval_every = 0
+    stop_reason = property(lambda self: self.watch.stop_reason)  # set: the monitor ends the run (`fit` reads it)
 
     def __init__(
         self,
@@ -132,7 +134,8 @@ class PPOTrainer:
         )
         self.score_moments = RunningMeanStd() if config.score.normalize else None
         self.step, self.total_steps = 0, config.train.steps
-        self.checkpoint_every = config.train.checkpoint_every
+        self.watch = HeldOutMonitor(config, runtime, reward_from_config=reward is None)
+        self.eval_every, self.checkpoint_every = self.watch.eval_every, config.train.checkpoint_every
 
     @property
     def unwrapped(self) -> ActorCritic:
@@ -323,8 +326,8 @@ class PPOTrainer:
         return {key: float(value) for key, value in metrics.items()}, samples
 
     def evaluate(self) -> StepOutput:
-        """PPO's figures are its rollouts' (train_step's metrics): no separate evaluation."""
-        return {}, None
+        """The reward-hacking monitor's held-out evaluation (monitor.*; nothing when it is off)."""
+        return self.watch.evaluate(self), None
 
     # -- what fit saves --------------------------------------------------------------------------
 
@@ -333,6 +336,7 @@ class PPOTrainer:
         state |= {"kl_controller": self.kl_controller.state_dict(), "penalty_beta": self.penalty_beta}
         if self.score_moments is not None:
             state["score_moments"] = self.score_moments.state_dict()
+        self.watch.save_into(tensors, state)
         return tensors, state
 
     def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
@@ -341,16 +345,19 @@ class PPOTrainer:
         self.penalty_beta = state["penalty_beta"]
         if self.score_moments is not None:
             self.score_moments.load_state_dict(state["score_moments"])
+        self.watch.load_from(tensors, state)
 
     def save_final(self, directory: Path) -> None:
         """`final/`: the policy as a plain model directory (LoRA merged, its adapter in adapter/), tokenizer, critic."""
         model = self.unwrapped
+        self.watch.roll_back(model)  # monitor.action=rollback on a stopped run: the best gold evaluation's weights
         save_policy(model.policy, self.tokenizer, directory, self.runtime.precision)
         if model.critic is not None:
             critic = {name: tensor.detach().contiguous().cpu() for name, tensor in model.critic.state_dict().items()}
             save_file(critic, str(directory / "critic.safetensors"))
 
     def summary(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
+        history = [h for h in history if "reward/score_mean" in h]  # not step 0's monitor evaluation
         scores = [h["reward/score_mean"] for h in history]
         return {
             "advantage": self.config.algorithm.advantage,
@@ -359,6 +366,7 @@ class PPOTrainer:
             "score_last5_mean": sum(scores[-5:]) / len(scores[-5:]),
             "kl_last": history[-1]["kl/mean"],
             "seconds_per_step": sum(h["time/step_s"] for h in history) / len(history),
+            **self.watch.summary(out),
         }
 
     def train(self, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:

@@ -90,6 +90,7 @@ class Evaluation:
     kl: float
     gold: float | None = None
     spread: float | None = None
+    spread_range: list[float] | None = None  # [low, high] seen in the scoring reward model's training; None: unknown
     degeneration: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -98,7 +99,6 @@ class StopRules:
     patience: int = 2  # evaluations in a row of proxy up, gold down
     gold_tolerance: float = 0.1  # how far below its first value the gold may fall
     distinct_2_fraction: float = 0.0  # 0: off
-    spread_range: tuple[float, float] | None = None  # None: no range known, the check is off
 
 
 class Decision(NamedTuple):
@@ -131,8 +131,9 @@ def gold_below_start(history: Sequence[Evaluation], tolerance: float) -> str | N
     return f"the gold score {now:.3f} fell below its start {start:.3f} by more than monitor.gold_tolerance {tolerance}"
 
 
-def spread_outside(history: Sequence[Evaluation], spread_range: tuple[float, float] | None) -> str | None:
-    spread = history[-1].spread
+def spread_outside(history: Sequence[Evaluation]) -> str | None:
+    """The latest spread against the range of the reward model that scored it (the online loop retrains it)."""
+    spread, spread_range = history[-1].spread, history[-1].spread_range
     if spread_range is None or spread is None or spread_range[0] <= spread <= spread_range[1]:
         return None
     low, high = spread_range
@@ -153,11 +154,16 @@ def degenerate(history: Sequence[Evaluation], fraction: float) -> str | None:
 
 
 def decide(history: Sequence[Evaluation], rules: StopRules) -> Decision:
-    """The first rule of the module docstring that fires on `history` (oldest first)."""
+    """The first rule of the module docstring that fires on `history` (oldest first).
+
+    The first evaluation (before any training step) is the baseline: nothing stops there.
+    """
+    if len(history) < 2:
+        return Decision("continue", "")
     reason = (
         over_optimisation(history, rules.patience)
         or gold_below_start(history, rules.gold_tolerance)
-        or spread_outside(history, rules.spread_range)
+        or spread_outside(history)
         or degenerate(history, rules.distinct_2_fraction)
     )
     return Decision("stop", reason) if reason else Decision("continue", "")
