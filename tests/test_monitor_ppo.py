@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from rlhfkit.cli import main
 from rlhfkit.config import RewardConfig
+from rlhfkit.configs.demo import DemoConfig, ppo_config
 from rlhfkit.recipes.ppo_monitor import spread_range_of
 from rlhfkit.tracking import read_jsonl
 
@@ -152,3 +153,9 @@ def test_the_spread_range_comes_from_the_reward_source_or_its_reward_json(tmp_pa
     (tmp_path / "reward.json").write_text(json.dumps({"gain": 1.0, "bias": 0.0}))
     assert spread_range_of(lambda p, r, x: [0.0], RewardConfig(kind="model", model=str(tmp_path))) is None
     assert spread_range_of(lambda p, r, x: [0.0], RewardConfig(kind="sentiment")) is None
+
+
+def test_the_demo_watches_its_ppo_stage_with_its_judge_as_gold(tmp_path):
+    config = ppo_config(DemoConfig(dtype="float32", judge="length", ppo_steps=12), tmp_path / "rm", tmp_path / "ppo")
+    assert (config.monitor.enabled, config.monitor.gold, config.monitor.eval_every) == (True, "length", 3)
+    assert config.monitor.prompts == DemoConfig().eval_prompts

@@ -23,7 +23,7 @@ from rlhfkit.config import (
 from rlhfkit.configs.common import RuntimeConfig, ScheduleConfig
 from rlhfkit.configs.generate import GenerateConfig, GenerateDataConfig
 from rlhfkit.configs.label import LabelConfig, LabelDataConfig, NoiseConfig
-from rlhfkit.configs.ppo import KLConfig, PPOConfig, PPODataConfig, PPOTrainConfig
+from rlhfkit.configs.ppo import KLConfig, MonitorConfig, PPOConfig, PPODataConfig, PPOTrainConfig
 from rlhfkit.configs.reward import NormalizeConfig, RMConfig, RMDataConfig
 from rlhfkit.errors import UserError
 from rlhfkit.models.heads import check_pooling
@@ -154,14 +154,27 @@ def rm_config(config: DemoConfig, rankings: Path, heldout: Path, out: Path) -> R
 
 
 def ppo_config(config: DemoConfig, reward_model: Path, out: Path) -> PPOConfig:
-    """PPO with LoRA on the policy's top layers against the learned reward model (its minibatch derived)."""
+    """PPO with LoRA on the policy's top layers against the learned reward model (its minibatch derived).
+
+    The reward-hacking monitor watches the learned reward against the demo's judge on held-out prompts
+    and stops PPO when the two part ways (Gao et al. 2022).
+    """
     lora = LoRAConfig(enabled=True, top_layers=config.ppo_top_layers)
+    monitor = MonitorConfig(
+        enabled=True,
+        gold=config.judge,
+        gold_function=config.judge_function,
+        prompts=config.eval_prompts,
+        num_prompts=min(config.num_eval_prompts, MonitorConfig.num_prompts),
+        eval_every=max(config.ppo_steps // 4, 1),
+    )
     return PPOConfig(
         model=ModelConfig(name=config.model, dtype=config.dtype, lora=lora),
         data=PPODataConfig(prompts=config.prompts),
         generation=GenerationConfig(max_new_tokens=config.max_new_tokens),
         reward=RewardConfig(kind="model", model=str(reward_model)),
         kl=KLConfig(coef=config.kl_coef),
+        monitor=monitor,
         train=PPOTrainConfig(
             steps=config.ppo_steps,
             batch_size=config.ppo_batch_size,
