@@ -236,7 +236,9 @@ def plot_over_optimisation(history: Sequence[Evaluation], stopped_at: int | None
     for axis in (by_step, by_kl):
         axis.set_ylabel("score")
         axis.grid(alpha=0.3)
-        axis.legend(loc="best", fontsize="small")
+    (lines, labels), (kl_lines, kl_labels) = by_step.get_legend_handles_labels(), kl_axis.get_legend_handles_labels()
+    by_step.legend(lines + kl_lines, labels + kl_labels, loc="best", fontsize="small")
+    by_kl.legend(loc="best", fontsize="small")
     figure.suptitle("over-optimisation: proxy vs gold vs KL")
     figure.tight_layout()
     out_png = Path(out_png)
