@@ -26,6 +26,7 @@ import torch
 from rlhfkit.config import RewardConfig
 from rlhfkit.configs.ppo import PPOConfig
 from rlhfkit.data import load_records, prompt_text
+from rlhfkit.errors import UserError
 from rlhfkit.models.heads import REWARD_FILE
 from rlhfkit.rewards import RewardFn, build_reward, checked_scores, validate_records_for_reward
 from rlhfkit.rewards.hacking import Evaluation, HackingMonitor, StopRules, degeneration_signals, plot_over_optimisation
@@ -63,7 +64,13 @@ class HeldOutMonitor:
         self.rolled_back_to: int | None = None
         if not self.enabled:
             return
-        self.records = load_records(config.monitor.prompts, "prompts")[: config.monitor.num_prompts]
+        records = load_records(config.monitor.prompts, "prompts")[: config.monitor.num_prompts]
+        self.records = records[: len(records) - len(records) % runtime.num_processes]  # an equal share each
+        if not self.records:
+            raise UserError(
+                f"monitor.num_prompts {len(records)} (of {config.monitor.prompts}) cannot be shared by the "
+                f"{runtime.num_processes} processes; raise monitor.num_prompts"
+            )
         gold = config.monitor.gold_reward
         for source, checked in ((config.reward, reward_from_config), (gold, gold is not None)):
             if checked:
@@ -98,7 +105,7 @@ class HeldOutMonitor:
             trainer.unwrapped, trainer.reference, samples, trainer.config.generation.temperature, runtime.precision
         )
         kl = sequence_kl(logprobs, ref_logprobs, samples.response_mask)
-        ids, mask = runtime.gather(samples.response_ids).cpu(), runtime.gather(samples.response_mask).cpu()
+        ids, mask = runtime.gather(samples.response_ids).cpu(), runtime.gather(samples.response_mask.long()).cpu() > 0
         return Evaluation(
             step=trainer.step,
             proxy=self._mean(proxy),
