@@ -68,8 +68,8 @@ class HeldOutMonitor:
         self.records = records[: len(records) - len(records) % runtime.num_processes]  # an equal share each
         if not self.records:
             raise UserError(
-                f"monitor.num_prompts {len(records)} (of {config.monitor.prompts}) cannot be shared by the "
-                f"{runtime.num_processes} processes; raise monitor.num_prompts"
+                f"{len(records)} held-out prompts (monitor.num_prompts of {config.monitor.prompts}) cannot be "
+                f"shared by the {runtime.num_processes} processes; raise monitor.num_prompts"
             )
         gold = config.monitor.gold_reward
         for source, checked in ((config.reward, reward_from_config), (gold, gold is not None)):
