@@ -1,0 +1,148 @@
+"""The configuration of `rlhfkit loop`: one dataclass per concern, nested into `LoopConfig`; and one round's
+reward-model run (`EnsembleRMConfig`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rlhfkit.assets import EVAL_PROMPTS, PROMPTS
+from rlhfkit.config import GenerationConfig, LoRAConfig, ModelConfig, RewardConfig, field
+from rlhfkit.configs.common import RuntimeConfig
+from rlhfkit.errors import UserError
+from rlhfkit.models.heads import check_pooling
+from rlhfkit.rewards.ai_judge import JudgeConfig
+
+SELECTIONS = ("ensemble", "random")
+LABEL_SOURCES = ("judge", "ai", "server")
+
+
+@dataclasses.dataclass
+class LoopDataConfig:
+    prompts: str = field(str(PROMPTS), "training prompts: the policy answers them, labellers compare the answers")
+    eval_prompts: str = field(str(EVAL_PROMPTS), "held-out prompts: gold score and the reward model's held-out pairs")
+    num_eval_prompts: int = field(32, "held-out prompts used (each gives one held-out pair and one gold-scored answer)")
+    max_length: int = field(256, "tokens per prompt + response in the reward model")
+
+    def __post_init__(self) -> None:
+        if self.num_eval_prompts < 2 or self.max_length < 2:
+            raise UserError(
+                f"data.num_eval_prompts and data.max_length must be >= 2, got {self.num_eval_prompts}, "
+                f"{self.max_length}"
+            )
+
+
+@dataclasses.dataclass
+class LoopSettings:
+    rounds: int = field(3, "rounds of sample -> choose pairs -> label -> reward model -> PPO")
+    labels_per_round: int = field(16, "pairs labelled per round (the label budget is rounds x this)")
+    candidates_per_round: int = field(
+        0, "candidate pairs sampled per round, of which labels_per_round are chosen (0: 4 x labels_per_round)"
+    )
+    selection: str = field(
+        "ensemble", "how pairs are chosen: ensemble (where the reward heads disagree most) or random"
+    )
+    ppo_iterations: int = field(4, "PPO iterations per round, continuing the policy of the round before")
+    label_timeout: float = field(
+        3600.0, "with --server: seconds to wait for a round's judgements before stopping (rerun to keep waiting)"
+    )
+    poll_seconds: float = field(2.0, "with --server: seconds between two looks at the server")
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.labels_per_round < 1 or self.ppo_iterations < 1:
+            raise UserError(
+                "loop.rounds, loop.labels_per_round and loop.ppo_iterations must be >= 1, got "
+                f"{self.rounds}, {self.labels_per_round}, {self.ppo_iterations}"
+            )
+        if self.candidates_per_round and self.candidates_per_round < self.labels_per_round:
+            raise UserError(
+                f"loop.candidates_per_round {self.candidates_per_round} is below loop.labels_per_round "
+                f"{self.labels_per_round}: there would be fewer pairs than labels to give"
+            )
+        if self.selection not in SELECTIONS:
+            raise UserError(f"loop.selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.label_timeout <= 0 or self.poll_seconds <= 0:
+            raise UserError("loop.label_timeout and loop.poll_seconds must be positive")
+
+    @property
+    def candidate_pairs(self) -> int:
+        return self.candidates_per_round or 4 * self.labels_per_round
+
+
+@dataclasses.dataclass
+class LabelSourceConfig:
+    source: str = field(
+        "judge",
+        "who labels: judge (the `judge` reward source, with Bradley-Terry noise), ai (a judge model, `ai.*`) or "
+        "server (people on a running `rlhfkit label serve`; also --server URL)",
+    )
+    noise: float = field(0.05, "for source=judge: T of P(a ≻ b) = σ((s_a - s_b)/T); 0: the judge's exact order")
+    server: str = field("", "for source=server: the labelling server's URL (also --server; the token: --token)")
+    ai: JudgeConfig = field(factory=JudgeConfig, doc="for source=ai: the AI judge (empty ai.model: the policy)")
+
+    def __post_init__(self) -> None:
+        if self.source not in LABEL_SOURCES:
+            raise UserError(f"labels.source must be one of {', '.join(LABEL_SOURCES)}, got {self.source!r}")
+        if self.noise < 0:
+            raise UserError(f"labels.noise must be >= 0, got {self.noise}")
+        if self.source == "server" and not self.server:
+            raise UserError("labels.source=server needs the server's URL: --server http://HOST:PORT")
+
+
+@dataclasses.dataclass
+class LoopRewardModelConfig:
+    ensemble_size: int = field(4, "reward heads on the one backbone, each trained on its own bootstrap resample")
+    steps: int = field(40, "optimiser steps each round (the reward model is retrained on all labels so far)")
+    batch_size: int = field(8, "comparisons per optimiser step")
+    learning_rate: float = field(2e-4, "AdamW learning rate")
+    pooling: str = field("mean", "where the heads read: mean (over the response tokens) or last (the EOS)")
+    lora: LoRAConfig = field(factory=lambda: LoRAConfig(enabled=True), doc="LoRA on the reward model's backbone")
+
+    def __post_init__(self) -> None:
+        check_pooling(self.pooling, "rm.pooling")
+        if self.ensemble_size < 1 or self.steps < 1 or self.batch_size < 1:
+            raise UserError("rm.ensemble_size, rm.steps and rm.batch_size must be >= 1")
+
+
+@dataclasses.dataclass
+class LoopPPOConfig:
+    batch_size: int = field(16, "prompts per PPO iteration")
+    ppo_epochs: int = field(2, "passes over each batch")
+    learning_rate: float = field(3e-4, "AdamW learning rate of the policy's LoRA")
+    top_layers: int = field(8, "LoRA on the policy's last N layers (0: all)")
+    kl_coef: float = field(0.05, "β of the KL penalty to the initial policy")
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    model: ModelConfig = field(factory=ModelConfig, doc="the initial policy, the reference and the reward backbone")
+    data: LoopDataConfig = field(factory=LoopDataConfig, doc="prompts")
+    generation: GenerationConfig = field(
+        factory=lambda: GenerationConfig(max_new_tokens=32), doc="sampling, in every stage"
+    )
+    judge: RewardConfig = field(
+        factory=RewardConfig, doc="the gold judge: gold_score, the held-out pairs, and the labels of source=judge"
+    )
+    labels: LabelSourceConfig = field(factory=LabelSourceConfig, doc="who labels the chosen pairs")
+    loop: LoopSettings = field(factory=LoopSettings, doc="rounds, label budget, query selection")
+    rm: LoopRewardModelConfig = field(factory=LoopRewardModelConfig, doc="the reward-model ensemble")
+    ppo: LoopPPOConfig = field(factory=LoopPPOConfig, doc="PPO between rounds")
+    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
+    seed: int = field(0, "one seed for everything")
+    out: str = field("", "output directory (default runs/loop-<time>); rerunning on it continues")
+
+    def __post_init__(self) -> None:
+        if self.judge.kind == "verifiable":
+            raise UserError("judge.kind=verifiable scores 0 or 1: too coarse a gold judge for the loop's pairs")
+
+
+@dataclasses.dataclass
+class EnsembleRMConfig:
+    """One round's reward-model run (OUT/round-N/rm/config.yaml): the loop's `rm` keys and its files."""
+
+    model: ModelConfig = field(factory=ModelConfig, doc="the backbone")
+    train: str = field("", "every comparison labelled so far")
+    eval: str = field("", "the held-out comparisons")
+    max_length: int = field(256, "tokens per prompt + response")
+    rm: LoopRewardModelConfig = field(factory=LoopRewardModelConfig, doc="ensemble, schedule, pooling, LoRA")
+    seed: int = field(0, "seed of the data order and the bootstrap")
+    out: str = field("", "output directory")

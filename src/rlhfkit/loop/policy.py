@@ -1,0 +1,132 @@
+"""The policy across rounds: one PPO run (OUT/ppo) that each round continues for `loop.ppo_iterations`.
+
+The PPO trainer is built once, with the reward-model ensemble as its reward source (`EnsembleReward`,
+its model replaced each round). Round r runs `fit` up to iteration r·N from the checkpoint written
+at the end of round r−1: policy, value head, optimiser, KL controller and random state carry over
+exactly, whether the process ran the round before or was restarted. The reference stays the
+initial policy (with LoRA, the base with the adapter off), so the KL leash never moves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.checkpoint import latest_checkpoint, load_checkpoint
+from rlhfkit.config import GenerationConfig, LoRAConfig, ModelConfig, RewardConfig
+from rlhfkit.configs.generate import GenerateConfig
+from rlhfkit.configs.loop import LoopConfig
+from rlhfkit.configs.ppo import KLConfig, PPOConfig, PPODataConfig, PPOTrainConfig
+from rlhfkit.recipes.generate import generate_candidates
+from rlhfkit.recipes.ppo import PPOTrainer
+from rlhfkit.rewards.ensemble import EnsembleReward
+from rlhfkit.runtime import StepOutput
+from rlhfkit.training import OptimConfig
+
+MOMENTS = "optimizer_moments"  # checkpoint tensors: AdamW's per-parameter state, kept across rounds
+
+
+def ppo_config(config: LoopConfig, reward_model: Path, out: Path) -> PPOConfig:
+    """PPO over every round (its schedule spans rounds x iterations), checkpointed at each round's end."""
+    iterations = config.loop.ppo_iterations
+    return PPOConfig(
+        model=ModelConfig(
+            name=config.model.name,
+            dtype=config.model.dtype,
+            lora=LoRAConfig(enabled=True, top_layers=config.ppo.top_layers),
+        ),
+        data=PPODataConfig(prompts=config.data.prompts),
+        generation=config.generation,
+        reward=RewardConfig(kind="model", model=str(reward_model)),
+        kl=KLConfig(coef=config.ppo.kl_coef),
+        train=PPOTrainConfig(
+            steps=config.loop.rounds * iterations,
+            batch_size=config.ppo.batch_size,
+            ppo_epochs=config.ppo.ppo_epochs,
+            checkpoint_every=iterations,
+        ),
+        optim=OptimConfig(learning_rate=config.ppo.learning_rate),
+        runtime=config.runtime,
+        seed=config.seed,
+        out=str(out),
+    )
+
+
+class RoundPPO:
+    """The PPO trainer run up to the end of one round, with the ensemble's spread added to its metrics.
+
+    Composition: every part of the `Trainer` protocol is the PPO trainer's, but `total_steps`
+    (this round's last iteration), `reward/spread` (the mean spread of the heads on the
+    iteration's samples, for the reward-hacking monitor) and the optimiser's moments, which the
+    checkpoint also keeps as tensors: a completed run's checkpoint drops them from its state
+    (`checkpoint.compact_completed_run`), and each round completes a run.
+    """
+
+    eval_every = 0
+
+    def __init__(self, trainer: PPOTrainer, reward: EnsembleReward):
+        self.trainer, self.reward, self.total_steps = trainer, reward, 0
+        self.command, self.config, self.runtime = trainer.command, trainer.config, trainer.runtime
+        self.checkpoint_every = trainer.checkpoint_every
+        self.plot_keys = (*trainer.plot_keys, "reward/spread")
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.trainer.step = value
+
+    def restore(self, directory: Path) -> None:
+        """Continue from the newest checkpoint in `directory`: weights, moments, counters and random streams."""
+        checkpoint = latest_checkpoint(directory)
+        if checkpoint is not None:
+            tensors, state = load_checkpoint(checkpoint)
+            self.load_checkpoint_state(tensors, state)
+            self.step = state["step"]
+            self.runtime.set_rng_state(state["rng"])
+
+    def train_step(self) -> StepOutput:
+        metrics, samples = self.trainer.train_step()
+        spreads = self.reward.last_spread
+        return {**metrics, "reward/spread": sum(spreads) / len(spreads)}, samples
+
+    def evaluate(self) -> StepOutput:
+        return self.trainer.evaluate()
+
+    def checkpoint_state(self) -> tuple[dict, dict[str, Any]]:
+        tensors, state = self.trainer.checkpoint_state()
+        moments = self.trainer.optimizer.state_dict()["state"]
+        tensors[MOMENTS] = {
+            f"{index}.{name}": value for index, slots in moments.items() for name, value in slots.items()
+        }
+        return tensors, state
+
+    def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
+        self.trainer.load_checkpoint_state(tensors, state)
+        optimizer_state = self.trainer.optimizer.state_dict()
+        for key, value in tensors.get(MOMENTS, {}).items():
+            index, name = key.split(".", 1)
+            optimizer_state["state"].setdefault(int(index), {})[name] = value
+        self.trainer.optimizer.load_state_dict(optimizer_state)
+
+    def save_final(self, directory: Path) -> None:
+        self.trainer.save_final(directory)
+
+    def summary(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.trainer.summary(out, history)
+
+
+def sample_responses(
+    trainer: PPOTrainer, records: list[dict[str, Any]], per_prompt: int, generation: GenerationConfig
+) -> list[list[str]]:
+    """`per_prompt` responses to each record from the trainer's current policy (`rlhfkit generate`'s sampler)."""
+    model = trainer.unwrapped.eval()
+    settings = GenerateConfig(
+        model=ModelConfig(name=trainer.config.model.name, dtype=trainer.runtime.precision),
+        generation=generation,
+        num_responses=per_prompt,
+        batch_size=16,
+    )
+    return generate_candidates(model.policy, trainer.tokenizer, records, settings)

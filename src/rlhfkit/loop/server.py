@@ -1,0 +1,106 @@
+"""People as the loop's labellers: a running `rlhfkit label serve`, driven through its admin API.
+
+    push     PUT  /api/admin/loop/{run}/rounds/{round}          the round's pairs become tasks (idempotent)
+    wait     GET  /api/admin/loop/{run}/rounds/{round}          judgements so far, and their comparisons
+    report   PUT  /api/admin/loop/{run}/rounds/{round}/summary  the round's figures, for the admin page
+
+The loop pushes a round's pairs, polls until `loop.labels_per_round` judgements of them have
+arrived, and takes their comparison records. The server's database keeps every judgement, so a
+loop stopped while waiting (a timeout, Ctrl-C, a crash) loses nothing: run again, it pushes the
+same pairs (already there), and finds the judgements made meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rlhfkit.errors import UserError
+
+Record = dict[str, Any]
+TOKEN_ENV = "RLHFKIT_LABEL_TOKEN"
+
+
+def run_id(out: Path) -> str:
+    """A loop's name on the server: its directory's name and a hash of its absolute path (two loops never mix)."""
+    resolved = out.resolve()
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", resolved.name)[:40] or "loop"
+    return f"{name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
+
+
+class LabelServer:
+    """The admin side of a labelling server, for one loop run."""
+
+    def __init__(self, url: str, token: str, run: str, timeout_s: float = 30.0):
+        if not token:
+            raise UserError(
+                f"--server needs an admin's token: --token T (or {TOKEN_ENV}); see `rlhfkit label add-labeler`"
+            )
+        self.url, self.run = url.rstrip("/"), run
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """One API call; an unreachable server or a refusal is one UserError line."""
+        try:
+            response = self.client.request(method, path, json=body)
+        except httpx.TransportError as error:
+            raise UserError(
+                f"cannot reach the labelling server at {self.url} ({type(error).__name__}: {error}); start it with "
+                "`rlhfkit label serve` or fix --server, then rerun the same command (nothing is lost)"
+            ) from None
+        if response.status_code in (401, 403):
+            raise UserError(f"the labelling server at {self.url} refused the token: --token must be an admin's")
+        if response.status_code >= 400:
+            raise UserError(f"the labelling server at {self.url} answered {response.status_code} to {method} {path}: "
+                            f"{response.text[:200]}")  # fmt: skip
+        return response.json() if response.content else None
+
+    def check(self) -> None:
+        """Reachable, and the token is an admin's: checked before any model loads."""
+        if not self.request("GET", "/api/me")["admin"]:
+            raise UserError(f"the labelling server at {self.url} refused the token: --token must be an admin's")
+
+    def rounds_path(self, round_number: int) -> str:
+        return f"/api/admin/loop/{self.run}/rounds/{round_number}"
+
+    def push(self, round_number: int, pairs: list[Record], needed: int) -> None:
+        self.request("PUT", self.rounds_path(round_number), {"needed": needed, "records": pairs})
+
+    def status(self, round_number: int) -> Record:
+        return self.request("GET", self.rounds_path(round_number))
+
+    def report(self, round_number: int, result: Record) -> None:
+        self.request("PUT", f"{self.rounds_path(round_number)}/summary", result)
+
+
+class ServerLabeller:
+    """People label: push the pairs, wait for `needed` judgements (at most `timeout_s`), take their comparisons."""
+
+    def __init__(self, server: LabelServer, needed: int, timeout_s: float, poll_s: float):
+        self.server, self.needed, self.timeout_s, self.poll_s = server, needed, timeout_s, poll_s
+
+    def label(self, round_number: int, pairs: list[Record]) -> list[Record]:
+        needed = min(self.needed, len(pairs))
+        self.server.push(round_number, pairs, needed)
+        deadline = time.monotonic() + self.timeout_s
+        announced = False
+        while True:
+            status = self.server.status(round_number)
+            if status["judged"] >= needed:
+                return status["comparisons"]
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"round {round_number}: {status['judged']} of {needed} judgements arrived at {self.server.url} "
+                    f"within loop.label_timeout={self.timeout_s:g} s; label the rest on the page, then rerun the same "
+                    "command to continue (what arrived is kept)"
+                )
+            if not announced:
+                print(f"rlhfkit loop: round {round_number}: waiting for {needed} judgements at {self.server.url}/",
+                      flush=True)  # fmt: skip
+                announced = True
+            time.sleep(self.poll_s)
