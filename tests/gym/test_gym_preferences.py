@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file
 
+import rlhfkit.gym.preferences as preferences_module
+from rlhfkit.checkpoint import load_checkpoint
+from rlhfkit.cli import main
 from rlhfkit.errors import UserError
 from rlhfkit.gym.envs import inspect_env
 from rlhfkit.gym.preferences import (
@@ -29,6 +35,7 @@ from rlhfkit.gym.preferences import (
     synthetic_preferences,
 )
 from rlhfkit.gym.rollout import Rollout
+from rlhfkit.tracking import read_jsonl
 
 
 def test_labels_arrive_a_quarter_first_then_at_a_falling_rate_until_the_budget():
@@ -175,3 +182,120 @@ def test_relabel_hides_the_true_reward_and_a_restored_state_continues_exactly():
 def test_bad_reward_keys_are_refused_naming_the_key(key, value):
     with pytest.raises(UserError, match=f"reward.{key}"):
         RewardConfig(**{key: value})
+
+
+# ---------------------------------------------------------------------------
+# Through the CLI
+# ---------------------------------------------------------------------------
+
+# 3 updates of 2 envs x 100 steps, 20 labels of 20-step segments, a few Adam steps of the reward model.
+TINY = [
+    "reward.kind=preferences",
+    "env.num_envs=2",
+    "ppo.rollout_steps=100",
+    "train.mini_batch_size=200",
+    "train.ppo_epochs=1",
+    "train.total_timesteps=600",
+    "train.checkpoint_every=1",
+    "reward.comparisons=20",
+    "reward.segment_steps=20",
+    "reward.train_steps=5",
+    "eval.episodes=1",
+    "seed=2",
+]
+# The same run with enough labels and steps for the reward model to learn (0.91 held-out correlation, seed 2).
+LEARNING = [*TINY, "reward.comparisons=100", "reward.train_steps=80", "reward.batch_size=32"]
+
+
+def _gym(out, settings: list[str], *extra: str) -> int:
+    argv = ["gym", "--env", "Pendulum-v1", "--out", str(out), *extra]
+    for setting in settings:
+        argv += ["--set", setting]
+    return main(argv)
+
+
+@pytest.fixture(scope="module")
+def preference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("preferences") / "run"
+    assert _gym(out, LEARNING) == 0
+    return out
+
+
+def test_a_preference_run_reports_its_comparisons_beside_the_true_evaluation(preference_run):
+    summary = json.loads((preference_run / "summary.json").read_text())
+    assert summary["comparisons"] == 100 and summary["updates"] == 3
+    assert -2000 < summary["eval_return_mean"] < 0  # Pendulum's own (true) reward: never positive
+    config = yaml.safe_load((preference_run / "config.yaml").read_text())
+    assert config["reward"]["kind"] == "preferences"
+    # the Box defaults normalise; the reward model reads raw observations, so a preference run does not
+    assert config["env"]["normalize_observation"] is False and config["env"]["normalize_reward"] is False
+    records = read_jsonl(preference_run / "metrics.jsonl")
+    assert [r["reward/comparisons"] for r in records] == [25, comparisons_due(2, 3, RewardConfig(comparisons=100)), 100]
+    assert (preference_run / "final/reward_model.safetensors").is_file()
+
+
+def test_the_learned_reward_ranks_held_out_segments_by_their_true_return(preference_run):
+    config = RewardConfig(kind="preferences")
+    ensemble = RewardEnsemble(4, config.hidden_sizes, config.ensemble)
+    ensemble.load_state_dict(load_file(str(preference_run / "final/reward_model.safetensors")))
+    features, rewards, ends = _random_pendulum_experience(seed=5)
+    starts = segment_starts(ends, 20)
+    with torch.no_grad():
+        predicted = ensemble(cut_segments(features, starts, 20)).mean(0).sum(-1)
+    assert correlation(predicted, cut_segments(rewards, starts, 20).sum(-1)) > 0.8
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["reward.kind=preferences", "reward.comparisons=0"], "reward.comparisons must be >= 1"),
+        (["reward.kind=human"], "reward.kind 'human'"),
+        (["reward.comparisons=10"], "reward.kind=preferences"),  # a key that the environment's reward ignores
+        (["reward.kind=preferences", "env.normalize_observation=true"], "env.normalize_observation"),
+        (["reward.kind=preferences", "ppo.rollout_steps=16", "train.mini_batch_size=16"], "reward.segment_steps 25"),
+    ],
+)
+def test_bad_preference_settings_exit_2_with_one_line_and_write_nothing(settings, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _gym(out, settings) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_interrupted_preference_run_resumes_bitwise_with_its_comparisons_and_reward_model(tmp_path, monkeypatch):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _gym(straight, TINY) == 0
+    real_fit, calls = preferences_module.fit_reward_model, []
+
+    def interrupted_fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # while fitting for update 3: the last checkpoint is step-2
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(preferences_module, "fit_reward_model", interrupted_fit)
+    assert _gym(resumed, TINY) == 130
+    monkeypatch.undo()
+    assert main(["gym", "--resume", "--out", str(resumed), "--set", "reward.kind=environment"]) == 2
+    assert main(["gym", "--resume", "--out", str(resumed)]) == 0
+
+    assert _without_timing(read_jsonl(straight / "metrics.jsonl")) == _without_timing(
+        read_jsonl(resumed / "metrics.jsonl")
+    )
+    for name in ("policy", "reward_model"):
+        assert (straight / f"final/{name}.safetensors").read_bytes() == (
+            resumed / f"final/{name}.safetensors"
+        ).read_bytes()
+    straight_tensors, straight_state = load_checkpoint(straight / "checkpoints/step-3")
+    resumed_tensors, resumed_state = load_checkpoint(resumed / "checkpoints/step-3")
+    for name in ("comparisons", "reward_model", "reward_stats"):
+        for key, tensor in straight_tensors[name].items():
+            assert torch.equal(tensor, resumed_tensors[name][key]), (name, key)
+    for key, moments in straight_state["reward_optimizer"]["state"].items():
+        for name, tensor in moments.items():
+            assert torch.equal(tensor, resumed_state["reward_optimizer"]["state"][key][name]), (key, name)
+    assert json.loads((resumed / "summary.json").read_text())["comparisons"] == 20
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]

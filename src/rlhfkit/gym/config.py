@@ -28,6 +28,7 @@ from rlhfkit.config import field, load_config
 from rlhfkit.configs.common import RuntimeConfig
 from rlhfkit.errors import UserError
 from rlhfkit.gym.envs import inspect_env
+from rlhfkit.gym.preferences import RewardConfig, refuse_unsupported_preference_settings
 from rlhfkit.training import OptimConfig
 
 
@@ -160,6 +161,7 @@ class GymConfig:
         doc="optimiser (Adam with eps 1e-5 at weight_decay 0; the schedule runs over the updates)",
     )
     eval: EvalConfig = field(factory=EvalConfig, doc="final evaluation")
+    reward: RewardConfig = field(factory=RewardConfig, doc="the environment's reward, or one learned from preferences")
     runtime: RuntimeConfig = field(
         factory=RuntimeConfig, doc="this process's computation (the MLPs run on 1 CPU thread unless threads > 0)"
     )
@@ -175,6 +177,8 @@ class GymConfig:
                 f"env.num_envs * ppo.rollout_steps = {self.env.num_envs} * {self.ppo.rollout_steps} = "
                 f"{self.batch_size}; pick a divisor"
             )
+        normalized = [name for name in ("normalize_observation", "normalize_reward") if getattr(self.env, name)]
+        refuse_unsupported_preference_settings(self.reward, normalized, self.ppo.rollout_steps)
 
     @property
     def batch_size(self) -> int:
@@ -195,6 +199,7 @@ CONTINUOUS_DEFAULTS: dict[str, Any] = {
     "optim": {"learning_rate": 3e-4},
 }
 NORMALIZED = {"normalize_observation": True, "normalize_reward": True}
+RAW_REWARD: dict[str, Any] = {"normalize_observation": False, "normalize_reward": False}  # reward.kind=preferences
 A2C_PPO_KEYS = {"rollout_steps": 5, "lam": 1.0, "entropy_coef": 0.0, "value_coef": 1.0, "normalize_advantages": False}
 
 # Where each algorithm starts, on top of the dataclass defaults: (Discrete, Box) action spaces.
@@ -314,6 +319,20 @@ def refuse_keys_of_other_algorithms(config: GymConfig, config_file: str | None, 
             )
 
 
+def refuse_preference_keys_without_preferences(
+    config: GymConfig, config_file: str | None, overrides: list[str]
+) -> None:
+    """UserError for a reward.* key other than reward.kind, named or set away from its default, without preferences."""
+    if config.reward.kind == "preferences":
+        return
+    for source, key, value in _user_entries(config_file, overrides):
+        if key.startswith("reward.") and key != "reward.kind" and (value is NAMED or value != _default(key)):
+            raise UserError(
+                f"{source}: config key {key!r} is read with reward.kind=preferences only; "
+                "remove it or set reward.kind=preferences"
+            )
+
+
 def _default(key: str) -> Any:
     """The dataclass default of the dotted `key` (None for a key that does not exist)."""
     node: Any = GymConfig()
@@ -363,6 +382,8 @@ def new_run_config(config_file: str | None, overrides: list[str]) -> GymConfig:
     # The algorithm and the environment decide the layering. Read them where the one check across
     # sections cannot fail (a minibatch of 1 row divides any batch), so that a minibatch dividing
     # only the algorithm's own batch is judged under that algorithm's defaults.
-    probe = load_config(GymConfig, config_file, [*overrides, "train.mini_batch_size=1"])
+    probe = load_config(GymConfig, config_file, [*overrides, "train.mini_batch_size=1", "reward.segment_steps=1"])
     base = algorithm_defaults(probe.algorithm, inspect_env(probe.env.id).discrete)
+    if probe.reward.kind == "preferences":  # the reward model reads raw observations, standardises its own output
+        base = {**base, "env": {**base.get("env", {}), **RAW_REWARD}}
     return load_config(GymConfig, config_file, overrides, base=base)

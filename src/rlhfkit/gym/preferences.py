@@ -85,6 +85,22 @@ class RewardConfig:
             raise UserError(f"reward.hidden_sizes must be a non-empty list of positive sizes, got {self.hidden_sizes}")
 
 
+def refuse_unsupported_preference_settings(reward: RewardConfig, normalized: list[str], rollout_steps: int) -> None:
+    """UserError where reward.kind=preferences meets env normalisation (`normalized`: those on) or short rollouts."""
+    if reward.kind != "preferences":
+        return
+    if normalized:
+        raise UserError(
+            f"env.{normalized[0]}=true does not go with reward.kind=preferences: the reward model reads the raw "
+            "observations and standardises its own output; set it to false"
+        )
+    if reward.segment_steps > rollout_steps:
+        raise UserError(
+            f"reward.segment_steps {reward.segment_steps} is longer than a rollout (ppo.rollout_steps "
+            f"{rollout_steps}); segments are cut from one rollout"
+        )
+
+
 # ---------------------------------------------------------------------------
 # When labels arrive
 # ---------------------------------------------------------------------------

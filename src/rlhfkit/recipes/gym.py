@@ -47,11 +47,13 @@ from rlhfkit.gym.config import (
     describe_defaults,
     new_run_config,
     refuse_keys_of_other_algorithms,
+    refuse_preference_keys_without_preferences,
     refuse_renamed_keys,
 )
 from rlhfkit.gym.envs import inspect_env
 from rlhfkit.gym.evaluate import check_video, evaluate_run, evaluation_figures
 from rlhfkit.gym.policy import build_policy, save_policy
+from rlhfkit.gym.preferences import PreferenceReward, refuse_another_reward_kind
 from rlhfkit.gym.rollout import EnvRunner, episode_statistics
 from rlhfkit.gym.updates import UPDATES
 from rlhfkit.runtime import RunDirectory, Runtime, StepOutput, fit, run_config
@@ -79,6 +81,11 @@ class GymTrainer:
             self.spec, env.num_envs, config.seed, env.normalize_observation, env.normalize_reward, config.ppo.gamma
         )
         self.policy = build_policy(config, self.spec)
+        self.preferences = (
+            PreferenceReward(config.reward, self.spec, config.num_updates)
+            if config.reward.kind == "preferences"
+            else None
+        )
         self.algorithm = UPDATES[config.algorithm]
         self.plot_keys = self.algorithm.plot_keys
         optim = config.optim
@@ -101,6 +108,8 @@ class GymTrainer:
         learning_rate = self.scheduler.get_last_lr()[0]
         # 1. run the policy for T steps in N environments
         rollout, episodes = self.runner.collect(self.policy, config.ppo.rollout_steps)
+        # 1b. with reward.kind=preferences: new labels, the reward model refitted, its rewards in place of the env's
+        reward_stats = self.preferences.relabel(rollout, self.step + 1) if self.preferences else {}
         # 2. the algorithm's update
         stats = self.algorithm.update(self.policy, self.optimizer, config, rollout)
         # 3. the learning-rate schedule, which counts updates (a REINFORCE update in which no episode
@@ -115,6 +124,7 @@ class GymTrainer:
             **episode_statistics(episodes),
             "charts/env_steps": self.step * config.batch_size,
             **stats,
+            **reward_stats,
             "optim/learning_rate": learning_rate,
             "time/steps_per_second": config.batch_size / seconds,
         }, None
@@ -127,6 +137,9 @@ class GymTrainer:
         """Policy, optimiser, schedule, algorithm, and the environments with normalisers and unfinished episodes."""
         tensors, state = training_state(self.policy, self.optimizer, self.scheduler)
         extra = {"runner": self.runner.state_dict(), "algorithm": self.config.algorithm}
+        if self.preferences:
+            reward_tensors, reward_state = self.preferences.checkpoint_state()
+            tensors, extra = {**tensors, **reward_tensors}, {**extra, **reward_state}
         return tensors, {**state, **extra, "train_seconds": self.train_seconds}
 
     def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
@@ -136,13 +149,18 @@ class GymTrainer:
                 f"--resume: the run was trained with algorithm={trained}; algorithm={self.config.algorithm} "
                 "needs a new run (another --out)"
             )
+        refuse_another_reward_kind(self.config.reward.kind, tensors)
         load_training_state(tensors, state, self.policy, self.optimizer, self.scheduler)
+        if self.preferences:
+            self.preferences.load_checkpoint_state(tensors, state)
         self.runner.load_state_dict(state["runner"], reset_seed=self.config.seed + state["step"] * self.runner.num_envs)
         self.train_seconds = state["train_seconds"]
 
     def save_final(self, directory: Path) -> None:
-        """policy.safetensors (+ obs_normalizer.safetensors): what `--eval` loads."""
+        """policy.safetensors (+ obs_normalizer.safetensors): what `--eval` loads; reward_model.safetensors if any."""
         save_policy(directory, self.policy, self.runner.obs_normalizer)
+        if self.preferences:
+            self.preferences.save(directory)
 
     def summary(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
         """The final evaluation (and eval.gif), learning_curve.png, and the figures of the run."""
@@ -159,6 +177,7 @@ class GymTrainer:
             "env_steps": env_steps,
             "updates": self.step,
             **figures,
+            **({"comparisons": len(self.preferences.comparisons)} if self.preferences else {}),
             "train_seconds": round(self.train_seconds, 2),
             "steps_per_second": round(env_steps / self.train_seconds, 1) if self.train_seconds > 0 else None,
         }
@@ -197,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = new_run_config(args.config, overrides + ([f"out={args.out}"] if args.out else []))
     refuse_keys_of_other_algorithms(config, args.config, overrides)
+    refuse_preference_keys_without_preferences(config, args.config, overrides)
     run_directory = RunDirectory.resolve(config.out, default_name(config), args.resume)  # before any work
     if config.eval.video:
         check_video(config.env.id)
