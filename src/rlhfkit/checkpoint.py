@@ -11,12 +11,20 @@ to the newest checkpoint that is intact, which is why at least two are kept.
 Checkpoints written before manifests existed are accepted without verification
 (as long as their `state.pt` is there); a damaged one then fails to load with
 a UserError naming the file.
+
+Once a run has completed (`compact_completed_run`), its newest checkpoint is only read again to
+extend the run with more steps. Two things then go: a second copy of the weights (a `final/` file
+byte-identical to a checkpoint file becomes a hard link to it: an fp32 full fine-tuning run's
+model.safetensors) and the optimiser's moments (AdamW's two fp32 tensors per weight, twice the
+model; `optim.keep_moments` keeps them). An extended run restarts the moments from zero, with a
+warning; an interrupted run never meets a compacted checkpoint, so its resume stays exact.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -37,6 +45,7 @@ from rlhfkit.errors import UserError, describe_os_error, summarize
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
 STATE = "state.pt"
+MOMENTS_DROPPED = "optimizer_moments_dropped"  # set in state.pt by `compact_completed_run`
 MIN_KEEP = 2  # the newest checkpoint can be damaged after it was written; the one before it is the fallback
 TORCH_SEED_LIMIT = 2**64  # torch.manual_seed's range, for derived seeds
 
@@ -93,7 +102,9 @@ def save_checkpoint(
     def write(tmp: Path) -> None:
         for name, state_dict in tensors.items():
             save_file(
-                {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / f"{name}.safetensors")
+                {k: v.detach().contiguous().cpu() for k, v in state_dict.items()},
+                str(tmp / f"{name}.safetensors"),
+                metadata={"format": "pt"},  # as transformers writes it: fp32 weights match final/'s byte for byte
             )
         torch.save(state, tmp / STATE)
         write_manifest(tmp)
@@ -127,14 +138,101 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def write_manifest(directory: Path) -> None:
-    """`manifest.json`: the size and SHA-256 of every file in `directory`, as written to disk."""
+def write_manifest(directory: Path, known: dict[str, dict[str, Any]] | None = None) -> None:
+    """`manifest.json`: the size and SHA-256 of every file in `directory`, as written to disk.
+
+    `known`: entries of files linked unchanged from another checkpoint (not hashed again).
+    """
+    known = known or {}
     files = {
-        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+        p.name: known.get(p.name) or {"size": p.stat().st_size, "sha256": _sha256(p)}
         for p in sorted(directory.iterdir())
         if p.is_file() and p.name != MANIFEST
     }
     (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+
+
+def manifest_entries(checkpoint: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's {file name: {size, sha256}} (empty for a checkpoint written before manifests)."""
+    if not (checkpoint / MANIFEST).is_file():
+        return {}
+    return json.loads((checkpoint / MANIFEST).read_text(encoding="utf-8"))["files"]
+
+
+def compact_completed_run(out_dir: str | Path, drop_moments: bool = True) -> None:
+    """After final/ is written: share its files identical to the newest checkpoint's, then drop the moments.
+
+    See the module docstring for why this keeps what an interrupted run's resume needs.
+    """
+    newest = list_checkpoints(out_dir)[-1:]
+    if newest and checkpoint_damage(newest[0]) is None:
+        link_identical_files(Path(out_dir) / "final", newest[0])
+        if drop_moments:
+            drop_optimizer_moments(newest[0])
+
+
+def link_identical_files(directory: Path, checkpoint: Path) -> None:
+    """Each file of `directory` byte-identical to a file of `checkpoint` becomes a hard link to it.
+
+    Sizes are compared first, then SHA-256 (the checkpoint's from its manifest). Where the file
+    system cannot link, the copy stays. Writing into the linked file in place (rather than replacing
+    it) would change the checkpoint too, which its manifest then reports as damaged.
+    """
+    entries = manifest_entries(checkpoint)
+    for file in sorted(directory.iterdir()):
+        same_size = [name for name, entry in entries.items() if file.is_file() and entry["size"] == file.stat().st_size]
+        if not same_size or any(os.path.samefile(file, checkpoint / name) for name in same_size):
+            continue
+        digest = _sha256(file)
+        match = next((name for name in same_size if entries[name]["sha256"] == digest), None)
+        if match is None:
+            continue
+        link = file.with_name(f".link-{file.name}")
+        try:
+            link.unlink(missing_ok=True)
+            os.link(checkpoint / match, link)
+        except OSError:
+            continue
+        os.replace(link, file)
+
+
+def drop_optimizer_moments(checkpoint: Path) -> None:
+    """Rewrite `checkpoint` without the optimiser states' per-parameter tensors (param_groups stay).
+
+    The new directory is assembled beside it (weights hard-linked, not copied) and swapped in.
+    """
+    state = torch.load(checkpoint / STATE, weights_only=False)
+    if state.get(MOMENTS_DROPPED):
+        return
+    pruned = {**without_optimizer_moments(state), MOMENTS_DROPPED: True}
+    entries = manifest_entries(checkpoint)
+
+    def write(tmp: Path) -> None:
+        for file in checkpoint.iterdir():
+            if file.is_file() and file.name not in (STATE, MANIFEST):
+                os.link(file, tmp / file.name)
+        torch.save(pruned, tmp / STATE)
+        write_manifest(tmp, {name: entry for name, entry in entries.items() if name != STATE})
+
+    staged = write_directory_atomic(checkpoint.with_name(f".compact-{checkpoint.name}"), write)
+    retired = checkpoint.with_name(f".retired-{checkpoint.name}")
+    checkpoint.rename(retired)
+    staged.rename(checkpoint)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def without_optimizer_moments(state: Any) -> Any:
+    """`state` with every optimiser state_dict's `state` (the moments, per parameter) emptied.
+
+    An optimiser loading the result starts each parameter's moments (and AdamW's step count) afresh.
+    """
+    if isinstance(state, dict):
+        if "state" in state and "param_groups" in state:
+            return {**state, "state": {}}
+        return {key: without_optimizer_moments(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [without_optimizer_moments(value) for value in state]
+    return state
 
 
 def checkpoint_damage(path: str | Path) -> str | None:

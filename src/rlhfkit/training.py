@@ -38,6 +38,11 @@ class OptimConfig:
     schedule: str = field("constant", "learning rate after warmup: constant, linear (to 0) or cosine (to 0)")
     max_grad_norm: float = field(1.0, "clip the global gradient norm to this (0: no clipping)")
     betas: list[float] = field(factory=lambda: [0.9, 0.999], doc="AdamW (beta1, beta2)")
+    keep_moments: bool = field(
+        False,
+        "keep AdamW's moments in the last checkpoint once the run completes, so that extending it (--resume with "
+        "more steps) is exact; false drops them (2/3 of a full fine-tuning checkpoint) and an extension restarts them",
+    )
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,9 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from rlhfkit.checkpoint import (
+    MOMENTS_DROPPED,
     check_output_directory,
+    compact_completed_run,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -211,6 +214,17 @@ def restore(trainer: Trainer, checkpoint: Path) -> None:
     trainer.load_checkpoint_state(tensors, state)
     trainer.step = state["step"]
     trainer.runtime.set_rng_state(state["rng"])
+    if state.get(MOMENTS_DROPPED) and trainer.step < trainer.total_steps:
+        print(
+            f"rlhfkit {trainer.command}: warning: extending a completed run from step {trainer.step}: its checkpoint "
+            "kept no optimiser moments, so AdamW starts them afresh",
+            file=sys.stderr,
+        )
+
+
+def keeps_moments(config: Any) -> bool:
+    """`optim.keep_moments` of the command's configuration (False where it has no such key)."""
+    return bool(getattr(getattr(config, "optim", None), "keep_moments", False))
 
 
 def log(tracker: Tracker | None, step: int, metrics: dict[str, float], samples: Samples | None) -> None:
@@ -224,6 +238,8 @@ def log(tracker: Tracker | None, step: int, metrics: dict[str, float], samples: 
 def finish(trainer: Trainer, out: Path, seconds: float) -> dict[str, Any]:
     """final/, training.png and summary.json; the trainer adds its own figures (and any further plots)."""
     final = write_directory_atomic(out / "final", trainer.save_final)
+    if trainer.step >= trainer.total_steps:  # completed (not stopped early): only an extension reads the moments
+        compact_completed_run(out, drop_moments=not keeps_moments(trainer.config))
     plot_metrics(out / "metrics.jsonl", trainer.plot_keys, out / "training.png", f"rlhfkit {trainer.command}")
     history = read_jsonl(out / "metrics.jsonl")
     summary = {
