@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.checkpoint import latest_checkpoint, load_checkpoint
 from rlhfkit.config import GenerationConfig, LoRAConfig, ModelConfig, RewardConfig
 from rlhfkit.configs.generate import GenerateConfig
 from rlhfkit.configs.loop import LoopConfig
@@ -23,11 +22,13 @@ from rlhfkit.rewards.ensemble import EnsembleReward
 from rlhfkit.runtime import StepOutput
 from rlhfkit.training import OptimConfig
 
-MOMENTS = "optimizer_moments"  # checkpoint tensors: AdamW's per-parameter state, kept across rounds
-
 
 def ppo_config(config: LoopConfig, reward_model: Path, out: Path) -> PPOConfig:
-    """PPO over every round (its schedule spans rounds x iterations), checkpointed at each round's end."""
+    """PPO over every round (its schedule spans rounds x iterations), checkpointed at each round's end.
+
+    Each round completes a run (final/ is the policy so far); `optim.keep_moments` keeps AdamW's moments
+    in that checkpoint, so the next round continues the optimiser too.
+    """
     iterations = config.loop.ppo_iterations
     return PPOConfig(
         model=ModelConfig(
@@ -45,7 +46,7 @@ def ppo_config(config: LoopConfig, reward_model: Path, out: Path) -> PPOConfig:
             ppo_epochs=config.ppo.ppo_epochs,
             checkpoint_every=iterations,
         ),
-        optim=OptimConfig(learning_rate=config.ppo.learning_rate),
+        optim=OptimConfig(learning_rate=config.ppo.learning_rate, keep_moments=True),  # each round completes a run
         runtime=config.runtime,
         seed=config.seed,
         out=str(out),
@@ -56,10 +57,8 @@ class RoundPPO:
     """The PPO trainer run up to the end of one round, with the ensemble's spread added to its metrics.
 
     Composition: every part of the `Trainer` protocol is the PPO trainer's, but `total_steps`
-    (this round's last iteration), `reward/spread` (the mean spread of the heads on the
-    iteration's samples, for the reward-hacking monitor) and the optimiser's moments, which the
-    checkpoint also keeps as tensors: a completed run's checkpoint drops them from its state
-    (`checkpoint.compact_completed_run`), and each round completes a run.
+    (this round's last iteration) and `reward/spread` (the mean spread of the heads on the
+    iteration's samples, for the reward-hacking monitor).
     """
 
     eval_every = 0
@@ -78,15 +77,6 @@ class RoundPPO:
     def step(self, value: int) -> None:
         self.trainer.step = value
 
-    def restore(self, directory: Path) -> None:
-        """Continue from the newest checkpoint in `directory`: weights, moments, counters and random streams."""
-        checkpoint = latest_checkpoint(directory)
-        if checkpoint is not None:
-            tensors, state = load_checkpoint(checkpoint)
-            self.load_checkpoint_state(tensors, state)
-            self.step = state["step"]
-            self.runtime.set_rng_state(state["rng"])
-
     def train_step(self) -> StepOutput:
         metrics, samples = self.trainer.train_step()
         spreads = self.reward.last_spread
@@ -96,20 +86,10 @@ class RoundPPO:
         return self.trainer.evaluate()
 
     def checkpoint_state(self) -> tuple[dict, dict[str, Any]]:
-        tensors, state = self.trainer.checkpoint_state()
-        moments = self.trainer.optimizer.state_dict()["state"]
-        tensors[MOMENTS] = {
-            f"{index}.{name}": value for index, slots in moments.items() for name, value in slots.items()
-        }
-        return tensors, state
+        return self.trainer.checkpoint_state()
 
     def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
         self.trainer.load_checkpoint_state(tensors, state)
-        optimizer_state = self.trainer.optimizer.state_dict()
-        for key, value in tensors.get(MOMENTS, {}).items():
-            index, name = key.split(".", 1)
-            optimizer_state["state"].setdefault(int(index), {})[name] = value
-        self.trainer.optimizer.load_state_dict(optimizer_state)
 
     def save_final(self, directory: Path) -> None:
         self.trainer.save_final(directory)

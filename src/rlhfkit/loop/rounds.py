@@ -44,6 +44,7 @@ from rlhfkit.recipes.ppo import PPOTrainer
 from rlhfkit.rewards import build_reward, checked_scores, validate_records_for_reward
 from rlhfkit.rewards.ensemble import EnsembleReward, ensemble_head_scores
 from rlhfkit.runtime import RunDirectory, Runtime, fit
+from rlhfkit.runtime.run import restore
 from rlhfkit.tracking import read_jsonl, write_json_atomic
 from rlhfkit.training import batch_indices
 
@@ -108,7 +109,9 @@ class OnlineLoop:
         )  # fmt: skip
         self.reward.tokenizer, self.reward.dtype = self.ppo.tokenizer, self.runtime.precision
         self.policy = RoundPPO(self.ppo, self.reward)
-        self.policy.restore(out / "ppo")  # the policy as the last finished round left it
+        checkpoint = latest_checkpoint(out / "ppo")
+        if checkpoint is not None:  # the policy as the last finished round left it
+            restore(self.policy, checkpoint)
         self.labeller = self.build_labeller()
 
     def build_labeller(self) -> Labeller:
@@ -269,9 +272,9 @@ class OnlineLoop:
         self.load_reward_model(round_number)
         iterations, directory = self.config.loop.ppo_iterations, self.out / "ppo"
         self.ppo.config.reward.model = str(self.reward_model_dir(round_number))  # config.yaml names this round's
-        self.policy.restore(directory)  # the end of the round before (or, killed after it, of this one)
         self.policy.total_steps = round_number * iterations
-        fit(self.policy, RunDirectory(directory, None))
+        resume = latest_checkpoint(directory) is not None  # the end of the round before (or, killed after it, of this)
+        fit(self.policy, RunDirectory.resolve(str(directory), "ppo", resume))
         first = (round_number - 1) * iterations
         history = [h for h in read_jsonl(directory / "metrics.jsonl") if first < h["step"] <= round_number * iterations]
         return {
