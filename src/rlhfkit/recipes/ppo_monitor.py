@@ -1,7 +1,8 @@
 """PPO's evaluation for the reward-hacking monitor (`monitor.*`): held-out prompts, proxy, gold, KL, degeneration.
 
-Every evaluation the policy answers the same held-out prompts (never trained on) on the same seed,
-so that two evaluations differ by the policy alone, and without moving training's random streams:
+Every evaluation the policy answers the same held-out prompts (never trained on) on the same seed
+(one per process), so that two evaluations differ by the policy alone, and without moving training's
+random streams:
 
     1 sample   one response per held-out prompt, as the rollout samples (`PPOTrainer.generate`)
     2 score    proxy: the run's own reward source; gold: the independent judge `monitor.gold`;
@@ -95,7 +96,7 @@ class HeldOutMonitor:
     def measure(self, trainer: Any) -> Evaluation:
         """Steps 1-4 on this process's share of the held-out prompts; figures over all processes."""
         runtime, records = self.runtime, self.runtime.shard(self.records)
-        with runtime.forked_rng(trainer.config.seed):
+        with runtime.forked_rng(trainer.config.seed + runtime.process_index):  # the same draws every evaluation
             samples = trainer.generate(records)
         responses, prompts = decode_responses(trainer.tokenizer, samples), [prompt_text(r) for r in records]
         proxy = checked_scores(trainer.reward, prompts, responses, records, runtime.device)
