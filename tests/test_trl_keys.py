@@ -124,6 +124,8 @@ def test_a_trl_grpo_file_counts_completions_as_trl_does(tiny_model_dir, tmp_path
         ({"warmup_ratio": 0.1}, "TRL key 'warmup_ratio' needs a number and max_steps in the same file"),
         ({"train": {"steps": 2}}, "mixes TRL keys (learning_rate, output_dir) with rlhfkit sections (train)"),
         ({"report_to": "nonesuch"}, "report_to 'nonesuch': unknown tracker nonesuch"),
+        ({"optim": 5}, "mixes TRL keys (learning_rate, output_dir) with rlhfkit sections (optim)"),
+        ({"optim": "sgd"}, "TRL key 'optim' 'sgd' has no equivalent; rlhfkit trains with AdamW"),
     ],
 )
 def test_keys_without_an_equivalent_are_refused_in_one_line_and_nothing_is_written(

@@ -167,12 +167,12 @@ class Translation:
 
 
 def is_trl_file(loaded: dict[str, Any], sections: set[str]) -> bool:
-    """True when the top level has TRL keys that are not also rlhfkit keys (`seed`; `optim` as a mapping)."""
+    """True when the top level has TRL keys that are not also rlhfkit keys (`seed`; `optim` unless a name)."""
     return any(key in TRL_KEYS and not _rlhfkit_key(key, value, sections) for key, value in loaded.items())
 
 
 def _rlhfkit_key(key: str, value: Any, sections: set[str]) -> bool:
-    return key in sections and (key != "optim" or isinstance(value, dict))
+    return key in sections and (key != "optim" or not isinstance(value, str))  # TRL's optim names an optimiser
 
 
 @dataclasses.dataclass
@@ -200,7 +200,7 @@ def from_trl(loaded: dict[str, Any], sections: set[str], command: str, source: s
     """
     ours = sorted(key for key, value in loaded.items() if _rlhfkit_key(key, value, sections) and key != "seed")
     if ours:
-        theirs = sorted(key for key in loaded if key in TRL_KEYS)
+        theirs = sorted(key for key in loaded if key in TRL_KEYS and key not in ours)
         raise UserError(
             f"config file {source} mixes TRL keys ({', '.join(theirs[:3])}) with rlhfkit sections "
             f"({', '.join(ours[:3])}); write the whole file in one of the two styles"
