@@ -158,5 +158,7 @@ def test_dpo_ppo_and_rloo_keys_translate_to_their_commands_keys():
     assert rloo["algorithm"] == {"group_size": 2} and rloo["train"]["batch_size"] == 3  # 6 completions / k = 2
     with pytest.raises(UserError, match="gives 6 completions per optimiser step, not a multiple of num_generations 4"):
         mapped("grpo", {"per_device_train_batch_size": 6}, group_size=4)
+    with pytest.raises(UserError, match="TRL key 'num_generations' must be a positive integer, got 'four'"):
+        mapped("grpo", {"per_device_train_batch_size": 8, "num_generations": "four"}, group_size=4)
     with pytest.raises(UserError, match="rlhfkit gym takes only its own keys"):
         mapped("gym", {"learning_rate": 0.1})

@@ -208,7 +208,7 @@ def from_trl(loaded: dict[str, Any], sections: set[str], command: str, source: s
     if command not in RENAMES:
         raise UserError(f"config file {source} holds TRL keys; rlhfkit {command} takes only its own keys (see --help)")
     translation = Translation(command, source, dict(loaded))
-    _batches(translation, int(translation.left.get("num_generations", translation.left.get("rloo_k", group_size))))
+    _batches(translation, translation.left.get("num_generations", translation.left.get("rloo_k", group_size)))
     _optimiser(translation)
     _precision_and_trackers(translation)
     _losses(translation)
@@ -243,7 +243,7 @@ def _unmapped(translation: Translation, key: str) -> UserError:
     )
 
 
-def _batches(translation: Translation, group_size: int) -> None:
+def _batches(translation: Translation, group_size: Any) -> None:
     """per_device_train_batch_size x gradient_accumulation_steps (x num_mini_batches for ppo) -> train.*."""
     keys = [k for k in ("per_device_train_batch_size", "gradient_accumulation_steps") if k in translation.left]
     if translation.command == "ppo" and "num_mini_batches" in translation.left:
@@ -259,6 +259,8 @@ def _batches(translation: Translation, group_size: int) -> None:
     if translation.command == "ppo":
         targets["train.batch_size"] = per_step * _positive(translation, "num_mini_batches", 1)
     else:
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
+            raise translation.refuse("num_generations", f"must be a positive integer, got {group_size!r}")
         group = max(group_size, 1)
         if per_step % group:
             raise translation.refuse(
