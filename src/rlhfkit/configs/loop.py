@@ -107,14 +107,16 @@ class LoopRewardModelConfig:
 class LoopPPOConfig:
     batch_size: int = field(16, "prompts per PPO iteration")
     ppo_epochs: int = field(2, "passes over each batch")
-    learning_rate: float = field(3e-4, "AdamW learning rate of the policy's LoRA")
-    top_layers: int = field(8, "LoRA on the policy's last N layers (0: all)")
+    learning_rate: float = field(3e-4, "AdamW learning rate of the policy (its LoRA: model.lora)")
     kl_coef: float = field(0.05, "β of the KL penalty to the initial policy")
 
 
 @dataclasses.dataclass
 class LoopConfig:
-    model: ModelConfig = field(factory=ModelConfig, doc="the initial policy, the reference and the reward backbone")
+    model: ModelConfig = field(
+        factory=lambda: ModelConfig(lora=LoRAConfig(enabled=True, top_layers=8)),
+        doc="the initial policy (its LoRA: model.lora), the reference and the reward backbone",
+    )
     data: LoopDataConfig = field(factory=LoopDataConfig, doc="prompts")
     generation: GenerationConfig = field(
         factory=lambda: GenerationConfig(max_new_tokens=32), doc="sampling, in every stage"

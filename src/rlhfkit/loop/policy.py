@@ -9,10 +9,11 @@ initial policy (with LoRA, the base with the adapter off), so the KL leash never
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import GenerationConfig, LoRAConfig, ModelConfig, RewardConfig
+from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig
 from rlhfkit.configs.generate import GenerateConfig
 from rlhfkit.configs.loop import LoopConfig
 from rlhfkit.configs.ppo import KLConfig, PPOConfig, PPODataConfig, PPOTrainConfig
@@ -31,11 +32,7 @@ def ppo_config(config: LoopConfig, reward_model: Path, out: Path) -> PPOConfig:
     """
     iterations = config.loop.ppo_iterations
     return PPOConfig(
-        model=ModelConfig(
-            name=config.model.name,
-            dtype=config.model.dtype,
-            lora=LoRAConfig(enabled=True, top_layers=config.ppo.top_layers),
-        ),
+        model=copy.deepcopy(config.model),  # PPO settles model.dtype=auto on its copy; the loop's stays as given
         data=PPODataConfig(prompts=config.data.prompts),
         generation=config.generation,
         reward=RewardConfig(kind="model", model=str(reward_model)),
