@@ -100,7 +100,6 @@ class OnlineLoop:
         self.eval_prompts = load_records(config.data.eval_prompts, "prompts")[: config.data.num_eval_prompts]
         validate_records_for_reward(config.judge, self.eval_prompts, config.data.eval_prompts)
         validate_records_for_reward(config.judge, self.prompts, config.data.prompts)
-        self.gold = build_reward(config.judge, config.model.dtype, self.runtime.device)
         self.reward = EnsembleReward(None, None)  # type: ignore[arg-type]  # a model arrives with round 1's
         self.reward_round = 0
         self.ppo = PPOTrainer(
@@ -108,6 +107,7 @@ class OnlineLoop:
             runtime=self.runtime,
         )  # fmt: skip
         self.reward.tokenizer, self.reward.dtype = self.ppo.tokenizer, self.runtime.precision
+        self.gold = build_reward(config.judge, self.runtime.precision, self.runtime.device)  # auto settled by now
         self.policy = RoundPPO(self.ppo, self.reward)
         checkpoint = latest_checkpoint(out / "ppo")
         if checkpoint is not None:  # the policy as the last finished round left it
