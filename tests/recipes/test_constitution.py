@@ -9,8 +9,8 @@ from rlhfkit.assets import CONSTITUTION
 from rlhfkit.cli import main
 from rlhfkit.data import load_records
 from rlhfkit.errors import UserError
-from rlhfkit.recipes.constitution import critique_and_revise
 from rlhfkit.rewards.ai_judge import Principle, load_constitution
+from rlhfkit.rollout.critique import critique_and_revise
 
 PRINCIPLES = [Principle("p0", "CRIT0", "REV0", "good0"), Principle("p1", "CRIT1", "REV1", "good1")]
 

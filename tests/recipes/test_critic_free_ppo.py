@@ -1,10 +1,7 @@
 """GRPO, RLOO and REINFORCE++ through the PPO trainer: the advantages the loss gets, no critic, the commands."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +11,9 @@ from safetensors.torch import load_file
 from rlhfkit.assets import ARITHMETIC
 from rlhfkit.cli import main
 from rlhfkit.config import load_config
-from rlhfkit.recipes import ppo
 from rlhfkit.recipes.ppo import PPOConfig, PPOTrainer
 from rlhfkit.tracking import read_jsonl
+from rlhfkit.training import ppo
 
 POSITIVE = {"good", "great", "happy", "love", "wonderful", "nice", "best", "joy"}
 PROMPTS = [{"prompt": p} for p in ["tell me a day", "write a book", "how is the weather", "say what you think"]]
@@ -283,36 +280,6 @@ def test_rloo_command_takes_the_kl_in_the_reward(tiny_model_dir, tmp_path):
     (metrics,) = read_jsonl(out / "metrics.jsonl")
     assert metrics["kl/in_loss"] == 0.0 and "kl/loss" not in metrics and metrics["algorithm/group_size"] == 4
     assert len(read_jsonl(out / "samples.jsonl")) == 16
-
-
-WORKER = str(Path(__file__).with_name("critic_free_two_process_worker.py"))
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ["algorithm.advantage=grpo"],
-        ["algorithm.advantage=reinforce++", "algorithm.loss_aggregation=constant_normalizer"],
-    ],
-    ids=["grpo", "reinforce++-constant-normalizer"],
-)
-def test_two_processes_give_the_same_critic_free_update_as_one(tiny_model_dir, tmp_path, overrides):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    subprocess.run([sys.executable, WORKER, tiny_model_dir, str(one), *overrides], check=True, env=env)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              "29551", WORKER, tiny_model_dir, str(two), *overrides]  # fmt: skip
-    subprocess.run(launch, check=True, env=env)
-    a, b = load_file(str(one)), load_file(str(two))
-    assert a.keys() == b.keys() and len(a) > 10 and not [name for name in a if not name.startswith("policy.")]
-    assert all(torch.count_nonzero(a[name]) > 0 for name in a)
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
-    stats_one, stats_two = (json.loads(p.with_suffix(".json").read_text()) for p in (one, two))
-    assert stats_one.keys() == stats_two.keys() and "policy/loss" in stats_one
-    for key in stats_one:
-        assert stats_two[key] == pytest.approx(stats_one[key], rel=1e-5, abs=1e-6), key
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,13 @@ from safetensors.torch import load_file, save_file
 
 from rlhfkit.cli import main
 from rlhfkit.config import load_config
+from rlhfkit.configs.dpo import DPOConfig
 from rlhfkit.data.collate import tokenize_prompt_response
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
-from rlhfkit.recipes.dpo import REFERENCE_FILE, DPOConfig, DPOTrainer, pair_logprobs, reference_logprobs
+from rlhfkit.recipes.dpo import REFERENCE_FILE, DPOTrainer
 from rlhfkit.runtime import RunDirectory
+from rlhfkit.training.preferences import pair_logprobs, reference_logprobs
 
 GOOD = ["good day", "great fun", "happy and kind", "love the music", "wonderful food", "nice friend"]
 BAD = ["bad day", "awful pain", "sad and angry", "hate the music", "terrible food", "poor friend"]
@@ -60,7 +62,7 @@ def naive_logprob(model, tokenizer, record, response):
 def test_cached_reference_equals_a_fresh_computation_and_is_read_back_on_resume(tiny, comparisons, tmp_path):
     config = make_config(tiny, comparisons, tmp_path / "run", "train.batch_size=4", "optim.learning_rate=1e-2")
     trainer = DPOTrainer(config)
-    trainer.cache_reference(RunDirectory(tmp_path / "run", None))
+    trainer.before_fit(RunDirectory(tmp_path / "run", None))
     fresh = load_causal_lm(tiny, load_tokenizer(tiny)).eval()
     records = [json.loads(line) for line in comparisons.read_text().splitlines()][: len(trainer.pairs["train"])]
     with torch.no_grad():
@@ -82,13 +84,13 @@ def test_cached_reference_equals_a_fresh_computation_and_is_read_back_on_resume(
     # on resume the cache is read back, not recomputed (a marked cache shows which); a fresh run recomputes it
     save_file({split: logprobs + 1.0 for split, logprobs in on_disk.items()}, str(path))
     resumed = DPOTrainer(config)
-    resumed.cache_reference(RunDirectory(tmp_path / "run", tmp_path / "run" / "checkpoints" / "step-2"))
+    resumed.before_fit(RunDirectory(tmp_path / "run", tmp_path / "run" / "checkpoints" / "step-2"))
     assert torch.equal(resumed.reference["train"], on_disk["train"] + 1.0)
     fresh_run = DPOTrainer(config)
-    fresh_run.cache_reference(RunDirectory(tmp_path / "run", None))
+    fresh_run.before_fit(RunDirectory(tmp_path / "run", None))
     assert torch.equal(fresh_run.reference["train"], on_disk["train"])
     fresh_run._reference, fresh_run.step = None, 2  # a restored policy is no longer the reference
-    with pytest.raises(RuntimeError, match="cache_reference"):
+    with pytest.raises(RuntimeError, match="before_fit"):
         fresh_run.train_step()
 
 

@@ -12,31 +12,21 @@ from safetensors.torch import load_file
 
 from rlhfkit.cli import main
 from rlhfkit.config import load_config
+from rlhfkit.configs.reward import RMConfig
 from rlhfkit.data.collate import tokenize_prompt_response
 from rlhfkit.data.preferences import tokenize_preferences, unique_prompts
 from rlhfkit.data.records import load_records
 from rlhfkit.errors import UserError
 from rlhfkit.models import ScalarHeadModel, load_backbone, load_tokenizer
-from rlhfkit.models.tiny import build_tiny_model
-from rlhfkit.recipes.reward import (
-    RewardModelTrainer,
-    RMConfig,
-    batch_loss_backward,
-    preference_loss,
-    reference_scores,
-)
+from rlhfkit.recipes.reward import RewardModelTrainer, reference_scores
 from rlhfkit.rewards import model_reward, score_items
 from rlhfkit.rewards.calibration import calibration_bins, expected_calibration_error
 from rlhfkit.runtime import Runtime, check_micro_batches
+from rlhfkit.training.preferences import batch_loss_backward, preference_loss
 
 POSITIVE = "good great happy love wonderful excellent nice best joy beautiful amazing kind fun glad".split()
 NEGATIVE = "bad sad hate terrible awful worst ugly angry poor horrible pain boring".split()
 TOPICS = "cat dog food movie book weather friend house music game work life water tree city day".split()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=48))
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,11 @@ from safetensors.torch import load_file
 from rlhfkit.cli import main
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.recipes.sft import batch_loss_backward, response_tokens
 from rlhfkit.runtime import Runtime
 
 POSITIVE = {"good", "great", "happy", "love", "wonderful", "joy"}
 TOPICS = "cat dog food movie book weather friend house music game work life water tree city day".split()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=48))
 
 
 @pytest.fixture(scope="module")

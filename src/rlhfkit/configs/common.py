@@ -7,18 +7,35 @@ that adds its keys; `--help` reads a default-built config, so it prints the valu
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rlhfkit.config import field
 from rlhfkit.errors import UserError
 
 
-def require_positive(section: str, config: Any, names: tuple[str, ...]) -> None:
-    """One-line UserError unless every `section.name` (`name` for top-level keys) is > 0."""
+def require(section: str, config: Any, names: Iterable[str], rule: Callable[[Any], bool], requirement: str) -> None:
+    """One-line UserError for the first `section.name` (`name` for a top-level key) whose value breaks `rule`."""
     for name in names:
-        if getattr(config, name) <= 0:
-            key = f"{section}.{name}" if section else name
-            raise UserError(f"{key} must be positive, got {getattr(config, name)}")
+        value = getattr(config, name)
+        if not rule(value):
+            raise UserError(f"{f'{section}.' if section else ''}{name} must be {requirement}, got {value}")
+
+
+def require_positive(section: str, config: Any, names: Iterable[str]) -> None:
+    """One-line UserError unless every `section.name` is > 0."""
+    require(section, config, names, lambda value: value > 0, "positive")
+
+
+def require_at_least(section: str, config: Any, names: Iterable[str], bound: float, note: str = "") -> None:
+    """One-line UserError unless every `section.name` is >= `bound` (`note` says what the bound means)."""
+    require(section, config, names, lambda value: value >= bound, f">= {bound}{note}")
+
+
+def require_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    """One-line UserError unless `value` of `key` is one of `choices`."""
+    if value not in choices:
+        raise UserError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -60,10 +77,8 @@ class HeldOutConfig:
     )
 
     def __post_init__(self) -> None:
-        if not 0 < self.eval_fraction < 1:
-            raise UserError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        if self.max_length < 2:
-            raise UserError(f"data.max_length must be at least 2, got {self.max_length}")
+        require("data", self, ("eval_fraction",), lambda value: 0 < value < 1, "in (0, 1)")
+        require("data", self, ("max_length",), lambda value: value >= 2, "at least 2")
 
 
 @dataclasses.dataclass
@@ -73,5 +88,13 @@ class RuntimeConfig:
     threads: int = field(0, "torch CPU threads of this run (0: leave the CLI's choice, `rlhfkit --threads`)")
 
     def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise UserError(f"runtime.threads must be >= 0 (0: the CLI's choice), got {self.threads}")
+        require_at_least("runtime", self, ("threads",), 0, " (0: the CLI's choice)")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """The keys every command has: how this process computes, the seed, the output directory (a base class)."""
+
+    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
+    seed: int = field(0, "one seed for everything")
+    out: str = field("", "output directory (default runs/<command>-<time>)")

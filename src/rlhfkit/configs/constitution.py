@@ -6,7 +6,7 @@ import dataclasses
 
 from rlhfkit.assets import PROMPTS
 from rlhfkit.config import GenerationConfig, ModelConfig, field
-from rlhfkit.configs.common import RuntimeConfig, require_positive
+from rlhfkit.configs.common import RunConfig, require_positive
 
 
 def _default_prompts() -> str:
@@ -32,11 +32,9 @@ class CritiqueConfig:
 
 
 @dataclasses.dataclass
-class ConstitutionConfig:
+class ConstitutionConfig(RunConfig):
     model: ModelConfig = field(factory=ModelConfig, doc="the model that answers, critiques and revises")
     data: ConstitutionDataConfig = field(factory=ConstitutionDataConfig, doc="prompts")
     critique: CritiqueConfig = field(factory=CritiqueConfig, doc="the constitution and the rounds")
     generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of responses, critiques and revisions")
-    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
     seed: int = field(0, "seed for sampling and for the choice of principles")
-    out: str = field("", "output directory (default runs/constitution-<time>)")

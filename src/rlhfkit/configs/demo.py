@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from rlhfkit.assets import EVAL_PROMPTS, PROMPTS
 from rlhfkit.config import (
@@ -20,7 +21,7 @@ from rlhfkit.config import (
     check_precision,
     field,
 )
-from rlhfkit.configs.common import RuntimeConfig, ScheduleConfig
+from rlhfkit.configs.common import RunConfig, ScheduleConfig
 from rlhfkit.configs.generate import GenerateConfig, GenerateDataConfig
 from rlhfkit.configs.label import LabelConfig, LabelDataConfig, NoiseConfig
 from rlhfkit.configs.ppo import KLConfig, MonitorConfig, PPOConfig, PPODataConfig, PPOTrainConfig
@@ -31,7 +32,7 @@ from rlhfkit.training import OptimConfig
 
 
 @dataclasses.dataclass
-class DemoConfig:
+class DemoConfig(RunConfig):
     model: str = field(EMBEDDED_MODEL, "the initial policy (also the reward model's backbone and the reference)")
     prompts: str = field(str(PROMPTS), "training prompts")
     eval_prompts: str = field(str(EVAL_PROMPTS), "held-out prompts for the before/after evaluation")
@@ -67,9 +68,6 @@ class DemoConfig:
     kl_coef: float = field(0.05, "β of the KL penalty")
     num_eval_prompts: int = field(32, "held-out prompts in the evaluation")
     dtype: str = field("auto", "forward-pass precision: auto, float32 or bfloat16 (as model.dtype)")
-    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
-    seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/demo-<time>)")
 
     def __post_init__(self) -> None:
         self.dtype = check_precision(self.dtype, "dtype")
@@ -106,15 +104,18 @@ QUICK = {
 # ---------------------------------------------------------------------------
 
 
+def run_keys(config: DemoConfig, out: Path) -> dict[str, Any]:
+    """What every stage takes from the demo as it is (the runtime, the seed), and its own directory."""
+    return {"runtime": config.runtime, "seed": config.seed, "out": str(out)}
+
+
 def generate_config(config: DemoConfig, out: Path) -> GenerateConfig:
     return GenerateConfig(
         model=ModelConfig(name=config.model, dtype=config.dtype),
         data=GenerateDataConfig(prompts=config.prompts, limit=config.num_prompts),
         generation=GenerationConfig(max_new_tokens=config.max_new_tokens),
         num_responses=config.num_candidates,
-        runtime=config.runtime,
-        seed=config.seed,
-        out=str(out),
+        **run_keys(config, out),
     )
 
 
@@ -125,9 +126,7 @@ def label_config(config: DemoConfig, candidates: Path, fmt: str, noise: float, o
         format=fmt,
         noise=NoiseConfig(temperature=noise),
         dtype=config.dtype,
-        runtime=config.runtime,
-        seed=config.seed,
-        out=str(out),
+        **run_keys(config, out),
     )
 
 
@@ -147,9 +146,7 @@ def rm_config(config: DemoConfig, rankings: Path, heldout: Path, out: Path) -> R
         normalize=NormalizeConfig(
             num_prompts=config.ppo_batch_size, generation=GenerationConfig(max_new_tokens=config.max_new_tokens)
         ),
-        runtime=config.runtime,
-        seed=config.seed,
-        out=str(out),
+        **run_keys(config, out),
     )
 
 
@@ -182,7 +179,5 @@ def ppo_config(config: DemoConfig, reward_model: Path, out: Path) -> PPOConfig:
             checkpoint_every=max(config.ppo_steps // 4, 1),
         ),
         optim=OptimConfig(learning_rate=config.ppo_learning_rate),
-        runtime=config.runtime,
-        seed=config.seed,
-        out=str(out),
+        **run_keys(config, out),
     )

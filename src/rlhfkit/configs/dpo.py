@@ -6,8 +6,15 @@ import dataclasses
 
 from rlhfkit.assets import EVAL_PROMPTS
 from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, field
-from rlhfkit.configs.common import HeldOutConfig, RuntimeConfig, ScheduleConfig, require_positive
-from rlhfkit.errors import UserError
+from rlhfkit.configs.common import (
+    HeldOutConfig,
+    RunConfig,
+    ScheduleConfig,
+    require,
+    require_at_least,
+    require_choice,
+    require_positive,
+)
 from rlhfkit.training import OptimConfig
 
 DPO_LOSSES = ("dpo", "ipo", "conservative")
@@ -31,22 +38,16 @@ class DPOTrainConfig(ScheduleConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require_positive("train", self, ("reference_batch_size", "beta"))
-        if self.loss not in DPO_LOSSES:
-            raise UserError(f"train.loss must be one of {', '.join(DPO_LOSSES)}, got {self.loss!r}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise UserError(f"train.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.kl_prompts < 0:
-            raise UserError(f"train.kl_prompts must be >= 0, got {self.kl_prompts}")
+        require_choice("train.loss", self.loss, DPO_LOSSES)
+        require("train", self, ("label_smoothing",), lambda value: 0 <= value < 0.5, "in [0, 0.5)")
+        require_at_least("train", self, ("kl_prompts",), 0)
 
 
 @dataclasses.dataclass
-class DPOConfig:
+class DPOConfig(RunConfig):
     model: ModelConfig = field(factory=ModelConfig, doc="the policy, which is also the reference")
     data: DPODataConfig = field(factory=DPODataConfig, doc="data")
     train: DPOTrainConfig = field(factory=DPOTrainConfig, doc="loss and schedule")
     optim: OptimConfig = field(factory=lambda: OptimConfig(learning_rate=5e-6), doc="optimiser")
     generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of the held-out answers")
     reward: RewardConfig = field(factory=RewardConfig, doc="gold scorer of held-out answers, with train.score_answers")
-    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
-    seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/dpo-<time>)")

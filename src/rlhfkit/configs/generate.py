@@ -6,8 +6,7 @@ import dataclasses
 
 from rlhfkit.assets import PROMPTS
 from rlhfkit.config import GenerationConfig, ModelConfig, field
-from rlhfkit.configs.common import RuntimeConfig, require_positive
-from rlhfkit.errors import UserError
+from rlhfkit.configs.common import RunConfig, require_at_least, require_positive
 
 
 @dataclasses.dataclass
@@ -16,20 +15,16 @@ class GenerateDataConfig:
     limit: int = field(0, "use only the first N prompts (0: all)")
 
     def __post_init__(self) -> None:
-        if self.limit < 0:
-            raise UserError(f"data.limit must be >= 0, got {self.limit}")
+        require_at_least("data", self, ("limit",), 0)
 
 
 @dataclasses.dataclass
-class GenerateConfig:
+class GenerateConfig(RunConfig):
     model: ModelConfig = field(factory=ModelConfig, doc="the model that answers")
     data: GenerateDataConfig = field(factory=GenerateDataConfig, doc="data")
     generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling")
     num_responses: int = field(4, "K: responses sampled per prompt")
     batch_size: int = field(8, "prompts per sampling batch (each repeated K times)")
-    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
-    seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/generate-<time>)")
 
     def __post_init__(self) -> None:
         require_positive("", self, ("num_responses", "batch_size"))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from rlhfkit.config import ModelConfig, RewardConfig, check_precision, field
-from rlhfkit.configs.common import RuntimeConfig
-from rlhfkit.errors import UserError
+from rlhfkit.configs.common import RunConfig, require_at_least, require_choice
 from rlhfkit.rewards.ai_judge import JudgeConfig
 
 FORMATS = ("comparisons", "rankings", "choices")
@@ -26,29 +25,25 @@ class NoiseConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise UserError(f"noise.temperature must be >= 0, got {self.temperature}")
+        require_at_least("noise", self, ("temperature",), 0)
 
 
 @dataclasses.dataclass
-class LabelConfig:
+class LabelConfig(RunConfig):
     data: LabelDataConfig = field(factory=LabelDataConfig, doc="data")
     reward: RewardConfig = field(factory=RewardConfig, doc="the judge (also --judge KIND)")
     format: str = field("comparisons", "records to write: comparisons (all pairs), rankings or choices (also --format)")
     noise: NoiseConfig = field(factory=NoiseConfig, doc="label noise")
     dtype: str = field("auto", "precision of a reward-model judge: auto, float32 or bfloat16 (as model.dtype)")
-    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
     seed: int = field(0, "seed of the label noise")
-    out: str = field("", "output directory (default runs/label-<time>)")
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise UserError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        require_choice("format", self.format, FORMATS)
         self.dtype = check_precision(self.dtype, "dtype")
 
 
 @dataclasses.dataclass
-class AILabelConfig:
+class AILabelConfig(RunConfig):
     """The keys of `rlhfkit label --judge ai`: a judge model instead of a reward source."""
 
     data: LabelDataConfig = field(factory=LabelDataConfig, doc="data")
@@ -57,6 +52,4 @@ class AILabelConfig:
         doc="the policy: the judge unless judge.model names another (model.dtype is the judge's precision)",
     )
     judge: JudgeConfig = field(factory=JudgeConfig, doc="the AI judge")
-    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
     seed: int = field(0, "seed for the choice of principles")
-    out: str = field("", "output directory (default runs/label-<time>)")

@@ -13,7 +13,7 @@ from typing import Any
 from rlhfkit.algorithms import KL_ESTIMATORS, LOSS_AGGREGATIONS
 from rlhfkit.assets import ARITHMETIC, EVAL_PROMPTS, PROMPTS
 from rlhfkit.config import REWARD_KINDS, GenerationConfig, ModelConfig, RewardConfig, field
-from rlhfkit.configs.common import RuntimeConfig
+from rlhfkit.configs.common import RunConfig, require, require_at_least, require_choice, require_positive
 from rlhfkit.errors import UserError
 from rlhfkit.rollout.advantages import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, AdvantageSpec
 from rlhfkit.training import OptimConfig
@@ -59,12 +59,8 @@ class PPOTrainConfig:
     checkpoint_every: int = field(10, "save a checkpoint every N iterations (0: only at the end)")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "ppo_epochs"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"train.{name} must be positive, got {getattr(self, name)}")
-        for name in ("mini_batch_size", "micro_batch_size", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise UserError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        require_positive("train", self, ("steps", "batch_size", "ppo_epochs"))
+        require_at_least("train", self, ("mini_batch_size", "micro_batch_size", "checkpoint_every"), 0)
 
 
 @dataclasses.dataclass
@@ -84,10 +80,9 @@ class PPOAlgorithmConfig:
     ptx_coef: float = field(0.0, "γ of PPO-ptx: weight of the SFT loss on data.ptx")
 
     def __post_init__(self) -> None:
-        if self.objective not in ("clip", "kl_penalty"):
-            raise UserError(f"ppo.objective must be clip or kl_penalty, got {self.objective!r}")
-        if not 0 < self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise UserError(f"ppo.gamma must be in (0, 1] and ppo.lam in [0, 1], got {self.gamma} and {self.lam}")
+        require_choice("ppo.objective", self.objective, ("clip", "kl_penalty"))
+        require("ppo", self, ("gamma",), lambda value: 0 < value <= 1, "in (0, 1]")
+        require("ppo", self, ("lam",), lambda value: 0 <= value <= 1, "in [0, 1]")
 
 
 @dataclasses.dataclass
@@ -114,10 +109,7 @@ class AlgorithmConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.advantage not in ADVANTAGE_ESTIMATORS:
-            raise UserError(
-                f"algorithm.advantage must be one of {', '.join(ADVANTAGE_ESTIMATORS)}, got {self.advantage!r}"
-            )
+        require_choice("algorithm.advantage", self.advantage, ADVANTAGE_ESTIMATORS)
         if self.group_size < 0:
             raise UserError(f"algorithm.group_size must be >= 1 (0: derived), got {self.group_size}")
         if self.advantage in GROUP_ESTIMATORS and self.group_size == 1:
@@ -125,17 +117,10 @@ class AlgorithmConfig:
                 f"algorithm.group_size 1 leaves algorithm.advantage={self.advantage} no group to compare a response "
                 f"with; set algorithm.group_size to 2 or more (0: {DEFAULT_GROUP_SIZE})"
             )
-        if self.loss_aggregation not in LOSS_AGGREGATIONS:
-            raise UserError(
-                f"algorithm.loss_aggregation must be one of {', '.join(LOSS_AGGREGATIONS)}, "
-                f"got {self.loss_aggregation!r}"
-            )
-        if self.kl_in not in ("reward", "loss"):
-            raise UserError(f"algorithm.kl_in must be reward or loss, got {self.kl_in!r}")
-        if self.kl_estimator and self.kl_estimator not in KL_ESTIMATORS:
-            raise UserError(
-                f"algorithm.kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {self.kl_estimator!r}"
-            )
+        require_choice("algorithm.loss_aggregation", self.loss_aggregation, LOSS_AGGREGATIONS)
+        require_choice("algorithm.kl_in", self.kl_in, ("reward", "loss"))
+        if self.kl_estimator:
+            require_choice("algorithm.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
 
     @property
     def critic_free(self) -> bool:
@@ -180,8 +165,7 @@ class CriticConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.kind not in ("shared", "separate"):
-            raise UserError(f"critic.kind must be shared or separate, got {self.kind!r}")
+        require_choice("critic.kind", self.kind, ("shared", "separate"))
 
 
 MONITOR_ACTIONS = ("stop", "rollback")
@@ -214,8 +198,7 @@ class MonitorConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.action not in MONITOR_ACTIONS:
-            raise UserError(f"monitor.action must be stop or rollback, got {self.action!r}")
+        require_choice("monitor.action", self.action, MONITOR_ACTIONS)
         if self.gold and self.gold not in REWARD_KINDS:
             raise UserError(f"monitor.gold must be empty or one of {', '.join(REWARD_KINDS)}, got {self.gold!r}")
         if self.action == "rollback" and not self.gold:
@@ -238,7 +221,7 @@ class MonitorConfig:
 
 
 @dataclasses.dataclass
-class PPOConfig:
+class PPOConfig(RunConfig):
     model: ModelConfig = field(factory=ModelConfig, doc="policy (and reference) model")
     data: PPODataConfig = field(factory=PPODataConfig, doc="data")
     generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling")
@@ -253,9 +236,6 @@ class PPOConfig:
     optim: OptimConfig = field(
         factory=OptimConfig, doc="optimiser (the schedule runs over all optimiser steps of the run)"
     )
-    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
-    seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/<command>-<time>)")
 
     def __post_init__(self) -> None:
         if not self.data.prompts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from rlhfkit.config import GenerationConfig, ModelConfig, field
-from rlhfkit.configs.common import HeldOutConfig, RuntimeConfig, ScheduleConfig
+from rlhfkit.configs.common import HeldOutConfig, RunConfig, ScheduleConfig
 from rlhfkit.errors import UserError
 from rlhfkit.models.heads import check_pooling
 from rlhfkit.training import OptimConfig
@@ -33,7 +33,7 @@ class NormalizeConfig:
 
 
 @dataclasses.dataclass
-class RMConfig:
+class RMConfig(RunConfig):
     model: ModelConfig = field(factory=ModelConfig, doc="the backbone: any causal LM, or an `rlhfkit sft` final/")
     data: RMDataConfig = field(factory=RMDataConfig, doc="data")
     train: ScheduleConfig = field(
@@ -45,9 +45,6 @@ class RMConfig:
         "where the head reads: last (the last token, EOS; InstructGPT) or mean (averaged over the response tokens)",
     )
     normalize: NormalizeConfig = field(factory=NormalizeConfig, doc="reward normalisation after training")
-    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
-    seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/rm-<time>)")
 
     def __post_init__(self) -> None:
         check_pooling(self.pooling)

@@ -6,7 +6,7 @@ import dataclasses
 
 from rlhfkit.assets import DEMONSTRATIONS, EVAL_PROMPTS
 from rlhfkit.config import GenerationConfig, ModelConfig, field
-from rlhfkit.configs.common import HeldOutConfig, RuntimeConfig, ScheduleConfig
+from rlhfkit.configs.common import HeldOutConfig, RunConfig, ScheduleConfig
 from rlhfkit.training import OptimConfig
 
 
@@ -27,12 +27,9 @@ class SFTTrainConfig(ScheduleConfig):
 
 
 @dataclasses.dataclass
-class SFTConfig:
+class SFTConfig(RunConfig):
     model: ModelConfig = field(factory=ModelConfig, doc="the model to fine-tune")
     data: SFTDataConfig = field(factory=SFTDataConfig, doc="data")
     train: SFTTrainConfig = field(factory=SFTTrainConfig, doc="schedule")
     optim: OptimConfig = field(factory=lambda: OptimConfig(learning_rate=2e-5), doc="optimiser")
     generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of the logged answers")
-    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
-    seed: int = field(0, "one seed for everything")
-    out: str = field("", "output directory (default runs/sft-<time>)")

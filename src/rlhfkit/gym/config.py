@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from rlhfkit.config import field, load_config
-from rlhfkit.configs.common import RuntimeConfig
+from rlhfkit.configs.common import RuntimeConfig, require, require_at_least
 from rlhfkit.errors import UserError
 from rlhfkit.gym.envs import inspect_env
 from rlhfkit.gym.preferences import RewardConfig, refuse_unsupported_preference_settings
@@ -42,8 +42,7 @@ class EnvConfig:
     normalize_reward: bool = field(False, "divide rewards by a running std of the discounted return (clipped to +-10)")
 
     def __post_init__(self) -> None:
-        if self.num_envs < 1:
-            raise UserError(f"env.num_envs must be >= 1, got {self.num_envs}")
+        require_at_least("env", self, ("num_envs",), 1)
 
 
 @dataclasses.dataclass
@@ -78,16 +77,10 @@ class PPOConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.rollout_steps < 1:
-            raise UserError(f"ppo.rollout_steps must be >= 1, got {self.rollout_steps}")
-        for name in ("gamma", "lam"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UserError(f"ppo.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.clip_range <= 0:
-            raise UserError(f"ppo.clip_range must be > 0, got {self.clip_range}")
-        for name in ("value_clip_range", "target_kl"):
-            if getattr(self, name) < 0:
-                raise UserError(f"ppo.{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        require_at_least("ppo", self, ("rollout_steps",), 1)
+        require("ppo", self, ("gamma", "lam"), lambda value: 0 <= value <= 1, "in [0, 1]")
+        require("ppo", self, ("clip_range",), lambda value: value > 0, "> 0")
+        require_at_least("ppo", self, ("value_clip_range", "target_kl"), 0, " (0: off)")
 
 
 @dataclasses.dataclass
@@ -108,12 +101,8 @@ class TRPOConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("max_kl", "cg_damping"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"trpo.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("cg_iterations", "line_search_steps", "value_epochs"):
-            if getattr(self, name) < 1:
-                raise UserError(f"trpo.{name} must be >= 1, got {getattr(self, name)}")
+        require("trpo", self, ("max_kl", "cg_damping"), lambda value: value > 0, "> 0")
+        require_at_least("trpo", self, ("cg_iterations", "line_search_steps", "value_epochs"), 1)
 
 
 @dataclasses.dataclass
@@ -126,9 +115,7 @@ class TrainConfig:
     checkpoint_every: int = field(10, "updates between checkpoints (the last update always checkpoints)")
 
     def __post_init__(self) -> None:
-        for name in ("total_timesteps", "ppo_epochs", "mini_batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least("train", self, ("total_timesteps", "ppo_epochs", "mini_batch_size", "checkpoint_every"), 1)
 
 
 @dataclasses.dataclass
@@ -138,8 +125,7 @@ class EvalConfig:
     video: bool = field(False, "record the first evaluation episode as eval.gif (the env must render rgb_array)")
 
     def __post_init__(self) -> None:
-        if self.episodes < 1:
-            raise UserError(f"eval.episodes must be >= 1, got {self.episodes}")
+        require_at_least("eval", self, ("episodes",), 1)
 
 
 # The road to PPO, in order: `rlhfkit.gym.updates.UPDATES` holds one update function for each.

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,93 +42,14 @@ import torch
 from rlhfkit.checkpoint import seed_everything
 from rlhfkit.config import add_config_arguments, save_config
 from rlhfkit.configs.constitution import ConstitutionConfig
-from rlhfkit.data.records import Record, format_prompt, load_records, prompt_messages, prompt_text
+from rlhfkit.data.records import Record, format_prompt, load_records
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.recipes.generate import output_directory
 from rlhfkit.rewards.ai_judge import Principle, constitution_path, load_constitution
+from rlhfkit.rollout.critique import FormatMessages, Generate, chain_metrics, critique_and_revise, demonstration
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.runtime import Runtime, run_config
 from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic, write_jsonl_atomic
-
-Generate = Callable[[list[str]], list[str]]  # formatted model inputs -> decoded responses, one per input
-FormatMessages = Callable[[list[dict[str, str]]], str]  # a conversation -> the model's input text (chat template)
-
-
-# ---------------------------------------------------------------------------
-# The conversations the model is asked to continue
-# ---------------------------------------------------------------------------
-
-
-def critique_messages(record: Record, response: str, principle: Principle) -> list[dict[str, str]]:
-    """The prompt, the response to critique, and the principle's critique request as the next user turn."""
-    return [
-        *prompt_messages(record),
-        {"role": "assistant", "content": response},
-        {"role": "user", "content": principle.critique},
-    ]
-
-
-def revision_messages(record: Record, response: str, principle: Principle, critique: str) -> list[dict[str, str]]:
-    """The critique conversation, the critique, and the principle's revision request as the next user turn."""
-    return [
-        *critique_messages(record, response, principle),
-        {"role": "assistant", "content": critique},
-        {"role": "user", "content": principle.revision},
-    ]
-
-
-def _final_text(chain: dict[str, Any]) -> str:
-    """The last non-empty text of a chain: its final revision, an earlier one, or the first response."""
-    texts = [chain["response"], *(round_["revision"] for round_ in chain["rounds"])]
-    return next((text for text in reversed(texts) if text.strip()), "")
-
-
-def critique_and_revise(
-    records: list[Record],
-    principles: list[Principle],
-    revisions: int,
-    generate: Generate,
-    format_messages: FormatMessages,
-    rng: random.Random,
-) -> list[dict[str, Any]]:
-    """Chains for one batch of prompt records: 1 + 2 * revisions batched `generate` calls in all.
-
-    Returns, per record: {"prompt", "response", "rounds": [{"principle", "critique", "revision"}], "final"}.
-    """
-    responses = generate([format_messages(prompt_messages(r)) for r in records])
-    chains: list[dict[str, Any]] = [
-        {"prompt": prompt_text(r), "response": response, "rounds": []} for r, response in zip(records, responses)
-    ]
-    current = list(responses)
-    for _ in range(revisions):
-        sampled = [rng.choice(principles) for _ in records]
-        critiques = generate(
-            [format_messages(critique_messages(r, c, p)) for r, c, p in zip(records, current, sampled)]
-        )
-        current = generate(
-            [format_messages(revision_messages(r, c, p, k)) for r, c, p, k in zip(records, current, sampled, critiques)]
-        )
-        for chain, principle, critique, revision in zip(chains, sampled, critiques, current):
-            chain["rounds"].append({"principle": principle.name, "critique": critique, "revision": revision})
-    for chain in chains:
-        chain["final"] = _final_text(chain)
-    return chains
-
-
-def demonstration(record: Record, final: str) -> Record:
-    """A demonstration record (the source's prompt fields + `response`) for `rlhfkit sft`."""
-    if "prompt" in record:
-        return {"prompt": record["prompt"], "response": final}
-    return {"messages": [*prompt_messages(record), {"role": "assistant", "content": final}]}
-
-
-def chain_metrics(chains: list[dict[str, Any]]) -> dict[str, float]:
-    """A batch's response and final lengths in words, and the share of prompts whose text the rounds changed."""
-    return {
-        "constitution/response_words": sum(len(c["response"].split()) for c in chains) / len(chains),
-        "constitution/final_words": sum(len(c["final"].split()) for c in chains) / len(chains),
-        "constitution/changed_fraction": sum(c["final"] != c["response"] for c in chains) / len(chains),
-    }
 
 
 def load_generator(config: ConstitutionConfig) -> tuple[Generate, FormatMessages]:

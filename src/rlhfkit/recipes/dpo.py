@@ -25,7 +25,6 @@ Where this departs from a naive implementation, and why:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import functools
 from collections.abc import Callable
@@ -40,28 +39,21 @@ from rlhfkit.algorithms import conservative_dpo_loss, dpo_loss, ipo_loss, share_
 from rlhfkit.config import add_config_arguments
 from rlhfkit.configs.dpo import DPOConfig, DPODataConfig, DPOTrainConfig
 from rlhfkit.data import format_prompt, load_records, prompt_text
-from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
+from rlhfkit.data.collate import tokenize_prompt_response
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.loading import save_policy
-from rlhfkit.models.lora import apply_lora, is_lora
+from rlhfkit.models.lora import apply_lora
 from rlhfkit.rewards import build_reward, checked_scores
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, check_micro_batches, fit, run_config
-from rlhfkit.training import (
-    batch_indices,
-    build_optimizer,
-    load_training_state,
-    optimizer_step,
-    sequence_logprobs,
-    split_records,
-    training_state,
-)
+from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, check_micro_batches, run_config
+from rlhfkit.training import batch_indices, sequence_logprobs, split_records
+from rlhfkit.training.preferences import Pair, pair_logprobs, reference_logprobs, reference_mode
+from rlhfkit.training.trainer import OptimizerTrainer, run_trainer
 
 REFERENCE_FILE = "reference_logprobs.safetensors"
 # averaged over pairs: loss, r_w > r_l, r_w - r_l, implicit rewards r = β (log π - log π_ref), log π(y_w), log π(y_l)
 STATISTICS = "loss reward_accuracy reward_margin reward_chosen reward_rejected logp_chosen logp_rejected".split()
-Pair = tuple[dict, dict]  # (chosen, rejected): each a tokenised prompt + response + EOS
 # (policy_chosen, policy_rejected, ref_chosen, ref_rejected) (N,) each -> (losses, chosen_rewards, rejected_rewards)
 PreferenceLoss = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 # train.loss -> its function with the coefficients bound
@@ -93,27 +85,6 @@ def load_pairs(config: DPODataConfig, tokenizer: Any) -> dict[str, list[Pair]]:
     return pairs
 
 
-def pair_logprobs(model: nn.Module, pairs: list[Pair], pad_id: int, runtime: Runtime) -> Tensor:
-    """(N, 2) summed response log-probs of each pair's (chosen, rejected) response, in one forward of 2N rows."""
-    items = [chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs]
-    batch = runtime.to_device(pad_batch(items, pad_id))
-    return sequence_logprobs(model, *batch, dtype=runtime.precision).view(2, -1).T  # (2N,) -> (N, 2)
-
-
-def reference_mode(model: Any) -> contextlib.AbstractContextManager:
-    """Where `model` is the reference: with LoRA, the base with the adapter disabled; else the model as it is."""
-    return model.disable_adapter() if is_lora(model) else contextlib.nullcontext()
-
-
-@torch.no_grad()
-def reference_logprobs(model: nn.Module, pairs: list[Pair], pad_id: int, batch_size: int, runtime: Runtime) -> Tensor:
-    """(N, 2) log π_ref of every pair's (chosen, rejected) response; with LoRA, under the base (adapter off)."""
-    model.eval()
-    with reference_mode(model):
-        chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
-        return torch.cat([pair_logprobs(model, chunk, pad_id, runtime) for chunk in chunks])
-
-
 def statistic_sums(policy: Tensor, losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
     """(7,) sums over the pairs of STATISTICS: sums add up across micro-batches and processes, means would not."""
     margins = chosen_rewards - rejected_rewards
@@ -121,7 +92,7 @@ def statistic_sums(policy: Tensor, losses: Tensor, chosen_rewards: Tensor, rejec
     return torch.stack(rows, dim=1).detach().sum(0)
 
 
-class DPOTrainer:
+class DPOTrainer(OptimizerTrainer):
     """DPO, validated at construction (before any output); `rlhfkit.runtime.fit` runs it."""
 
     command = "dpo"
@@ -140,18 +111,9 @@ class DPOTrainer:
         self.gold = build_reward(config.reward, config.model.dtype) if train.score_answers else None
         keep_copy = self.kl_prompts and not config.model.lora.enabled  # held-out KL's reference; LoRA's is the base
         self.reference_copy = copy.deepcopy(model).requires_grad_(False).to(self.runtime.device) if keep_copy else None
-        model = apply_lora(model, config.model.lora) if config.model.lora.enabled else model
-        optimizer, self.scheduler = build_optimizer(model.parameters(), config.optim, train.steps)
-        self.model, self.optimizer = self.runtime.prepare(model, optimizer)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.prepare_training(apply_lora(model, config.model.lora) if config.model.lora.enabled else model)
         self.loss_fn = LOSSES[train.loss](train)
         self._reference: dict[str, Tensor] | None = None
-        self.step, self.total_steps = 0, train.steps
-        self.eval_every, self.checkpoint_every = train.eval_every, train.checkpoint_every
-
-    @property
-    def unwrapped(self) -> nn.Module:
-        return self.runtime.unwrap(self.model)
 
     @property
     def reference(self) -> dict[str, Tensor]:
@@ -159,12 +121,12 @@ class DPOTrainer:
         first use, right only while the policy is the reference (before fit restores or takes a step)."""
         if self._reference is None:
             if self.step > 0:
-                raise RuntimeError("DPOTrainer: call cache_reference(run) before fit resumes a run")
+                raise RuntimeError("DPOTrainer: call before_fit(run) before fit resumes a run")
             model, pad, batch = self.unwrapped, self.tokenizer.pad_token_id, self.config.train.reference_batch_size
             self._reference = {s: reference_logprobs(model, p, pad, batch, self.runtime) for s, p in self.pairs.items()}
         return self._reference
 
-    def cache_reference(self, run: RunDirectory) -> None:
+    def before_fit(self, run: RunDirectory) -> None:
         """Read back from the run's cache on resume; else computed now by every process, and written by the main one."""
         path = run.path / REFERENCE_FILE
         if run.checkpoint is not None and path.is_file():
@@ -194,10 +156,7 @@ class DPOTrainer:
         indices = batch_indices(len(self.pairs["train"]), self.config.train.batch_size, self.step, self.config.seed)
         self.model.train()
         metrics = self.pair_metrics(self.model, "train", self.runtime.shard(indices), len(indices))
-        learning_rate = self.scheduler.get_last_lr()[0]
-        grad_norm = optimizer_step(self.params, self.optimizer, self.scheduler, self.config.optim.max_grad_norm)
-        self.step += 1
-        return {**metrics, "train/grad_norm": grad_norm, "train/learning_rate": learning_rate}, None
+        return self.optimizer_metrics(metrics), None
 
     @torch.no_grad()
     def evaluate(self) -> StepOutput:
@@ -224,12 +183,6 @@ class DPOTrainer:
             metrics["eval/score_mean"], scores = gold.mean().item(), gold.tolist()
         return metrics, Samples(prompts, answers, scores)
 
-    def checkpoint_state(self) -> tuple[dict, dict[str, Any]]:
-        return training_state(self.unwrapped, self.optimizer, self.scheduler)
-
-    def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
-        load_training_state(tensors, state, self.unwrapped, self.optimizer, self.scheduler)
-
     def save_final(self, directory: Path) -> None:
         """A plain model directory + tokenizer (LoRA merged into a copy, the adapter in adapter/): a policy."""
         save_policy(self.unwrapped, self.tokenizer, directory, self.config.model.dtype)
@@ -240,23 +193,13 @@ class DPOTrainer:
         train, sizes = self.config.train, {f"{split}_pairs": len(pairs) for split, pairs in self.pairs.items()}
         return {"loss": train.loss, "beta": train.beta, **sizes, "initial": evals[0], "final_eval": evals[-1]}
 
-    def train(self, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-        """The Python API: the whole run into `out` (default: config.out); returns summary.json's figures."""
-        run = RunDirectory.resolve(str(out or self.config.out), self.command, resume)
-        self.cache_reference(run)
-        return fit(self, run)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, DPOConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = run_config(DPOConfig, args)
-    run_directory = RunDirectory.resolve(config.out, "dpo", args.resume)  # before any model loads
-    trainer = DPOTrainer(config)
-    trainer.cache_reference(run_directory)  # before fit restores a checkpoint: the policy is still the reference
-    summary = fit(trainer, run_directory)
+    summary = run_trainer(DPOTrainer, run_config(DPOConfig, args), args.resume)
     if summary:
         initial, final = summary["initial"], summary["final_eval"]
         kl = f", KL to reference {final['kl/mean']:.2f} nats" if "kl/mean" in final else ""

@@ -6,7 +6,7 @@ One iteration, as in Ziegler et al. 2019 / Stiennon et al. 2020 / InstructGPT:
     2 score      reward source -> one score per response; reference log-probs; values
     3 reward     per-token -β·KL plus the score on the last real token
     4 advantage  GAE(γ, λ) on the rollout-time values, whitened over the batch
-    5 update     K epochs of shuffled minibatches (`algorithms.ppo_epochs`): clipped surrogate (or the
+    5 update     K epochs of shuffled minibatches (`training.ppo.PPOUpdate`): clipped surrogate (or the
                  PPO paper's adaptive-KL surrogate), clipped value loss, entropy bonus, PPO-ptx
     6 log        metrics and samples; adapt β (`rlhfkit.runtime.fit` owns checkpoints, final/, summary)
     7 evaluate   monitor.enabled: proxy vs gold judge, KL, degeneration on held-out prompts; stop when hacked
@@ -34,34 +34,16 @@ Where this departs from a naive implementation, and why:
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import save_file
 
-from rlhfkit.algorithms import (
-    KL_ESTIMATORS,
-    LOSS_AGGREGATIONS,
-    AdaptiveKLController,
-    FixedKLController,
-    RunningMeanStd,
-    clipped_policy_loss,
-    clipped_value_loss,
-    kl_loss,
-    kl_penalty_policy_loss,
-    masked_mean,
-    ppo_epochs,
-    share_weight,
-    update_kl_penalty_beta,
-)
+from rlhfkit.algorithms import AdaptiveKLController, FixedKLController, RunningMeanStd
 from rlhfkit.config import add_config_arguments
 from rlhfkit.configs.ppo import PPOConfig
 from rlhfkit.data import format_prompt, load_records, prompt_text
-from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
-from rlhfkit.data.records import demonstration_response
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.actor_critic import ActorCritic, load_actor_critic
@@ -74,14 +56,8 @@ from rlhfkit.rollout.generation import decode_responses, left_truncate, sample
 from rlhfkit.rollout.scoring import rollout_metrics, score_responses
 from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, fit, run_config
 from rlhfkit.tracking import phase
-from rlhfkit.training import (
-    batch_indices,
-    build_optimizer,
-    load_training_state,
-    optimizer_step,
-    response_token_nll,
-    training_state,
-)
+from rlhfkit.training import batch_indices, build_optimizer, load_training_state, training_state
+from rlhfkit.training.ppo import PPOUpdate
 
 __all__ = ["PPOConfig", "PPOTrainer"]
 
@@ -111,7 +87,6 @@ class PPOTrainer:
         config.check_processes(runtime.num_processes)
         if reward is None:
             validate_records_for_reward(config.reward, self.prompts, config.data.prompts)
-        self.ptx_records = load_records(config.data.ptx, "demonstrations") if config.data.ptx else []
 
         self.tokenizer = load_tokenizer(config.model.name)
         actor_critic, reference = load_actor_critic(
@@ -127,11 +102,10 @@ class PPOTrainer:
             if config.kl.adaptive
             else FixedKLController(config.kl.coef)
         )
-        self.penalty_beta = config.ppo.penalty_beta
-        self.aggregation = LOSS_AGGREGATIONS[config.algorithm.loss_aggregation]
-        self.kl_in_loss = (
-            KL_ESTIMATORS[config.algorithm.kl_estimator_name] if config.algorithm.kl_in == "loss" else None
-        )
+        self.update = PPOUpdate(
+            config, runtime, self.actor_critic, self.optimizer, self.scheduler, lambda: self.kl_controller.value,
+            self.tokenizer, load_records(config.data.ptx, "demonstrations") if config.data.ptx else [],
+        )  # fmt: skip
         self.score_moments = RunningMeanStd() if config.score.normalize else None
         self.step, self.total_steps = 0, config.train.steps
         self.watch = HeldOutMonitor(config, runtime, reward_from_config=reward is None)
@@ -194,105 +168,6 @@ class PPOTrainer:
         )  # fmt: skip
         return experience, responses
 
-    # -- step 5: the update ------------------------------------------------------------------
-
-    def update(self, experience: Experience) -> dict[str, float]:
-        """Step 5: K epochs of shuffled minibatches (each process shuffles its own rows of the global batch)."""
-        config = self.config
-        phase("update", 3, 3)
-        self.actor_critic.train()
-        stats = ppo_epochs(
-            num_rows=experience.samples.response_ids.shape[0],
-            mini_batch_size=config.mini_batch_size // self.runtime.num_processes,
-            epochs=config.train.ppo_epochs,
-            minibatch_step=lambda rows: self._minibatch_step(experience.select(rows)),
-            target_kl=config.ppo.target_kl,
-        )
-        if config.ppo.objective == "kl_penalty":
-            self.penalty_beta = update_kl_penalty_beta(
-                self.penalty_beta, stats["policy/approx_kl"], config.ppo.penalty_target
-            )
-        return stats
-
-    def _minibatch_step(self, mini: Experience) -> dict[str, float]:
-        """One optimiser step on this process's rows of a minibatch, accumulating over micro-batches.
-
-        Each micro-batch's loss is weighted by `share_weight` of what the aggregation counts (tokens for
-        token_mean, responses otherwise) in the global minibatch, so the step is the one of a single
-        aggregation over every process's rows. The statistics are the same weighted means over all
-        processes (the losses by the aggregation, the rest by tokens; equal on every process, so that
-        all of them stop early together).
-        """
-        runtime, rows, mask = self.runtime, mini.samples.response_mask.shape[0], mini.samples.response_mask
-        local = torch.tensor([float(mask.sum()), float(self.aggregation.count(mask))], device=runtime.device)
-        global_tokens, global_units = runtime.sum(local).tolist()
-        aggregate = functools.partial(self.aggregation.reduce, max_new_tokens=self.config.generation.max_new_tokens)
-        sums: dict[str, torch.Tensor] = {}
-        for start in range(0, rows, self.config.micro_batch_size):
-            micro = mini.select(torch.arange(start, min(start + self.config.micro_batch_size, rows)))
-            units = self.aggregation.count(micro.samples.response_mask)
-            loss, aggregated, token_means = self._micro_losses(micro, aggregate)
-            runtime.backward(loss * share_weight(units, global_units, runtime.num_processes))
-            _accumulate(sums, aggregated, share_weight(units, global_units))
-            _accumulate(sums, token_means, share_weight(float(micro.samples.response_mask.sum()), global_tokens))
-        totals = dict(zip(sums, runtime.sum(torch.stack(list(sums.values()))).tolist()))
-        if self.config.ppo.ptx_coef > 0:
-            totals["ptx/loss"] = self._ptx_backward()
-        totals["train/grad_norm"] = optimizer_step(
-            list(self.actor_critic.parameters()), self.optimizer, self.scheduler, self.config.optim.max_grad_norm
-        )
-        return totals
-
-    def _micro_losses(self, micro: Experience, aggregate) -> tuple[torch.Tensor, dict, dict]:
-        """The micro-batch's loss, and its statistics: (loss, aggregated losses, token means).
-
-        The policy loss, the KL loss term, the entropy bonus and the value loss are reduced by
-        `aggregate` (algorithm.loss_aggregation); clip fractions, approx-KL and entropy are token means.
-        """
-        config, mask = self.config, micro.samples.response_mask
-        logprobs, entropy, values = self.actor_critic(
-            micro.samples.input_ids, micro.samples.attention_mask, micro.samples.response_ids,
-            config.generation.temperature, self.runtime.precision,
-            entropy_grad=config.ppo.entropy_coef != 0, frozen_states=micro.frozen_states,
-        )  # fmt: skip
-        if config.ppo.objective == "clip":
-            surrogate, trust = clipped_policy_loss, config.ppo.clip_range
-        else:
-            surrogate, trust = kl_penalty_policy_loss, self.penalty_beta
-        pg_loss, pg = surrogate(logprobs, micro.logprobs, micro.advantages, mask, trust, reduce=aggregate)
-        aggregated = {"policy/loss": pg_loss}
-        token_means = {"policy/clipfrac": pg["clipfrac"], "policy/approx_kl": pg["approx_kl"]}
-        token_means["policy/entropy"] = masked_mean(entropy, mask)
-        loss = pg_loss
-        if config.ppo.entropy_coef:
-            loss = loss - config.ppo.entropy_coef * aggregate(entropy, mask)
-        if self.kl_in_loss is not None:
-            aggregated["kl/loss"] = kl_loss(logprobs, micro.ref_logprobs, mask, self.kl_in_loss, aggregate)
-            loss = loss + self.kl_controller.value * aggregated["kl/loss"]
-        if values is not None:
-            vf_loss, vf = clipped_value_loss(
-                values, micro.values, micro.returns, mask, config.ppo.value_clip_range, reduce=aggregate
-            )
-            aggregated["value/loss"], token_means["value/clipfrac"] = vf_loss, vf["clipfrac"]
-            loss = loss + config.ppo.value_coef * vf_loss
-        return loss, aggregated, token_means
-
-    def _ptx_backward(self) -> float:
-        """PPO-ptx (InstructGPT eq. 2): γ · SFT loss on a micro-batch of demonstrations, added to the gradient."""
-        config = self.config
-        picks = torch.randint(len(self.ptx_records), (config.micro_batch_size,)).tolist()
-        max_length = config.data.max_prompt_length + config.generation.max_new_tokens
-        items = [
-            tokenize_prompt_response(
-                self.tokenizer, self.ptx_records[i], demonstration_response(self.ptx_records[i]), max_length
-            )
-            for i in picks
-        ]
-        batch = self.runtime.to_device(pad_batch(items, self.tokenizer.pad_token_id))
-        loss = response_token_nll(self.unwrapped.policy, *batch, dtype=self.runtime.precision)
-        self.runtime.backward(config.ppo.ptx_coef * loss)
-        return float(self.runtime.sum(loss.detach())) / self.runtime.num_processes
-
     # -- one iteration -------------------------------------------------------------------------
 
     def train_step(self) -> StepOutput:
@@ -301,14 +176,15 @@ class PPOTrainer:
         records = self.prompt_batch(self.step)
         experience, responses, timings = self.rollout(records)
         rolled = time.perf_counter()
-        update_stats = self.update(experience)
+        phase("update", 3, 3)
+        update_stats = self.update(experience)  # step 5 (`rlhfkit.training.ppo.PPOUpdate`)
         finished = time.perf_counter()
         rollout_stats = rollout_metrics(experience, self.runtime.gather)
         new_tokens = rollout_stats.pop("response/tokens")
         metrics = {
             **rollout_stats,
             "kl/coef": self.kl_controller.value,
-            "kl/in_loss": float(self.kl_in_loss is not None),
+            "kl/in_loss": float(self.update.kl_in_loss is not None),
             "algorithm/group_size": self.config.algorithm.responses_per_prompt,
             **update_stats,
             "time/rollout_s": rolled - started,
@@ -319,7 +195,7 @@ class PPOTrainer:
             "train/learning_rate": self.scheduler.get_last_lr()[0],
         }
         if self.config.ppo.objective == "kl_penalty":
-            metrics["policy/penalty_beta"] = self.penalty_beta
+            metrics["policy/penalty_beta"] = self.update.penalty_beta
         self.kl_controller.update(rollout_stats["kl/mean"], self.config.responses_per_iteration)
         self.step += 1
         samples = Samples([prompt_text(r) for r in records], responses, experience.raw_scores.tolist())
@@ -333,7 +209,7 @@ class PPOTrainer:
 
     def checkpoint_state(self) -> tuple[dict, dict[str, Any]]:
         tensors, state = training_state(self.unwrapped, self.optimizer, self.scheduler)
-        state |= {"kl_controller": self.kl_controller.state_dict(), "penalty_beta": self.penalty_beta}
+        state |= {"kl_controller": self.kl_controller.state_dict(), "penalty_beta": self.update.penalty_beta}
         if self.score_moments is not None:
             state["score_moments"] = self.score_moments.state_dict()
         self.watch.save_into(tensors, state)
@@ -342,7 +218,7 @@ class PPOTrainer:
     def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
         load_training_state(tensors, state, self.unwrapped, self.optimizer, self.scheduler)
         self.kl_controller.load_state_dict(state["kl_controller"])
-        self.penalty_beta = state["penalty_beta"]
+        self.update.penalty_beta = state["penalty_beta"]
         if self.score_moments is not None:
             self.score_moments.load_state_dict(state["score_moments"])
         self.watch.load_from(tensors, state)
@@ -372,12 +248,6 @@ class PPOTrainer:
     def train(self, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
         """The Python API: the whole run into `out` (default: config.out); returns summary.json's figures."""
         return fit(self, RunDirectory.resolve(str(out or self.config.out), self.command, resume))
-
-
-def _accumulate(sums: dict[str, torch.Tensor], stats: dict[str, torch.Tensor], weight: float) -> None:
-    """sums[key] += weight * stats[key], detached: a micro-batch's share of the minibatch's statistics."""
-    for key, value in stats.items():
-        sums[key] = sums.get(key, 0.0) + value.detach().float() * weight
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,18 +30,16 @@ Where this departs from a naive implementation, and why:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from rlhfkit.algorithms import best_of_k_loss, bradley_terry_loss, ranking_loss, share_weight, soft_bradley_terry_loss
 from rlhfkit.config import add_config_arguments
 from rlhfkit.configs.reward import RMConfig
 from rlhfkit.data import format_prompt, load_records
-from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
+from rlhfkit.data.collate import tokenize_prompt_response
 from rlhfkit.data.preferences import (
     asserted_pairs,
     distinct_sequences,
@@ -58,73 +56,14 @@ from rlhfkit.models.loading import ADAPTER_DIR
 from rlhfkit.models.lora import apply_lora, exported, is_lora, save_reward_adapter
 from rlhfkit.rewards.calibration import pair_statistics, plot_reliability, reward_normalisation
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import RunDirectory, Runtime, StepOutput, check_micro_batches, fit, run_config
-from rlhfkit.training import (
-    batch_indices,
-    build_optimizer,
-    load_training_state,
-    optimizer_step,
-    split_records,
-    training_state,
-)
+from rlhfkit.runtime import Runtime, StepOutput, check_micro_batches, run_config
+from rlhfkit.training import batch_indices, split_records
+from rlhfkit.training.preferences import batch_loss_backward, preference_loss, score_sequences
+from rlhfkit.training.trainer import OptimizerTrainer, run_trainer
 
 # ---------------------------------------------------------------------------
-# The loss (picked once), scoring, the batch's backward pass, the reference responses
+# Step 4: the reference responses (the loss, scoring and backward pass: `rlhfkit.training.preferences`)
 # ---------------------------------------------------------------------------
-
-
-def preference_loss(name: str) -> Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]:
-    """rewards (N, K_max) best-first + targets -> (N,) loss per record; picked once from the record kind."""
-    losses = {
-        "bradley_terry": lambda r, t: bradley_terry_loss(r[:, 0], r[:, 1], t["margin"]),
-        "soft_bradley_terry": lambda r, t: soft_bradley_terry_loss(r[:, 0], r[:, 1], t["label"]),
-        "ranking": lambda r, t: ranking_loss(r, t["num_responses"]),
-        "best_of_k": lambda r, t: best_of_k_loss(r, t["best"], t["num_responses"]),
-    }
-    return losses[name]
-
-
-def score_sequences(
-    model: torch.nn.Module, items: list[dict[str, Any]], pad_token_id: int, runtime: Runtime
-) -> torch.Tensor:
-    """Tokenised prompt + response sequences (N of them), right-padded on the run's device -> (N,) fp32 rewards."""
-    batch = runtime.to_device(pad_batch(items, pad_token_id))
-    with runtime.autocast():
-        return model(*batch).float()
-
-
-def record_rewards(
-    model: torch.nn.Module, records: list[dict[str, Any]], pad_token_id: int, runtime: Runtime
-) -> torch.Tensor:
-    """(N, K_max) rewards of each record's responses, best first, from one forward over all of them."""
-    scores = score_sequences(model, [item for r in records for item in r["items"]], pad_token_id, runtime)
-    return rows_by_record(list(scores.split([len(r["items"]) for r in records])))  # (Σ K_n,) -> (N, K_max)
-
-
-def batch_loss_backward(
-    model: torch.nn.Module,
-    records: list[dict[str, Any]],
-    loss_fn: Callable,
-    pad_token_id: int,
-    runtime: Runtime,
-    micro_batch_size: int,
-    total_records: int,
-) -> float:
-    """Backward the mean loss over this process's `records`, micro-batch by micro-batch; returns its share.
-
-    Each micro-batch's mean is weighted by its share of the global batch's `total_records`
-    (`share_weight`), so the gradient is that of the mean over the whole batch however it is split
-    into micro-batches and processes; the returned shares sum over processes to the batch's loss.
-    """
-    loss_sum = 0.0
-    for start in range(0, len(records), micro_batch_size):
-        chunk = records[start : start + micro_batch_size]
-        weight = share_weight(len(chunk), total_records, runtime.num_processes)
-        rewards = record_rewards(model, chunk, pad_token_id, runtime)
-        loss = loss_fn(rewards, runtime.to_device(preference_targets(chunk))).mean() * weight
-        runtime.backward(loss)
-        loss_sum += loss.item() / runtime.num_processes
-    return loss_sum
 
 
 @torch.no_grad()
@@ -153,7 +92,7 @@ def reference_scores(
 # ---------------------------------------------------------------------------
 
 
-class RewardModelTrainer:
+class RewardModelTrainer(OptimizerTrainer):
     """Reward-model training, validated at construction (before any output); `rlhfkit.runtime.fit` runs it."""
 
     command = "rm"
@@ -168,12 +107,7 @@ class RewardModelTrainer:
         backbone = load_backbone(config.model.name, self.tokenizer)
         self.runtime.settle_precision(config.model, backbone)
         backbone = apply_lora(backbone, config.model.lora) if config.model.lora.enabled else backbone
-        model = ScalarHeadModel(backbone, pooling=config.pooling)
-        optimizer, self.scheduler = build_optimizer(model.parameters(), config.optim, config.train.steps)
-        self.model, self.optimizer = self.runtime.prepare(model, optimizer)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.step, self.total_steps = 0, config.train.steps
-        self.eval_every, self.checkpoint_every = config.train.eval_every, config.train.checkpoint_every
+        self.prepare_training(ScalarHeadModel(backbone, pooling=config.pooling))
         self.evaluation: tuple[int, dict[str, float], list] | None = None  # step, metrics, calibration bins
         self.normalization: dict[str, Any] = {}
 
@@ -204,10 +138,6 @@ class RewardModelTrainer:
                 "were cut at their end (no EOS)"
             )
 
-    @property
-    def unwrapped(self) -> ScalarHeadModel:
-        return self.runtime.unwrap(self.model)
-
     def train_step(self) -> StepOutput:
         """Step 2: every process draws the same global batch of records and backwards its share of the mean loss."""
         config = self.config
@@ -218,11 +148,8 @@ class RewardModelTrainer:
         loss = batch_loss_backward(
             self.model, local, self.loss_fn, pad, self.runtime, config.train.micro_batch, config.train.batch_size
         )
-        learning_rate = self.scheduler.get_last_lr()[0]
-        grad_norm = optimizer_step(self.params, self.optimizer, self.scheduler, config.optim.max_grad_norm)
-        self.step += 1
         loss = float(self.runtime.sum(torch.tensor(loss, device=self.runtime.device)))
-        return {"train/loss": loss, "train/grad_norm": grad_norm, "train/learning_rate": learning_rate}, None
+        return self.optimizer_metrics({"train/loss": loss}), None
 
     @torch.no_grad()
     def evaluate(self) -> StepOutput:
@@ -249,12 +176,6 @@ class RewardModelTrainer:
         scale = reward_normalisation(reference_scores(model, self.tokenizer, prompts, self.config, self.runtime))
         model.gain, model.bias = scale.pop("gain"), scale.pop("bias")
         return {"normalized": True, "reference_policy": normalize.policy or self.config.model.name, **scale}
-
-    def checkpoint_state(self) -> tuple[dict, dict[str, Any]]:
-        return training_state(self.unwrapped, self.optimizer, self.scheduler)
-
-    def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
-        load_training_state(tensors, state, self.unwrapped, self.optimizer, self.scheduler)
 
     def save_final(self, directory: Path) -> None:
         """Step 5: the model with LoRA merged into a copy of the backbone, its tokenizer, gain, bias and figures."""
@@ -286,19 +207,13 @@ class RewardModelTrainer:
         model = self.unwrapped
         return {**self.figures(), **self.normalization, "gain": model.gain, "bias": model.bias}
 
-    def train(self, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-        """The Python API: the whole run into `out` (default: config.out); returns summary.json's figures."""
-        return fit(self, RunDirectory.resolve(str(out or self.config.out), self.command, resume))
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, RMConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = run_config(RMConfig, args)
-    run_directory = RunDirectory.resolve(config.out, "rm", args.resume)  # before any model loads
-    summary = fit(RewardModelTrainer(config), run_directory)
+    summary = run_trainer(RewardModelTrainer, run_config(RMConfig, args), args.resume)
     if summary:
         print(
             f"rlhfkit rm: {summary['kind']} ({summary['loss_function']} loss), held-out accuracy "

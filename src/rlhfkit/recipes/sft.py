@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-from rlhfkit.algorithms import share_weight
 from rlhfkit.config import add_config_arguments
 from rlhfkit.configs.sft import SFTConfig
 from rlhfkit.data import format_prompt, load_records, prompt_text
@@ -33,17 +32,9 @@ from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.loading import save_policy
 from rlhfkit.models.lora import apply_lora
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, check_micro_batches, fit, run_config
-from rlhfkit.training import (
-    batch_indices,
-    build_optimizer,
-    load_training_state,
-    optimizer_step,
-    response_token_logprobs,
-    response_token_nll,
-    split_records,
-    training_state,
-)
+from rlhfkit.runtime import Runtime, Samples, StepOutput, check_micro_batches, run_config
+from rlhfkit.training import batch_indices, response_token_logprobs, response_token_nll, split_records
+from rlhfkit.training.trainer import OptimizerTrainer, backward_in_micro_batches, run_trainer
 
 # ---------------------------------------------------------------------------
 # Data
@@ -74,22 +65,15 @@ def batch_loss_backward(
     micro_batch_size: int,
     total_tokens: int,
 ) -> float:
-    """Backward the response-token NLL of this process's `items`, micro-batch by micro-batch; returns its share.
+    """Backward the response-token NLL of this process's `items`, a share of a batch of `total_tokens` tokens.
 
-    Each micro-batch's mean is weighted by its share of the global batch's `total_tokens`
-    (`share_weight`), so the gradient equals that of one forward over the whole batch, however
-    it is split into micro-batches and processes; the returned shares sum to the batch's loss.
+    Returns this process's share of the batch's loss (`backward_in_micro_batches`).
     """
-    loss_sum = 0.0
-    starts = range(0, len(items), micro_batch_size)
-    for start in starts:
-        chunk = items[start : start + micro_batch_size]
-        weight = share_weight(response_tokens(chunk), total_tokens, runtime.num_processes)
-        batch = runtime.to_device(pad_batch(chunk, pad_token_id))
-        loss = response_token_nll(model, *batch, dtype=runtime.precision) * weight
-        runtime.backward(loss, model, sync=start == starts[-1])
-        loss_sum += loss.item() / runtime.num_processes
-    return loss_sum
+
+    def loss_of(chunk: list[dict[str, Any]]) -> torch.Tensor:
+        return response_token_nll(model, *runtime.to_device(pad_batch(chunk, pad_token_id)), dtype=runtime.precision)
+
+    return backward_in_micro_batches(model, items, micro_batch_size, runtime, loss_of, response_tokens, total_tokens)
 
 
 def response_tokens(items: list[dict[str, Any]]) -> int:
@@ -111,7 +95,7 @@ def evaluation_loss(
     return total / count
 
 
-class SFTTrainer:
+class SFTTrainer(OptimizerTrainer):
     """Supervised fine-tuning, validated at construction (before any output); `rlhfkit.runtime.fit` runs it."""
 
     command = "sft"
@@ -143,16 +127,7 @@ class SFTTrainer:
         model = load_causal_lm(config.model.name, self.tokenizer)
         self.runtime.settle_precision(config.model, model)
         check_micro_batches(config.train.batch_size, config.train.micro_batch, self.runtime.num_processes)
-        model = apply_lora(model, config.model.lora) if config.model.lora.enabled else model
-        optimizer, self.scheduler = build_optimizer(model.parameters(), config.optim, config.train.steps)
-        self.model, self.optimizer = self.runtime.prepare(model, optimizer)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.step, self.total_steps = 0, config.train.steps
-        self.eval_every, self.checkpoint_every = config.train.eval_every, config.train.checkpoint_every
-
-    @property
-    def unwrapped(self) -> torch.nn.Module:
-        return self.runtime.unwrap(self.model)
+        self.prepare_training(apply_lora(model, config.model.lora) if config.model.lora.enabled else model)
 
     def train_step(self) -> StepOutput:
         config = self.config
@@ -164,11 +139,8 @@ class SFTTrainer:
         loss = batch_loss_backward(
             self.model, local, pad, self.runtime, config.train.micro_batch, response_tokens(batch)
         )
-        learning_rate = self.scheduler.get_last_lr()[0]
-        grad_norm = optimizer_step(self.params, self.optimizer, self.scheduler, config.optim.max_grad_norm)
-        self.step += 1
         loss = float(self.runtime.sum(torch.tensor(loss, device=self.runtime.device)))
-        return {"train/loss": loss, "train/grad_norm": grad_norm, "train/learning_rate": learning_rate}, None
+        return self.optimizer_metrics({"train/loss": loss}), None
 
     def evaluate(self) -> StepOutput:
         """Held-out loss, and answers to the sample prompts (sampled on their own seed)."""
@@ -185,12 +157,6 @@ class SFTTrainer:
         prompts = [prompt_text(r) for r in self.sample_prompts]
         return {"eval/loss": loss}, Samples(prompts, answers, [float("nan")] * len(answers))
 
-    def checkpoint_state(self) -> tuple[dict, dict[str, Any]]:
-        return training_state(self.unwrapped, self.optimizer, self.scheduler)
-
-    def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
-        load_training_state(tensors, state, self.unwrapped, self.optimizer, self.scheduler)
-
     def save_final(self, directory: Path) -> None:
         """A plain model directory + tokenizer (LoRA merged into a copy, the adapter in adapter/), the PPO policy."""
         save_policy(self.unwrapped, self.tokenizer, directory, self.config.model.dtype)
@@ -206,19 +172,13 @@ class SFTTrainer:
             "train_loss_last": trained[-1]["train/loss"] if trained else None,
         }
 
-    def train(self, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-        """The Python API: the whole run into `out` (default: config.out); returns summary.json's figures."""
-        return fit(self, RunDirectory.resolve(str(out or self.config.out), self.command, resume))
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, SFTConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = run_config(SFTConfig, args)
-    run_directory = RunDirectory.resolve(config.out, "sft", args.resume)  # before any model loads
-    summary = fit(SFTTrainer(config), run_directory)
+    summary = run_trainer(SFTTrainer, run_config(SFTConfig, args), args.resume)
     if summary:
         print(
             f"rlhfkit sft: held-out loss {summary['eval_loss_initial']:.3f} -> {summary['eval_loss_final']:.3f} "
