@@ -147,10 +147,9 @@ class OnlineLoop:
         for round_number in range(1, self.config.loop.rounds + 1):
             path = self.round_dir(round_number) / "round.json"
             if not path.exists():
-                result = self.run_round(round_number)
-                write_json_atomic(path, result)
-                if self.server is not None:  # the labelling page shows the loop's progress
-                    self.server.report(round_number, result)
+                write_json_atomic(path, self.run_round(round_number))
+            if self.server is not None:  # the labelling page shows the loop's progress (a missed report: now)
+                self.server.report(round_number, json.loads(path.read_text()))
             summary = self.write_summary(initial, round_number)
         return summary
 
