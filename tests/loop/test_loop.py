@@ -75,6 +75,10 @@ def test_bad_settings_and_an_unreachable_server_are_one_line_and_leave_nothing(t
     out = tmp_path / "run"
     assert main(["loop", "--out", str(out), "--set", "loop.selection=best"]) == 2
     assert "loop.selection must be one of ensemble, random, got 'best'" in capsys.readouterr().err
+    missing = tmp_path / "missing.jsonl"
+    assert main(["loop", "--out", str(out), "--set", f"data.prompts={missing}"]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not out.exists()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
