@@ -23,8 +23,9 @@ from rlhfkit.data import format_prompt, load_records, prompt_text
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.actor_critic import response_logprobs
 from rlhfkit.rewards import RewardFn, checked_scores
+from rlhfkit.rollout.engines import build_engine
 from rlhfkit.rollout.experience import sequence_kl
-from rlhfkit.rollout.generation import decode_responses, sample
+from rlhfkit.rollout.generation import HF_ENGINE, GenerationEngine, decode_responses
 from rlhfkit.tracking import new_figure, read_jsonl, write_json_atomic
 
 # ---------------------------------------------------------------------------
@@ -40,13 +41,15 @@ def answers_and_kl(
     texts: list[str],
     generation: GenerationConfig,
     dtype: str,
+    engine: GenerationEngine = HF_ENGINE,
 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """The model's answers to `texts`, each answer's KL(π ‖ π_ref) summed over its tokens (B,), and its length (B,).
+    """The model's answers to `texts` (sampled by `engine`), each answer's KL(π ‖ π_ref) summed over its
+    tokens (B,), and its length (B,).
 
     The log-probs of both models are taken in one precision: the sampling pass's own where it
-    decoded in `dtype`, else a forward pass like the reference's.
+    decoded in `dtype`, else (and always with vLLM) a forward pass like the reference's.
     """
-    samples = sample(model, tokenizer, texts, generation, dtype, keep_scores=True)
+    samples = engine.sample(model, tokenizer, texts, generation, dtype, keep_scores=True)
     batch = (samples.input_ids, samples.attention_mask, samples.response_ids, generation.temperature, dtype)
     ref_logprobs, _ = response_logprobs(reference, *batch)
     logprobs = samples.logprobs if samples.logprobs is not None else response_logprobs(model, *batch)[0]
@@ -69,10 +72,11 @@ def evaluate_policies(
     tokenizer = load_tokenizer(reference_name)
     reference = load_causal_lm(reference_name, tokenizer).eval()
     texts = [format_prompt(tokenizer, r) for r in records]
+    engine = build_engine(generation, reference_name, reference, dtype)
     results: dict[str, dict[str, Any]] = {}
     for name, model in (("before", reference), ("after", load_causal_lm(tuned_name, tokenizer).eval())):
         torch.manual_seed(seed + 1)  # both policies sample with the same random numbers
-        responses, kl, length = answers_and_kl(model, reference, tokenizer, texts, generation, dtype)
+        responses, kl, length = answers_and_kl(model, reference, tokenizer, texts, generation, dtype, engine)
         scores = {judge: checked_scores(reward, prompts, responses, records) for judge, reward in judges.items()}
         results[name] = {"responses": responses, "kl": kl, "length": length, **scores}
     before, after = results["before"], results["after"]

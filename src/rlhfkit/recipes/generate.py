@@ -26,7 +26,8 @@ from rlhfkit.configs.generate import GenerateConfig
 from rlhfkit.data import format_prompt, load_records
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.rollout.generation import decode_responses, sample
+from rlhfkit.rollout.engines import build_engine
+from rlhfkit.rollout.generation import HF_ENGINE, GenerationEngine, decode_responses
 from rlhfkit.runtime import RunDirectory, Runtime, run_config
 from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
@@ -37,9 +38,13 @@ def candidates_record(record: dict[str, Any], responses: list[str]) -> dict[str,
 
 
 def generate_candidates(
-    model: torch.nn.Module, tokenizer: Any, records: list[dict[str, Any]], config: GenerateConfig
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    config: GenerateConfig,
+    engine: GenerationEngine = HF_ENGINE,
 ) -> list[list[str]]:
-    """K responses per prompt record, in record order: (N,) lists of K strings."""
+    """K responses per prompt record, in record order: (N,) lists of K strings, sampled by `engine`."""
 
     k = config.num_responses
     answers: list[list[str]] = []
@@ -48,7 +53,7 @@ def generate_candidates(
             chunk = records[start : start + config.batch_size]
             texts = [format_prompt(tokenizer, record) for record in chunk for _ in range(k)]
             decoded = decode_responses(
-                tokenizer, sample(model, tokenizer, texts, config.generation, config.model.dtype)
+                tokenizer, engine.sample(model, tokenizer, texts, config.generation, config.model.dtype)
             )
             answers += [decoded[i * k : (i + 1) * k] for i in range(len(chunk))]
             progress.update(len(texts))
@@ -75,9 +80,10 @@ def generate(config: GenerateConfig) -> Path:
     runtime = Runtime()
     model = load_causal_lm(config.model.name, tokenizer).eval().to(runtime.device)
     runtime.settle_precision(config.model, model)  # model.dtype=auto measured; config.yaml records the result
+    engine = build_engine(config.generation, config.model.name, model, config.model.dtype)  # refused before output
     started = time.time()
     seed_everything(config.seed)
-    answers = generate_candidates(model, tokenizer, records, config)
+    answers = generate_candidates(model, tokenizer, records, config, engine)
     candidates = [candidates_record(record, responses) for record, responses in zip(records, answers)]
     kept = [c for c in candidates if c["responses"]]
     out.mkdir(parents=True, exist_ok=True)

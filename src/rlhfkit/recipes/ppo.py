@@ -21,6 +21,9 @@ Where this departs from a naive implementation, and why:
 - Step 1 keeps the log-probs and last hidden states that sampling already computed, so the
   policy is not run a second time to score its own samples (the old log-probs are exactly
   the distribution that was sampled from). Only the reference (and a separate critic) run in step 2.
+  With `generation.engine=vllm` a vLLM engine in this process samples from the policy's pushed
+  weights (`rollout.vllm_engine`) and keeps no log-probs: the policy's own forward pass in step 2
+  gives the old log-probs, so the first ratio of an iteration is exactly 1.
 - Every process draws the same global batch of prompts and keeps its share (whole groups: prompts
   are sharded, then each sampled K times). The loss of a minibatch is its aggregation over the whole
   minibatch: each micro-batch's is weighted by `share_weight` of its tokens (or responses, by the
@@ -50,9 +53,10 @@ from rlhfkit.models.actor_critic import ActorCritic, load_actor_critic
 from rlhfkit.models.loading import save_policy
 from rlhfkit.recipes.ppo_monitor import HeldOutMonitor
 from rlhfkit.rewards import RewardFn, build_reward, checked_scores, validate_records_for_reward
+from rlhfkit.rollout.engines import build_engine
 from rlhfkit.rollout.experience import Experience, build_experience, shape_scores
 from rlhfkit.rollout.generation import Samples as Rollout
-from rlhfkit.rollout.generation import decode_responses, left_truncate, sample
+from rlhfkit.rollout.generation import decode_responses, left_truncate
 from rlhfkit.rollout.scoring import rollout_metrics, score_responses
 from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, fit, run_config
 from rlhfkit.tracking import phase
@@ -93,6 +97,9 @@ class PPOTrainer:
             config.model.name, self.tokenizer, config.model.lora, config.critic_source, not config.algorithm.critic_free
         )
         runtime.settle_precision(config.model, actor_critic.policy)
+        self.engine = build_engine(  # the run's one sampler (generation.engine), refused here before any output
+            config.generation, config.model.name, actor_critic.policy, runtime.precision, runtime.num_processes
+        )
         self.reward = reward if reward is not None else build_reward(config.reward, config.model.dtype, runtime.device)
         optimizer, self.scheduler = build_optimizer(actor_critic.parameters(), config.optim, config.optimizer_steps)
         self.actor_critic, self.optimizer = runtime.prepare(actor_critic, optimizer)
@@ -143,7 +150,7 @@ class PPOTrainer:
         model, limit = self.unwrapped.eval(), self.config.data.max_prompt_length
         texts = [left_truncate(self.tokenizer, format_prompt(self.tokenizer, r), limit) for r in records]
         # without a separate critic, the sampling pass's log-probs (and hidden states for a value head) save a forward
-        return sample(
+        return self.engine.sample(
             model.policy, self.tokenizer, texts, self.config.generation, self.runtime.precision,
             keep_scores=model.scores_while_sampling, keep_hidden=model.shares_trunk,
         )  # fmt: skip

@@ -147,7 +147,7 @@ class VLLMEngine(GenerationEngine):
             try:
                 llm = vllm.LLM(
                     model=directory, dtype=precision, skip_tokenizer_init=True, generation_config="vllm",
-                    enforce_eager=not on_gpu, enable_sleep_mode=on_gpu, **memory,
+                    enforce_eager=not on_gpu, enable_sleep_mode=on_gpu, use_tqdm_on_load=False, **memory,
                 )  # fmt: skip
                 # a model vLLM loads may still fail on its first step (e.g. a head size its kernels lack)
                 llm.generate([{"prompt_token_ids": [0]}], vllm.SamplingParams(max_tokens=1), use_tqdm=False)
