@@ -137,6 +137,8 @@ def test_monitor_keys_are_checked_before_anything_is_written(tiny_model_dir, tmp
         (["monitor.gold=oracle"], "monitor.gold must be empty or one of sentiment"),
         (["monitor.gold=function"], "monitor.gold_function must look like package.module:function"),
         (["monitor.patience=0"], "monitor.num_prompts and monitor.patience must be positive"),
+        ([f"monitor.prompts={tmp_path / 'none.jsonl'}"], str(tmp_path / "none.jsonl")),
+        (["monitor.gold=rouge"], "record 1 has no 'reference' string, which reward.kind=rouge compares against"),
     ]:
         code = main(["ppo", "--set", f"model.name={tiny_model_dir}", "monitor.enabled=true", *extra, "--out", str(out)])
         assert code == 2

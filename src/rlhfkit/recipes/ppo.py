@@ -91,6 +91,7 @@ class PPOTrainer:
         config.check_processes(runtime.num_processes)
         if reward is None:
             validate_records_for_reward(config.reward, self.prompts, config.data.prompts)
+        self.watch = HeldOutMonitor(config, runtime, reward_from_config=reward is None)  # checked before models load
 
         self.tokenizer = load_tokenizer(config.model.name)
         actor_critic, reference = load_actor_critic(
@@ -115,7 +116,6 @@ class PPOTrainer:
         )  # fmt: skip
         self.score_moments = RunningMeanStd() if config.score.normalize else None
         self.step, self.total_steps = 0, config.train.steps
-        self.watch = HeldOutMonitor(config, runtime, reward_from_config=reward is None)
         self.eval_every, self.checkpoint_every = self.watch.eval_every, config.train.checkpoint_every
 
     @property
