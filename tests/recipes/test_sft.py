@@ -193,11 +193,11 @@ def test_resume_after_a_stop_ends_bitwise_equal(tiny, demonstrations, tmp_path):
 @pytest.mark.parametrize(
     "rows, settings, message",
     [
-        ([{"prompt": "hi", "response": ""}], [], "demos.jsonl:1: field 'response' is empty"),
+        ([{"prompt": "hi", "response": ""}], [], "data.jsonl:1: field 'response' is empty"),
         (
             [{"prompt": "hi", "response": "good"}, {"prompt": "a", "chosen": "b", "rejected": "c"}],
             [],
-            "demos.jsonl:2: this looks like a comparisons record",
+            "data.jsonl:2: this looks like a comparisons record",
         ),
         ([{"prompt": "hi", "response": "good"}] * 4, ["train.bogus=1"], "unknown config key 'train.bogus'"),
         (
@@ -207,11 +207,5 @@ def test_resume_after_a_stop_ends_bitwise_equal(tiny, demonstrations, tmp_path):
         ),
     ],
 )
-def test_bad_input_exits_2_with_one_line_and_no_output(tiny, tmp_path, capsys, rows, settings, message):
-    path = tmp_path / "demos.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "never"
-    assert main(["sft", *common(tiny, out, f"data.train={path}", *settings)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
-    assert not out.exists()
+def test_bad_input_exits_2_with_one_line_and_no_output(tiny, refused, rows, settings, message):
+    assert message in refused("sft", rows, lambda out, data: common(tiny, out, data, *settings))

@@ -98,3 +98,26 @@ class RunConfig:
     runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
     seed: int = field(0, "one seed for everything")
     out: str = field("", "output directory (default runs/<command>-<time>)")
+
+
+@dataclasses.dataclass
+class PPOLossConfig:
+    """`ppo.*` that the language-model and the Gym PPO share (the same math, `rlhfkit.algorithms`): the clipped
+    surrogate, the value loss, the entropy bonus, GAE and early stopping. Each adds its own keys and defaults."""
+
+    clip_range: float = field(0.2, "ε of the clipped surrogate")
+    value_clip_range: float = field(
+        0.2, "clip of the value update around the rollout-time values, in return units (0: unclipped)"
+    )
+    value_coef: float = field(0.1, "weight of the value loss")
+    entropy_coef: float = field(0.0, "weight of the entropy bonus")
+    gamma: float = field(1.0, "discount (over response tokens for a language model)")
+    lam: float = field(0.95, "GAE λ")
+    target_kl: float = field(
+        0.0, "stop this update's epochs right after a minibatch whose approx-KL(old‖new) exceeds it (0: never)"
+    )
+
+    def __post_init__(self) -> None:
+        require("ppo", self, ("clip_range",), lambda value: value > 0, "> 0")
+        require_at_least("ppo", self, ("value_clip_range", "target_kl"), 0, " (0: off)")
+        require("ppo", self, ("gamma", "lam"), lambda value: 0 <= value <= 1, "in [0, 1]")

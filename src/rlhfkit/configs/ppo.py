@@ -13,7 +13,14 @@ from typing import Any
 from rlhfkit.algorithms import KL_ESTIMATORS, LOSS_AGGREGATIONS
 from rlhfkit.assets import ARITHMETIC, EVAL_PROMPTS, PROMPTS
 from rlhfkit.config import REWARD_KINDS, GenerationConfig, ModelConfig, RewardConfig, field
-from rlhfkit.configs.common import RunConfig, require, require_at_least, require_choice, require_positive
+from rlhfkit.configs.common import (
+    PPOLossConfig,
+    RunConfig,
+    require,
+    require_at_least,
+    require_choice,
+    require_positive,
+)
 from rlhfkit.errors import UserError
 from rlhfkit.rollout.advantages import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS, AdvantageSpec
 from rlhfkit.training import OptimConfig
@@ -64,25 +71,16 @@ class PPOTrainConfig:
 
 
 @dataclasses.dataclass
-class PPOAlgorithmConfig:
+class PPOAlgorithmConfig(PPOLossConfig):
     objective: str = field("clip", "clip (clipped surrogate) or kl_penalty (the PPO paper's adaptive-KL surrogate)")
-    clip_range: float = field(0.2, "ε of the clipped surrogate")
-    value_clip_range: float = field(0.2, "clip of the value update around the rollout-time values (0: unclipped)")
-    value_coef: float = field(0.1, "weight of the value loss")
-    entropy_coef: float = field(0.0, "weight of the entropy bonus")
-    gamma: float = field(1.0, "discount over response tokens")
-    lam: float = field(0.95, "GAE λ")
-    target_kl: float = field(
-        0.0, "stop this iteration's epochs once a minibatch's approx-KL(old‖new) exceeds it (0: never)"
-    )
     penalty_beta: float = field(1.0, "initial β of the kl_penalty objective")
     penalty_target: float = field(0.01, "d_targ of the kl_penalty objective's β update")
     ptx_coef: float = field(0.0, "γ of PPO-ptx: weight of the SFT loss on data.ptx")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_choice("ppo.objective", self.objective, ("clip", "kl_penalty"))
-        require("ppo", self, ("gamma",), lambda value: 0 < value <= 1, "in (0, 1]")
-        require("ppo", self, ("lam",), lambda value: 0 <= value <= 1, "in [0, 1]")
+        require("ppo", self, ("gamma",), lambda value: value > 0, "in (0, 1]")
 
 
 @dataclasses.dataclass

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from rlhfkit.config import field, load_config
-from rlhfkit.configs.common import RuntimeConfig, require, require_at_least
+from rlhfkit.configs.common import PPOLossConfig, RuntimeConfig, require, require_at_least
 from rlhfkit.errors import UserError
 from rlhfkit.gym.envs import inspect_env
 from rlhfkit.gym.preferences import RewardConfig, refuse_unsupported_preference_settings
@@ -61,26 +61,19 @@ class PolicyConfig:
 
 
 @dataclasses.dataclass
-class PPOConfig:
+class PPOConfig(PPOLossConfig):
+    """The language-model PPO's `ppo.*` (`PPOLossConfig`), with the rollout's length and per-minibatch whitening."""
+
     rollout_steps: int = field(128, "steps per environment per rollout (T); a batch is num_envs * T steps")
-    clip_range: float = field(0.2, "epsilon of the clipped surrogate")
-    value_clip_range: float = field(
-        0.0, "clip the value change around the rollout-time values, in return units (0: unclipped)"
-    )
-    gamma: float = field(0.99, "discount")
-    lam: float = field(0.95, "GAE lambda")
-    entropy_coef: float = field(0.01, "weight of the entropy bonus")
-    value_coef: float = field(0.5, "weight of the value loss (which is 0.5 * MSE)")
     normalize_advantages: bool = field(True, "whiten advantages within each minibatch")
-    target_kl: float = field(
-        0.0, "stop an update right after the first minibatch whose approx-KL exceeds this (0: never)"
-    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_at_least("ppo", self, ("rollout_steps",), 1)
-        require("ppo", self, ("gamma", "lam"), lambda value: 0 <= value <= 1, "in [0, 1]")
-        require("ppo", self, ("clip_range",), lambda value: value > 0, "> 0")
-        require_at_least("ppo", self, ("value_clip_range", "target_kl"), 0, " (0: off)")
+
+
+# Where Gym's PPO starts apart from the language model's: the PPO paper's Atari settings (value loss 0.5 * MSE)
+GYM_PPO_DEFAULTS = {"value_clip_range": 0.0, "value_coef": 0.5, "entropy_coef": 0.01, "gamma": 0.99}
 
 
 @dataclasses.dataclass
@@ -138,7 +131,9 @@ class GymConfig:
     algorithm: str = field("ppo", f"the update: {', '.join(ALGORITHMS)} (each reads its own keys; see docs/gym.md)")
     env: EnvConfig = field(factory=EnvConfig, doc="environment")
     policy: PolicyConfig = field(factory=PolicyConfig, doc="actor-critic network")
-    ppo: PPOConfig = field(factory=PPOConfig, doc="the rollout and advantages (all algorithms), PPO's clipping")
+    ppo: PPOConfig = field(
+        factory=lambda: PPOConfig(**GYM_PPO_DEFAULTS), doc="the rollout and advantages (all algorithms), PPO's clipping"
+    )
     reinforce: ReinforceConfig = field(factory=ReinforceConfig, doc="REINFORCE (algorithm=reinforce)")
     trpo: TRPOConfig = field(factory=TRPOConfig, doc="TRPO (algorithm=trpo)")
     train: TrainConfig = field(factory=TrainConfig, doc="budget, epochs, minibatches and checkpoints")

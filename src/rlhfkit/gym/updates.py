@@ -260,29 +260,15 @@ def _critic_parameters(policy: ActorCritic) -> Iterable[nn.Parameter]:
     return policy.critic.parameters()
 
 
+EVERY_PLOT = ("policy/entropy", "value/explained_variance")  # training.png keys every algorithm draws
 UPDATES: dict[str, Algorithm] = {
     "reinforce": Algorithm(
         "REINFORCE",
         reinforce_update,
         ActorCritic.parameters,
-        ("policy/loss", "policy/entropy", "value/explained_variance", "reinforce/complete_fraction"),
+        ("policy/loss", *EVERY_PLOT, "reinforce/complete_fraction"),
     ),
-    "a2c": Algorithm(
-        "A2C",
-        a2c_update,
-        ActorCritic.parameters,
-        ("policy/loss", "value/loss", "policy/entropy", "value/explained_variance"),
-    ),
-    "trpo": Algorithm(
-        "TRPO",
-        trpo_update,
-        _critic_parameters,
-        ("policy/kl", "trpo/step_fraction", "policy/entropy", "value/explained_variance"),
-    ),
-    "ppo": Algorithm(
-        "PPO",
-        ppo_update,
-        ActorCritic.parameters,
-        ("policy/approx_kl", "policy/clipfrac", "policy/entropy", "value/explained_variance"),
-    ),
+    "a2c": Algorithm("A2C", a2c_update, ActorCritic.parameters, ("policy/loss", "value/loss", *EVERY_PLOT)),
+    "trpo": Algorithm("TRPO", trpo_update, _critic_parameters, ("policy/kl", "trpo/step_fraction", *EVERY_PLOT)),
+    "ppo": Algorithm("PPO", ppo_update, ActorCritic.parameters, ("policy/approx_kl", "policy/clipfrac", *EVERY_PLOT)),
 }

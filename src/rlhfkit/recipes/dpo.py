@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,61 +33,29 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from rlhfkit.algorithms import conservative_dpo_loss, dpo_loss, ipo_loss, share_weight
+from rlhfkit.algorithms import share_weight
 from rlhfkit.config import add_config_arguments
-from rlhfkit.configs.dpo import DPOConfig, DPODataConfig, DPOTrainConfig
+from rlhfkit.configs.dpo import DPOConfig
 from rlhfkit.data import format_prompt, load_records, prompt_text
-from rlhfkit.data.collate import tokenize_prompt_response
-from rlhfkit.errors import UserError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.loading import save_policy
 from rlhfkit.models.lora import apply_lora
 from rlhfkit.rewards import build_reward, checked_scores
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, check_micro_batches, run_config
-from rlhfkit.training import batch_indices, sequence_logprobs, split_records
-from rlhfkit.training.preferences import Pair, pair_logprobs, reference_logprobs, reference_mode
-from rlhfkit.training.trainer import OptimizerTrainer, run_trainer
+from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, check_micro_batches
+from rlhfkit.training import batch_indices, sequence_logprobs
+from rlhfkit.training.preferences import (
+    LOSSES,
+    STATISTICS,
+    load_pairs,
+    pair_logprobs,
+    reference_logprobs,
+    reference_mode,
+    statistic_sums,
+)
+from rlhfkit.training.trainer import OptimizerTrainer, run_command
 
 REFERENCE_FILE = "reference_logprobs.safetensors"
-# averaged over pairs: loss, r_w > r_l, r_w - r_l, implicit rewards r = β (log π - log π_ref), log π(y_w), log π(y_l)
-STATISTICS = "loss reward_accuracy reward_margin reward_chosen reward_rejected logp_chosen logp_rejected".split()
-# (policy_chosen, policy_rejected, ref_chosen, ref_rejected) (N,) each -> (losses, chosen_rewards, rejected_rewards)
-PreferenceLoss = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
-# train.loss -> its function with the coefficients bound
-LOSSES: dict[str, Callable[[DPOTrainConfig], PreferenceLoss]] = {
-    "dpo": lambda c: functools.partial(dpo_loss, beta=c.beta),
-    "ipo": lambda c: functools.partial(ipo_loss, tau=c.beta),
-    "conservative": lambda c: functools.partial(conservative_dpo_loss, beta=c.beta, label_smoothing=c.label_smoothing),
-}
-
-
-def load_pairs(config: DPODataConfig, tokenizer: Any) -> dict[str, list[Pair]]:
-    """Tokenised "train" and "eval" pairs; eval is data.eval or the last data.eval_fraction of data.train."""
-    if not config.train:
-        raise UserError("data.train is required: comparisons (prompt, chosen, rejected), e.g. from `rlhfkit label`")
-    train = load_records(config.train, "comparisons")
-    held_out = load_records(config.eval, "comparisons") if config.eval else None
-    train, held_out = split_records(train, held_out, config.eval_fraction, config.train)
-    soft = sum(0 < r.get("label", 1) < 1 for r in train)
-    if soft:
-        print(f"rlhfkit dpo: warning: {soft} comparison(s) carry a soft 'label'; DPO uses only which is chosen")
-    item = functools.partial(tokenize_prompt_response, tokenizer, max_length=config.max_length)
-    pairs = {
-        split: [(item(r, r["chosen"]), item(r, r["rejected"])) for r in records]
-        for split, records in (("train", train), ("eval", held_out))
-    }
-    truncated = sum(item["truncated"] for split in pairs.values() for pair in split for item in pair)
-    if truncated:
-        print(f"rlhfkit dpo: warning: {truncated} response(s) over data.max_length={config.max_length} were cut")
-    return pairs
-
-
-def statistic_sums(policy: Tensor, losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
-    """(7,) sums over the pairs of STATISTICS: sums add up across micro-batches and processes, means would not."""
-    margins = chosen_rewards - rejected_rewards
-    rows = [losses, (margins > 0).float(), margins, chosen_rewards, rejected_rewards, *policy.unbind(1)]
-    return torch.stack(rows, dim=1).detach().sum(0)
 
 
 class DPOTrainer(OptimizerTrainer):
@@ -198,14 +164,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, DPOConfig)
 
 
+def headline(summary: dict[str, Any]) -> str:
+    initial, final = summary["initial"], summary["final_eval"]
+    kl = f", KL to reference {final['kl/mean']:.2f} nats" if "kl/mean" in final else ""
+    return (
+        f"held-out implicit-reward accuracy {initial['eval/reward_accuracy']:.2f} -> "
+        f"{final['eval/reward_accuracy']:.2f}, margin {final['eval/reward_margin']:.3f}{kl} "
+        f"after {summary['steps']} steps; model in {summary['final']}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    summary = run_trainer(DPOTrainer, run_config(DPOConfig, args), args.resume)
-    if summary:
-        initial, final = summary["initial"], summary["final_eval"]
-        kl = f", KL to reference {final['kl/mean']:.2f} nats" if "kl/mean" in final else ""
-        print(
-            f"rlhfkit dpo: held-out implicit-reward accuracy {initial['eval/reward_accuracy']:.2f} -> "
-            f"{final['eval/reward_accuracy']:.2f}, margin {final['eval/reward_margin']:.3f}{kl} "
-            f"after {summary['steps']} steps; model in {summary['final']}"
-        )
-    return 0
+    return run_command(DPOTrainer, DPOConfig, args, headline)

@@ -3,20 +3,15 @@
     1 load     candidates (prompt + "responses"), e.g. OUT/candidates.jsonl of `rlhfkit generate`
     2 score    every response with the judge: any reward source (sentiment, rouge, length,
                function, model), as `rlhfkit ppo` would score it
-    3 label    comparisons (every pair of distinct responses), rankings or choices; with
-               noise.temperature T > 0, labels are sampled as from a noisy person:
-                 P(a ≻ b) = σ((s_a − s_b) / T)                 (Christiano et al. 2017, synthetic feedback)
-               and, for rankings and choices, its K-way generalisation (Plackett-Luce / softmax
-               over s / T, drawn with Gumbel noise), which is the same law for K = 2
+    3 label    comparisons (every pair of distinct responses), rankings or choices; with noise.temperature
+               T > 0 sampled as from a noisy person, P(a ≻ b) = σ((s_a − s_b) / T) (`labeling.synthetic`)
     4 write    OUT/comparisons.jsonl | rankings.jsonl | choices.jsonl and summary.json
 
 `--judge ai` (the RL stage of Constitutional AI, "RLAIF") compares every pair of distinct
 responses with a judge model instead (rewards/ai_judge.py): comparisons with soft labels
 P(chosen ≻ rejected), under the keys model.*, judge.* of `AILabelConfig`.
 
-Without noise, a pair the judge scores exactly equal says nothing and is skipped (for rankings
-and choices, a record whose order or best is tied); the summary counts them. Duplicate
-responses of one prompt are merged first, since a record may not compare a text with itself.
+Ties without noise are skipped and counted; duplicate responses of one prompt are merged first.
 """
 
 from __future__ import annotations

@@ -34,12 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from rlhfkit.config import add_config_arguments
 from rlhfkit.configs.reward import RMConfig
-from rlhfkit.data import format_prompt, load_records
-from rlhfkit.data.collate import tokenize_prompt_response
+from rlhfkit.data import load_records
 from rlhfkit.data.preferences import (
     asserted_pairs,
     distinct_sequences,
@@ -51,41 +49,14 @@ from rlhfkit.data.preferences import (
     unique_prompts,
 )
 from rlhfkit.errors import UserError
-from rlhfkit.models import ScalarHeadModel, load_backbone, load_causal_lm, load_tokenizer
+from rlhfkit.models import ScalarHeadModel, load_backbone, load_tokenizer
 from rlhfkit.models.loading import ADAPTER_DIR
 from rlhfkit.models.lora import apply_lora, exported, is_lora, save_reward_adapter
 from rlhfkit.rewards.calibration import pair_statistics, plot_reliability, reward_normalisation
-from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import Runtime, StepOutput, check_micro_batches, run_config
+from rlhfkit.runtime import Runtime, StepOutput, check_micro_batches
 from rlhfkit.training import batch_indices, split_records
-from rlhfkit.training.preferences import batch_loss_backward, preference_loss, score_sequences
-from rlhfkit.training.trainer import OptimizerTrainer, run_trainer
-
-# ---------------------------------------------------------------------------
-# Step 4: the reference responses (the loss, scoring and backward pass: `rlhfkit.training.preferences`)
-# ---------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def reference_scores(
-    model: torch.nn.Module, tokenizer: Any, prompts: list[dict[str, Any]], config: RMConfig, runtime: Runtime
-) -> torch.Tensor:
-    """(M,) rewards of one reference-policy response per prompt, sampled on the run's seed (step 4)."""
-    normalize = config.normalize
-    policy = load_causal_lm(normalize.policy or config.model.name, tokenizer).eval().to(runtime.device)
-    scores = []
-    with runtime.forked_rng(config.seed):
-        for start in tqdm(range(0, len(prompts), normalize.batch_size), desc="rm: reference responses", unit="batch"):
-            chunk = prompts[start : start + normalize.batch_size]
-            texts = [format_prompt(tokenizer, record) for record in chunk]
-            samples = sample(policy, tokenizer, texts, normalize.generation, runtime.precision)
-            items = [
-                tokenize_prompt_response(tokenizer, record, response, config.data.max_length)
-                for record, response in zip(chunk, decode_responses(tokenizer, samples))
-            ]
-            scores.append(score_sequences(model, items, tokenizer.pad_token_id, runtime))
-    return torch.cat(scores)
-
+from rlhfkit.training.preferences import batch_loss_backward, preference_loss, reference_scores, score_sequences
+from rlhfkit.training.trainer import OptimizerTrainer, run_command
 
 # ---------------------------------------------------------------------------
 # The trainer
@@ -213,11 +184,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_trainer(RewardModelTrainer, run_config(RMConfig, args), args.resume)
-    if summary:
-        print(
-            f"rlhfkit rm: {summary['kind']} ({summary['loss_function']} loss), held-out accuracy "
-            f"{summary['eval_accuracy']:.3f} on {summary['eval_pairs']} pairs, ECE {summary['eval_ece']:.3f}; "
-            f"reward model in {summary['final']}"
-        )
-    return 0
+    return run_command(RewardModelTrainer, RMConfig, args, lambda summary: (
+        f"{summary['kind']} ({summary['loss_function']} loss), held-out accuracy {summary['eval_accuracy']:.3f} "
+        f"on {summary['eval_pairs']} pairs, ECE {summary['eval_ece']:.3f}; reward model in {summary['final']}"
+    ))  # fmt: skip

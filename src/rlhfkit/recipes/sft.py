@@ -32,9 +32,9 @@ from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.loading import save_policy
 from rlhfkit.models.lora import apply_lora
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import Runtime, Samples, StepOutput, check_micro_batches, run_config
+from rlhfkit.runtime import Runtime, Samples, StepOutput, check_micro_batches
 from rlhfkit.training import batch_indices, response_token_logprobs, response_token_nll, split_records
-from rlhfkit.training.trainer import OptimizerTrainer, backward_in_micro_batches, run_trainer
+from rlhfkit.training.trainer import OptimizerTrainer, backward_in_micro_batches, run_command
 
 # ---------------------------------------------------------------------------
 # Data
@@ -178,10 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_trainer(SFTTrainer, run_config(SFTConfig, args), args.resume)
-    if summary:
-        print(
-            f"rlhfkit sft: held-out loss {summary['eval_loss_initial']:.3f} -> {summary['eval_loss_final']:.3f} "
-            f"after {summary['steps']} steps; model in {summary['final']}"
-        )
-    return 0
+    return run_command(SFTTrainer, SFTConfig, args, lambda summary: (
+        f"held-out loss {summary['eval_loss_initial']:.3f} -> {summary['eval_loss_final']:.3f} "
+        f"after {summary['steps']} steps; model in {summary['final']}"
+    ))  # fmt: skip

@@ -130,27 +130,17 @@ def response_token_logprobs(
     return logprobs, response_mask[:, 1:].bool()
 
 
-def sequence_logprobs(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_mask: torch.Tensor,
-    dtype: str = "float32",
-) -> torch.Tensor:
-    """(B, T) batch -> (B,) summed log-probs of each row's response tokens (EOS included), fp32."""
-    logprobs, mask = response_token_logprobs(model, input_ids, attention_mask, response_mask, dtype)
+def sequence_logprobs(model: nn.Module, *batch: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
+    """(input_ids, attention_mask, response_mask), each (B, T) -> (B,) summed log-probs of each row's response
+    tokens (EOS included), fp32."""
+    logprobs, mask = response_token_logprobs(model, *batch, dtype=dtype)
     return torch.where(mask, logprobs, 0.0).sum(-1)
 
 
-def response_token_nll(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_mask: torch.Tensor,
-    dtype: str = "float32",
-) -> torch.Tensor:
-    """(B, T) batch -> 0-dim mean negative log-likelihood over all response tokens of the batch (the SFT loss)."""
-    logprobs, mask = response_token_logprobs(model, input_ids, attention_mask, response_mask, dtype)
+def response_token_nll(model: nn.Module, *batch: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
+    """(input_ids, attention_mask, response_mask), each (B, T) -> 0-dim mean negative log-likelihood over all
+    response tokens of the batch (the SFT loss)."""
+    logprobs, mask = response_token_logprobs(model, *batch, dtype=dtype)
     return -masked_mean(logprobs, mask)
 
 

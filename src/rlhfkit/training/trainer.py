@@ -2,7 +2,7 @@
 
 `OptimizerTrainer` holds the `Trainer` parts that are the same for all three (optimiser set-up,
 the optimiser step and its metrics, checkpoints, the Python API); `backward_in_micro_batches` is
-their gradient accumulation; `run_trainer` is what their commands do.
+their gradient accumulation; `run_command` is what their commands do.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rlhfkit.algorithms import share_weight
-from rlhfkit.runtime import RunDirectory, Runtime, fit
+from rlhfkit.runtime import RunDirectory, Runtime, fit, run_config
 from rlhfkit.training import build_optimizer, load_training_state, optimizer_step, training_state
 
 
@@ -93,9 +93,16 @@ class OptimizerTrainer:
         return fit(self, run)
 
 
-def run_trainer(trainer_class: Callable[[Any], OptimizerTrainer], config: Any, resume: bool) -> dict[str, Any]:
-    """What `rlhfkit sft|rm|dpo` do: the run directory checked before any model loads, then the whole run."""
-    run = RunDirectory.resolve(config.out, trainer_class.command, resume)
+def run_command(
+    trainer_class: Callable[[Any], OptimizerTrainer], config_class: type, args: Any, headline: Callable[[dict], str]
+) -> int:
+    """What `rlhfkit sft|rm|dpo` do: the config (`run_config`), the run directory checked before any model loads,
+    the whole run, then `headline(summary)` in one line on the main process."""
+    config = run_config(config_class, args)
+    run = RunDirectory.resolve(config.out, trainer_class.command, args.resume)
     trainer = trainer_class(config)
     trainer.before_fit(run)
-    return fit(trainer, run)
+    summary = fit(trainer, run)
+    if summary:
+        print(f"rlhfkit {trainer_class.command}: {headline(summary)}")
+    return 0
