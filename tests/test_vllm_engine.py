@@ -5,6 +5,7 @@ these tests build one with 32-wide heads, and the tiny model itself is the "mode
 """
 
 import copy
+import json
 import sys
 
 import pytest
@@ -19,8 +20,10 @@ from rlhfkit.models.actor_critic import response_logprobs
 from rlhfkit.models.lora import apply_lora
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.recipes.ppo import PPOTrainer
-from rlhfkit.rollout.engines import build_engine
+from rlhfkit.rollout import engines
+from rlhfkit.rollout.engines import build_engine, measured_engine
 from rlhfkit.rollout.generation import HF_ENGINE, sample
+from rlhfkit.rollout.vllm_engine import VLLMEngine
 
 PROMPTS = [
     "<|im_start|>user tell me about the cat<|im_end|><|im_start|>assistant ",
@@ -140,6 +143,25 @@ def test_the_first_ppo_ratio_of_vllm_samples_is_one(engine, vllm_model_dir, tmp_
     )  # fmt: skip
     ratio = torch.exp(logprobs - experience.logprobs)[samples.response_mask]
     assert (ratio - 1).abs().max() < 1e-5
+
+
+def test_auto_measures_once_caches_the_faster_and_leaves_the_random_streams(
+    engine, tokenizer, vllm_model_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(VLLMEngine, "_shared", dict(VLLMEngine._shared))  # whatever wins, the module's engine stays
+    policy = load_causal_lm(vllm_model_dir, tokenizer)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    chosen = measured_engine(vllm_model_dir, policy, "float32")
+    assert torch.equal(torch.rand(3), expected)
+    (record,) = json.loads((tmp_path / "generation_engine.json").read_text()).values()
+    rates = record["new_tokens_per_s"]
+    assert set(rates) == {"hf", "vllm"} and all(rate > 0 for rate in rates.values())
+    assert chosen.name == record["engine"] == max(rates, key=rates.get)
+    monkeypatch.setattr(engines, "probe", lambda *args: pytest.fail("measured twice"))
+    assert measured_engine(vllm_model_dir, policy, "float32").name == chosen.name
 
 
 def test_auto_stays_with_generate_for_a_tiny_model_without_measuring(tiny_model_dir):

@@ -61,27 +61,36 @@ def build_engine(
 
 
 def measured_engine(model_name: str, policy: nn.Module, precision: str) -> GenerationEngine:
-    """The faster engine for this model here: cached, or measured now (`hf` where vLLM cannot run the model)."""
+    """The faster engine for this model here: cached, or measured now."""
     key = f"{machine_key(policy)} | vllm {vllm_version()} | {precision}"
     path = cache_root() / "generation_engine.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}
-    if key in cache:
-        if cache[key]["engine"] == "hf":
-            return HF_ENGINE
-        return VLLMEngine.load(model_name, precision)
+    if key not in cache:
+        cache[key] = measurement(model_name, policy, precision)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, cache)
+        rates = cache[key].get("new_tokens_per_s")
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in rates.items()) if rates else cache[key]["reason"]
+        print(
+            f"rlhfkit: generation engine probe: {shown} -> {cache[key]['engine']} (cached in {path})", file=sys.stderr
+        )
+    return HF_ENGINE if cache[key]["engine"] == "hf" else VLLMEngine.load(model_name, precision)
+
+
+def measurement(model_name: str, policy: nn.Module, precision: str) -> dict:
+    """{"engine", "new_tokens_per_s"} from a probe, or {"engine": "hf", "reason"} where vLLM cannot run the model.
+
+    The probed vLLM engine stays loaded only if it won.
+    """
     try:
         engine = VLLMEngine.load(model_name, precision)
     except UserError as error:
-        cache[key] = {"engine": "hf", "reason": str(error)}
-        rates = None
-    else:
-        rates = probe(engine, policy, precision)
-        cache[key] = {"engine": max(rates, key=rates.get), "new_tokens_per_s": rates}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, cache)
-    shown = "vLLM cannot run this model" if rates is None else ", ".join(f"{k} {v:.1f}" for k, v in rates.items())
-    print(f"rlhfkit: generation engine probe: {shown} -> {cache[key]['engine']} (cached in {path})", file=sys.stderr)
-    return HF_ENGINE if cache[key]["engine"] == "hf" else engine
+        return {"engine": "hf", "reason": str(error)}
+    rates = probe(engine, policy, precision)
+    winner = max(rates, key=rates.get)
+    if winner == "hf":
+        engine.unload()
+    return {"engine": winner, "new_tokens_per_s": rates}
 
 
 def vllm_version() -> str:

@@ -139,6 +139,12 @@ class VLLMEngine(GenerationEngine):
             cls._shared[key] = cls._build(vllm, model_name, directory, precision)
         return cls._shared[key]
 
+    def unload(self) -> None:
+        """Let this engine go (its weights and KV cache with it) once nothing else holds it: `auto` chose `hf`."""
+        for key, engine in list(self._shared.items()):
+            if engine is self:
+                del self._shared[key]
+
     @classmethod
     def _build(cls, vllm, model_name: str, directory: str, precision: str) -> VLLMEngine:
         on_gpu = torch.cuda.is_available()
