@@ -8,6 +8,7 @@ import dataclasses
 from rlhfkit.assets import EVAL_PROMPTS, PROMPTS
 from rlhfkit.config import GenerationConfig, LoRAConfig, ModelConfig, RewardConfig, field
 from rlhfkit.configs.common import RuntimeConfig
+from rlhfkit.configs.ppo import MonitorConfig
 from rlhfkit.errors import UserError
 from rlhfkit.models.heads import check_pooling
 from rlhfkit.rewards.ai_judge import JudgeConfig
@@ -128,6 +129,11 @@ class LoopConfig:
     loop: LoopSettings = field(factory=LoopSettings, doc="rounds, label budget, query selection")
     rm: LoopRewardModelConfig = field(factory=LoopRewardModelConfig, doc="the reward-model ensemble")
     ppo: LoopPPOConfig = field(factory=LoopPPOConfig, doc="PPO between rounds")
+    monitor: MonitorConfig = field(
+        factory=lambda: MonitorConfig(enabled=True, eval_every=1),
+        doc="reward-hacking monitor of every round's PPO, as `rlhfkit ppo`'s monitor.* (empty monitor.gold: the "
+        "loop's judge); a stop (or rollback) ends the loop after that round",
+    )
     runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
     seed: int = field(0, "one seed for everything")
     out: str = field("", "output directory (default runs/loop-<time>); rerunning on it continues")

@@ -5,18 +5,26 @@ its model replaced each round). Round r runs `fit` up to iteration r·N from the
 at the end of round r−1: policy, value head, optimiser, KL controller and random state carry over
 exactly, whether the process ran the round before or was restarted. The reference stays the
 initial policy (with LoRA, the base with the adapter off), so the KL leash never moves.
+
+The reward-hacking monitor (`monitor.*`, `recipes.ppo_monitor`) watches the whole PPO run: held-out
+evaluations every `monitor.eval_every` iterations, the gold judge by default the loop's own, the
+spread against the range in this round's reward.json. Its state lives in PPO's checkpoint, so it
+carries across rounds like the optimiser. Each round retrains and renormalises the reward model, so
+its evaluations carry the round as their `segment`: the proxy's trend restarts every round, while
+the gold score's start stays the run's first evaluation (the gold judge never changes).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig
 from rlhfkit.configs.generate import GenerateConfig
 from rlhfkit.configs.loop import LoopConfig
-from rlhfkit.configs.ppo import KLConfig, PPOConfig, PPODataConfig, PPOTrainConfig
+from rlhfkit.configs.ppo import KLConfig, MonitorConfig, PPOConfig, PPODataConfig, PPOTrainConfig
 from rlhfkit.recipes.generate import generate_candidates
 from rlhfkit.recipes.ppo import PPOTrainer
 from rlhfkit.rewards.ensemble import EnsembleReward
@@ -44,10 +52,19 @@ def ppo_config(config: LoopConfig, reward_model: Path, out: Path) -> PPOConfig:
             checkpoint_every=iterations,
         ),
         optim=OptimConfig(learning_rate=config.ppo.learning_rate, keep_moments=True),  # each round completes a run
+        monitor=round_monitor(config),
         runtime=config.runtime,
         seed=config.seed,
         out=str(out),
     )
+
+
+def round_monitor(config: LoopConfig) -> MonitorConfig:
+    """The loop's monitor section for PPO: an empty `monitor.gold` is the loop's judge (`judge.*`)."""
+    if config.monitor.gold:
+        return copy.deepcopy(config.monitor)
+    judge = config.judge
+    return dataclasses.replace(config.monitor, gold=judge.kind, gold_function=judge.function, gold_model=judge.model)
 
 
 class RoundPPO:
@@ -55,16 +72,23 @@ class RoundPPO:
 
     Composition: every part of the `Trainer` protocol is the PPO trainer's, but `total_steps`
     (this round's last iteration) and `reward/spread` (the mean spread of the heads on the
-    iteration's samples, for the reward-hacking monitor).
+    iteration's samples, beside the monitor's own `monitor/spread` on the held-out prompts).
     """
-
-    eval_every = 0
 
     def __init__(self, trainer: PPOTrainer, reward: EnsembleReward):
         self.trainer, self.reward, self.total_steps = trainer, reward, 0
         self.command, self.config, self.runtime = trainer.command, trainer.config, trainer.runtime
-        self.checkpoint_every = trainer.checkpoint_every
+        self.checkpoint_every, self.eval_every = trainer.checkpoint_every, trainer.eval_every
         self.plot_keys = (*trainer.plot_keys, "reward/spread")
+
+    @property
+    def stop_reason(self) -> str | None:
+        """The monitor's reason to end the run (`fit` reads it; the loop then ends after this round)."""
+        return self.trainer.stop_reason
+
+    def start_round(self, round_number: int, total_steps: int) -> None:
+        """The next `fit` runs up to `total_steps`; the monitor's proxies from now on are this round's reward."""
+        self.total_steps, self.trainer.watch.segment = total_steps, round_number
 
     @property
     def step(self) -> int:

@@ -11,6 +11,11 @@
     5 ppo        the policy continues from its checkpoint for loop.ppo_iterations against the ensemble's mean
     6 evaluate   gold judge's mean score of the policy on the held-out prompts; round.json, summary.json
 
+The reward-hacking monitor (`monitor.*`) watches step 5 (`loop.policy`). When it stops PPO (or rolls
+it back to its best gold evaluation), that round still finishes its evaluation and round.json (with
+`monitor_stop`), and the loop ends there: summary.json's `monitor` entry names the round and the reason,
+and a rerun of the same command finds the stop in round.json and trains nothing more.
+
 Every step is a stage with a file (`OUT/round-N/candidates.jsonl`, `queries.jsonl`, `labels.jsonl`,
 `rm/`, the PPO checkpoint at the round's last iteration, `round.json`), written atomically (labels
 fsynced) once the step is complete; a stage whose file exists is not run again. So a loop killed
@@ -108,6 +113,8 @@ class OnlineLoop:
         )  # fmt: skip
         self.reward.tokenizer, self.reward.dtype = self.ppo.tokenizer, self.runtime.precision
         self.gold = build_reward(config.judge, self.runtime.precision, self.runtime.device)  # auto settled by now
+        if config.monitor.enabled and not config.monitor.gold:
+            self.ppo.watch.gold = self.gold  # the loop's judge itself (its settings and settled precision)
         self.policy = RoundPPO(self.ppo, self.reward)
         checkpoint = latest_checkpoint(out / "ppo")
         if checkpoint is not None:  # the policy as the last finished round left it
@@ -151,6 +158,8 @@ class OnlineLoop:
             if self.server is not None:  # the labelling page shows the loop's progress (a missed report: now)
                 self.server.report(round_number, json.loads(path.read_text()))
             summary = self.write_summary(initial, round_number)
+            if summary.get("monitor", {}).get("round") is not None:
+                break  # the monitor stopped this round's PPO: no further round
         return summary
 
     def held_out(self) -> dict[str, Any]:
@@ -271,17 +280,24 @@ class OnlineLoop:
         self.load_reward_model(round_number)
         iterations, directory = self.config.loop.ppo_iterations, self.out / "ppo"
         self.ppo.config.reward.model = str(self.reward_model_dir(round_number))  # config.yaml names this round's
-        self.policy.total_steps = round_number * iterations
+        self.policy.start_round(round_number, round_number * iterations)
         resume = latest_checkpoint(directory) is not None  # the end of the round before (or, killed after it, of this)
         fit(self.policy, RunDirectory.resolve(str(directory), "ppo", resume))
         first = (round_number - 1) * iterations
         history = [h for h in read_jsonl(directory / "metrics.jsonl") if first < h["step"] <= round_number * iterations]
-        return {
-            "ppo_iterations": round_number * iterations,
+        figures = {
+            "ppo_iterations": self.ppo.step,
             "reward_spread": sum(h["reward/spread"] for h in history) / len(history),
             "learned_reward_train": history[-1]["reward/score_mean"],
             "kl": history[-1]["kl/mean"],
         }
+        if self.config.monitor.enabled:
+            monitor = json.loads((directory / "summary.json").read_text())["monitor"]
+            stopped = monitor["reason"] is not None
+            figures["monitor_stop"] = (
+                {k: monitor[k] for k in ("stopped_at", "reason", "rolled_back_to")} if stopped else None
+            )
+        return figures
 
     def evaluate_policy(self) -> dict[str, Any]:
         """Step 6: the gold judge's mean score of the policy on the held-out prompts (the same draw every round)."""
@@ -309,5 +325,9 @@ class OnlineLoop:
             "policy": str(self.out / "ppo" / "final"),
             "reward_model": str(self.reward_model_dir(last_round)),
         }
+        if self.config.monitor.enabled:
+            monitor = json.loads((self.out / "ppo" / "summary.json").read_text())["monitor"]
+            stopped_in = next((r["round"] for r in rounds if r.get("monitor_stop")), None)
+            summary["monitor"] = {**monitor, "round": stopped_in}
         write_json_atomic(self.out / "summary.json", summary)
         return summary

@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"rlhfkit loop: interrupted; rerun the same command to continue from {out}", file=sys.stderr)
         return 130
     first, last = summary["gold_score_initial"], summary["rounds"][-1]
+    stop = last.get("monitor_stop")
+    if stop:
+        print(f"rlhfkit loop: the reward-hacking monitor ended the loop in round {last['round']} at PPO iteration "
+              f"{stop['stopped_at']}: {stop['reason']}")  # fmt: skip
     print(
         f"rlhfkit loop: {len(summary['rounds'])} round(s), {last['labels']} labels; gold score {first:+.3f} -> "
         f"{last['gold_score']:+.3f}, reward-model accuracy {last['reward_model_accuracy']:.1%}; "

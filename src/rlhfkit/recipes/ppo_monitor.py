@@ -14,6 +14,12 @@ random streams:
 Figures are over all processes' responses. With `monitor.action=rollback` the trainable weights of
 the evaluation with the best gold score so far are kept (on the CPU, and in every checkpoint), and
 final/ holds them when the monitor stops the run.
+
+`segment` tags each evaluation with the reward that scored its proxy: `rlhfkit loop` sets it to the
+round, because every round retrains and renormalises the reward model, so a proxy of round r and one
+of round r+1 are on different scales. The over-optimisation rule compares proxies within a segment
+only (its trend restarts each round); the gold judge, the KL and the degeneration signals are on one
+scale for the whole run, so the gold-below-start and distinct-2 rules keep the run's first evaluation.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class HeldOutMonitor:
         )
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.rolled_back_to: int | None = None
+        self.segment = 0  # the reward whose proxy the next evaluations measure (the online loop's round)
         if not self.enabled:
             return
         records = load_records(config.monitor.prompts, "prompts")[: config.monitor.num_prompts]
@@ -115,6 +122,7 @@ class HeldOutMonitor:
             spread=self._mean(torch.tensor(spread, device=runtime.device)) if spread else None,
             spread_range=spread_range_of(trainer.reward, trainer.config.reward),  # the online loop retrains it
             degeneration=degeneration_signals([row[keep].tolist() for row, keep in zip(ids, mask)]),
+            segment=self.segment,
         )
 
     def _mean(self, per_response: torch.Tensor) -> float:

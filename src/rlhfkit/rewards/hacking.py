@@ -92,6 +92,7 @@ class Evaluation:
     spread: float | None = None
     spread_range: list[float] | None = None  # [low, high] seen in the scoring reward model's training; None: unknown
     degeneration: dict[str, float] = dataclasses.field(default_factory=dict)
+    segment: int = 0  # proxies compare only within one segment: the online loop renormalises its reward every round
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +112,8 @@ def over_optimisation(history: Sequence[Evaluation], patience: int) -> str | Non
     if len(history) <= patience or history[-1].gold is None:
         return None
     window = history[-patience - 1 :]
+    if window[0].segment != window[-1].segment:  # a proxy scored by another reward (model) says nothing of the trend
+        return None
     diverging = all(
         later.proxy > earlier.proxy and later.gold < earlier.gold  # type: ignore[operator]
         for earlier, later in zip(window, window[1:])
