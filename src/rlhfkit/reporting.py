@@ -5,7 +5,8 @@
                  each answer to the reference is measured: gold score, learned reward, KL, win rate
     6 report     report.md with the figures and side-by-side samples, summary.json, and three plots:
                  proxy and gold reward against PPO step, KL against step, gold against KL (where
-                 over-optimisation of the proxy would show)
+                 over-optimisation of the proxy would show); the reward-hacking monitor's verdict on the
+                 PPO stage (a stop or rollback, with its reason) and its over_optimisation.png
 
 `rlhfkit demo` (recipes/demo.py) runs them after its training stages; they take plain values, not the
 demo's config, so this module does not import the pipeline.
@@ -13,6 +14,7 @@ demo's config, so this module does not import the pipeline.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +167,22 @@ def side_by_side_rows(evaluation: dict[str, Any], count: int = 6) -> str:
     return "\n".join(rows)
 
 
+def monitor_section(ppo_dir: Path) -> str:
+    """The reward-hacking monitor's verdict on the PPO stage and its plot (empty when the monitor was off)."""
+    summary_path = ppo_dir / "summary.json"
+    monitor = json.loads(summary_path.read_text()).get("monitor") if summary_path.exists() else None
+    if not monitor:
+        return ""
+    if monitor["reason"] is None:
+        verdict = f"ran to the end, {monitor['evaluations']} evaluations without a sign of reward hacking"
+    else:
+        verdict = f"**stopped PPO at step {monitor['stopped_at']}**: {monitor['reason']}"
+        if monitor["rolled_back_to"] is not None:
+            verdict += f"; the tuned policy is rolled back to step {monitor['rolled_back_to']}, its best gold score"
+    plot = f"{ppo_dir.name}/over_optimisation.png"
+    return f"- Reward-hacking monitor: {verdict}\n\n![proxy vs gold vs KL over the PPO stage]({plot})\n"
+
+
 def write_report(
     heading: str,
     stages: dict[str, Path],
@@ -195,6 +213,7 @@ labelled by the judge without noise
 ![KL against step](kl_vs_step.png)
 ![gold score against KL](gold_vs_kl.png)
 
+{monitor_section(stages["ppo"])}
 ## Side by side (held-out prompts; gold score in brackets)
 
 | prompt | reference | tuned |

@@ -6,6 +6,7 @@ from PIL import Image
 
 from rlhfkit.cli import main
 from rlhfkit.recipes.demo import DemoConfig, split_candidates, stage_configs
+from rlhfkit.reporting import monitor_section
 
 
 def test_quick_demo_writes_the_whole_report_and_resumes(tmp_path, capsys):
@@ -34,6 +35,9 @@ def test_quick_demo_writes_the_whole_report_and_resumes(tmp_path, capsys):
     assert rm["kind"] == "rankings" and rm["loss_function"] == "ranking" and rm["eval_records"] == len(heldout)
     report = (out / "report.md").read_text()
     assert "Win rate" in report and "gold_vs_kl.png" in report
+    # the PPO stage's reward-hacking monitor: its verdict and Gao et al.'s curve, linked where it is
+    assert "![proxy vs gold vs KL over the PPO stage](4-ppo/over_optimisation.png)" in report
+    assert "- Reward-hacking monitor: " in report and (out / "4-ppo" / "over_optimisation.png").exists()
     # a second run finds every stage finished and redoes none of them
     capsys.readouterr()
     mtime = (out / "4-ppo" / "final" / "model.safetensors").stat().st_mtime_ns
@@ -92,3 +96,17 @@ def test_a_failing_stage_names_itself_and_how_to_continue(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("rlhfkit demo: error: stage 1-generate: ")
     assert f"rerun `rlhfkit demo --out {out}` to continue" in error
+
+
+def test_the_report_states_the_monitors_stop_and_rollback(tmp_path):
+    ppo = tmp_path / "4-ppo"
+    ppo.mkdir()
+    monitor = {"stopped_at": 6, "reason": "the gold score fell", "evaluations": 4, "rolled_back_to": None}
+    (ppo / "summary.json").write_text(json.dumps({"monitor": monitor}))
+    assert "- Reward-hacking monitor: **stopped PPO at step 6**: the gold score fell\n" in monitor_section(ppo)
+    (ppo / "summary.json").write_text(json.dumps({"monitor": {**monitor, "rolled_back_to": 3}}))
+    assert "fell; the tuned policy is rolled back to step 3, its best gold score\n" in monitor_section(ppo)
+    (ppo / "summary.json").write_text(json.dumps({"monitor": {**monitor, "stopped_at": None, "reason": None}}))
+    assert "ran to the end, 4 evaluations without a sign of reward hacking" in monitor_section(ppo)
+    (ppo / "summary.json").write_text(json.dumps({"score_last": 1.0}))  # the monitor was off
+    assert monitor_section(ppo) == ""
