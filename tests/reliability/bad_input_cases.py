@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import json
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -352,3 +353,39 @@ def constitution_cases() -> list[Case]:
         return Case("constitution", "config", f"constitution-{name}", build)
 
     return [case(name, write) for name, write in files.items()]
+
+
+# ---------------------------------------------------------------------------
+# rlhfkit loop: its labellers, the monitor, and settings that only the loop has
+# ---------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (bound for a moment, then closed again)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def loop_cases() -> list[Case]:
+    """The labelling server unreachable, misnamed or without a token, and the loop's own settings out of range."""
+    cases: dict[str, Build] = {
+        "server-unreachable": lambda c: (
+            ["--server", (url := f"http://127.0.0.1:{_closed_port()}"), "--token", "t"],
+            f"cannot reach the labelling server at {url}",
+        ),
+        "server-not-a-url": lambda c: (["--server", "not-a-url", "--token", "t"], "not-a-url"),
+        "server-without-token": lambda c: (["--server", "http://127.0.0.1:1"], "--token"),
+        "server-and-ai-judge": lambda c: (["--judge", "ai", "--server", "http://127.0.0.1:1"], "--judge ai"),
+        "source-server-without-url": lambda c: (["--set", "labels.source=server"], "labels.source=server"),
+        "selection-unknown": lambda c: (["--set", "loop.selection=best"], "loop.selection"),
+        "zero-rounds": lambda c: (["--set", "loop.rounds=0"], "loop.rounds"),
+        "candidates-below-labels": lambda c: (["--set", "loop.candidates_per_round=1"], "loop.candidates_per_round"),
+        "negative-noise": lambda c: (["--set", "labels.noise=-1"], "labels.noise"),
+        "verifiable-judge": lambda c: (["--set", "judge.kind=verifiable"], "judge.kind=verifiable"),
+        "rouge-judge-without-references": lambda c: (["--set", "judge.kind=rouge"], "reference"),
+        "monitor-gold-unknown": lambda c: (["--set", "monitor.gold=oracle"], "monitor.gold"),
+        "monitor-patience-zero": lambda c: (["--set", "monitor.patience=0"], "monitor.patience"),
+        "rm-pooling-unknown": lambda c: (["--set", "rm.pooling=middle"], "rm.pooling"),
+    }
+    return [Case("loop", "config", name, build) for name, build in cases.items()]

@@ -32,6 +32,7 @@ from bad_input_cases import (
     constitution_cases,
     data_case,
     good_file,
+    loop_cases,
     model_case,
     output_cases,
     user_code_cases,
@@ -168,6 +169,34 @@ COMMANDS = [
         "train",
         CHECKPOINT,
     ),
+    Command(
+        "loop",
+        lambda c: [
+            "--judge",
+            "sentiment",
+            *_set(
+                c,
+                *_lm(c),
+                f"data.prompts={good_file(c, 'prompts')}",
+                f"data.eval_prompts={good_file(c, 'prompts')}",
+                "data.num_eval_prompts=2",
+                "loop.rounds=1",
+                "loop.labels_per_round=2",
+                "loop.ppo_iterations=1",
+                "ppo.batch_size=2",
+                "ppo.ppo_epochs=1",
+                "rm.steps=1",
+                "rm.batch_size=2",
+                "rm.ensemble_size=2",
+                "monitor.num_prompts=2",
+            ),
+        ],  # fmt: skip
+        {"data.prompts": "prompts", "data.eval_prompts": "prompts", "monitor.prompts": "prompts"},
+        "model.name",
+        "loop",
+        "config.yaml",  # rerunning on a loop's directory continues it: only another loop's settings are refused
+        resumable=False,
+    ),
 ]
 BY_NAME = {command.name: command for command in COMMANDS}
 
@@ -184,7 +213,7 @@ def all_cases() -> list[Case]:
             ]
         cases += config_cases(command.name, command.section)
         cases += output_cases(command.name, command.finished_file, command.resumable)
-    cases += user_code_cases("ppo") + user_code_cases("label") + constitution_cases()
+    cases += user_code_cases("ppo") + user_code_cases("label") + constitution_cases() + loop_cases()
     cases += [
         Case("gym", "config", "unknown-environment", lambda c: (["--set", "env.id=NoSuchEnv-v9"], "NoSuchEnv-v9")),
         Case("gym", "config", "env-id-with-path", lambda c: (["--set", "env.id=../../etc:x"], "../../etc:x")),
