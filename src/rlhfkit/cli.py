@@ -178,6 +178,7 @@ def _main(argv: list[str]) -> int:
 
 def _run(command: str, module_name: str, description: str, rest: list[str], debug: bool, threads: int | None) -> int:
     """Parse and run one command inside the error boundary (see the module docstring)."""
+    parser = None
     try:
         module = importlib.import_module(module_name)
         set_torch_threads(threads)
@@ -201,10 +202,17 @@ def _run(command: str, module_name: str, description: str, rest: list[str], debu
             return _internal_error(command, error, debug)
         return _refuse(command, describe_os_error(error), debug)
     except KeyboardInterrupt:
-        print(f"rlhfkit {command}: interrupted; the last checkpoint is intact, rerun with --resume", file=sys.stderr)
+        print(f"rlhfkit {command}: interrupted; {_how_to_continue(parser)}", file=sys.stderr)
         return 130
     except Exception as error:
         return _internal_error(command, error, debug)
+
+
+def _how_to_continue(parser: argparse.ArgumentParser | None) -> str:
+    """After Ctrl-C: a command with --resume continues from its checkpoint; the others (loop, demo) by running again."""
+    if parser is not None and parser.get_default("resume") is not None:
+        return "the last checkpoint is intact, rerun with --resume"
+    return "rerun the same command"
 
 
 def _run_and_push(command: str, module, args: argparse.Namespace) -> int:

@@ -74,6 +74,20 @@ def test_an_os_error_without_a_path_is_ours(monkeypatch, capsys):
     assert "internal error: ConnectionResetError" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("command", "module", "advice"),
+    [
+        ("sft", "rlhfkit.recipes.sft", "the last checkpoint is intact, rerun with --resume"),
+        ("loop", "rlhfkit.recipes.loop", "rerun the same command"),  # no --resume: a rerun continues the loop
+        ("generate", "rlhfkit.recipes.generate", "rerun the same command"),
+    ],
+)
+def test_ctrl_c_says_how_this_command_continues(monkeypatch, capsys, command, module, advice):
+    monkeypatch.setattr(f"{module}.run", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main([command]) == 130
+    assert capsys.readouterr().err == f"rlhfkit {command}: interrupted; {advice}\n"
+
+
 def test_unknown_command_and_unknown_option_are_one_line(capsys):
     assert main(["trian"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
