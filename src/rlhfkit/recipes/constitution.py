@@ -40,16 +40,16 @@ from typing import Any
 import torch
 
 from rlhfkit.checkpoint import seed_everything
-from rlhfkit.config import add_config_arguments, save_config
+from rlhfkit.config import add_config_arguments
 from rlhfkit.configs.constitution import ConstitutionConfig
 from rlhfkit.data.records import Record, format_prompt, load_records
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.recipes.generate import output_directory
+from rlhfkit.recipes.generate import output_directory, write_outputs
 from rlhfkit.rewards.ai_judge import Principle, constitution_path, load_constitution
 from rlhfkit.rollout.critique import FormatMessages, Generate, chain_metrics, critique_and_revise, demonstration
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.runtime import Runtime, run_config
-from rlhfkit.tracking import Tracker, plot_metrics, write_json_atomic, write_jsonl_atomic
+from rlhfkit.tracking import Tracker, plot_metrics
 
 
 def load_generator(config: ConstitutionConfig) -> tuple[Generate, FormatMessages]:
@@ -98,14 +98,10 @@ def constitution(config: ConstitutionConfig) -> Path:
     records = load_records(config.data.prompts, "prompts", limit=config.data.limit or None)
     generate, format_messages = load_generator(config)
     seed_everything(config.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
     chains = revise_all(config, records, principles, generate, format_messages, out)
     plot_metrics(out / "metrics.jsonl", list(chain_metrics(chains)), out / "constitution.png")
     demonstrations = [demonstration(r, c["final"]) for r, c in zip(records, chains) if c["final"].strip()]
     path = out / "demonstrations.jsonl"
-    write_jsonl_atomic(out / "chains.jsonl", chains)
-    write_jsonl_atomic(path, demonstrations)
     summary = {
         "prompts": len(records),
         "demonstrations": len(demonstrations),
@@ -115,7 +111,7 @@ def constitution(config: ConstitutionConfig) -> Path:
         "changed_fraction": sum(c["final"] != c["response"] for c in chains) / max(1, len(chains)),
         "demonstrations_file": str(path),
     }
-    write_json_atomic(out / "summary.json", summary)
+    write_outputs(out, config, {"chains.jsonl": chains, path.name: demonstrations}, summary)
     return path
 
 

@@ -72,6 +72,15 @@ def output_directory(out: str, command: str) -> Path:
     return path
 
 
+def write_outputs(out: Path, config: Any, files: dict[str, list[dict[str, Any]]], summary: dict[str, Any]) -> None:
+    """config.yaml, each records file OUT/<name>, then summary.json: last, as its presence means the run finished."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    for name, records in files.items():
+        write_jsonl_atomic(out / name, records)
+    write_json_atomic(out / "summary.json", summary)
+
+
 def generate(config: GenerateConfig) -> Path:
     """The Python API of `rlhfkit generate`: writes config.out and returns its candidates.jsonl."""
     out = output_directory(config.out, "generate")
@@ -86,10 +95,7 @@ def generate(config: GenerateConfig) -> Path:
     answers = generate_candidates(model, tokenizer, records, config, engine)
     candidates = [candidates_record(record, responses) for record, responses in zip(records, answers)]
     kept = [c for c in candidates if c["responses"]]
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
     path = out / "candidates.jsonl"
-    write_jsonl_atomic(path, kept)
     summary = {
         "prompts": len(records),
         "records": len(kept),
@@ -99,7 +105,7 @@ def generate(config: GenerateConfig) -> Path:
         "wall_s": time.time() - started,
         "candidates": str(path),
     }
-    write_json_atomic(out / "summary.json", summary)
+    write_outputs(out, config, {path.name: kept}, summary)
     return path
 
 

@@ -26,12 +26,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from rlhfkit.config import REWARD_KINDS, add_config_arguments, save_config
+from rlhfkit.config import REWARD_KINDS, add_config_arguments
 from rlhfkit.configs.label import FORMATS, AILabelConfig, LabelConfig
 from rlhfkit.data import load_records, prompt_text
 from rlhfkit.errors import UserError
 from rlhfkit.labeling.synthetic import distinct_responses, label_record
-from rlhfkit.recipes.generate import output_directory
+from rlhfkit.recipes.generate import output_directory, write_outputs
 from rlhfkit.rewards import build_reward, checked_scores, validate_records_for_reward
 from rlhfkit.rewards.ai_judge import (
     ai_comparisons,
@@ -41,7 +41,6 @@ from rlhfkit.rewards.ai_judge import (
     position_bias,
 )
 from rlhfkit.runtime import run_config
-from rlhfkit.tracking import write_json_atomic, write_jsonl_atomic
 
 
 def load_candidates(source: str) -> list[dict[str, Any]]:
@@ -52,16 +51,6 @@ def load_candidates(source: str) -> list[dict[str, Any]]:
             "e.g. OUT/candidates.jsonl of `rlhfkit generate`"
         )
     return [distinct_responses(r) for r in load_records(source, "candidates")]
-
-
-def write_labels(out: Path, config: Any, fmt: str, records: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
-    """config.yaml, OUT/<fmt>.jsonl and summary.json (last: its presence means the run finished)."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-    path = out / f"{fmt}.jsonl"
-    write_jsonl_atomic(path, records)
-    write_json_atomic(out / "summary.json", {**summary, "output": str(path)})
-    return path
 
 
 # ---------------------------------------------------------------------------
@@ -93,6 +82,7 @@ def label(config: LabelConfig) -> Path:
             f"{config.data.train}: the {config.reward.kind} judge produced no {config.format} "
             f"({ties} tied, {too_few} prompts with fewer than 2 distinct responses)"
         )
+    path = out / f"{config.format}.jsonl"
     summary = {
         "judge": config.reward.kind,
         "format": config.format,
@@ -102,8 +92,10 @@ def label(config: LabelConfig) -> Path:
         "ties_skipped": ties,
         "prompts_with_fewer_than_2_distinct_responses": too_few,
         "wall_s": time.time() - started,
+        "output": str(path),
     }
-    return write_labels(out, config, config.format, labelled, summary)
+    write_outputs(out, config, {path.name: labelled}, summary)
+    return path
 
 
 def label_with_ai(config: AILabelConfig) -> Path:
@@ -133,6 +125,7 @@ def label_with_ai(config: AILabelConfig) -> Path:
         config.model.dtype,
         random.Random(config.seed),
     )
+    path = out / "comparisons.jsonl"
     summary = {
         "judge": "ai",
         "judge_model": judge_name,
@@ -141,8 +134,10 @@ def label_with_ai(config: AILabelConfig) -> Path:
         "label_mean": sum(c["label"] for c in comparisons) / len(comparisons),
         **position_bias(comparisons),
         "wall_s": time.time() - started,
+        "output": str(path),
     }
-    return write_labels(out, config, "comparisons", comparisons, summary)
+    write_outputs(out, config, {path.name: comparisons}, summary)
+    return path
 
 
 # ---------------------------------------------------------------------------
