@@ -24,7 +24,6 @@ Where this departs from a naive implementation, and why:
 
 from __future__ import annotations
 
-import argparse
 import copy
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from rlhfkit.algorithms import share_weight
-from rlhfkit.config import add_config_arguments
 from rlhfkit.configs.dpo import DPOConfig
 from rlhfkit.data import format_prompt, load_records, prompt_text
 from rlhfkit.models import load_causal_lm, load_tokenizer
@@ -53,7 +51,7 @@ from rlhfkit.training.preferences import (
     reference_mode,
     statistic_sums,
 )
-from rlhfkit.training.trainer import OptimizerTrainer, run_command
+from rlhfkit.training.trainer import OptimizerTrainer, trainer_command
 
 REFERENCE_FILE = "reference_logprobs.safetensors"
 
@@ -160,10 +158,6 @@ class DPOTrainer(OptimizerTrainer):
         return {"loss": train.loss, "beta": train.beta, **sizes, "initial": evals[0], "final_eval": evals[-1]}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, DPOConfig)
-
-
 def headline(summary: dict[str, Any]) -> str:
     initial, final = summary["initial"], summary["final_eval"]
     kl = f", KL to reference {final['kl/mean']:.2f} nats" if "kl/mean" in final else ""
@@ -174,5 +168,4 @@ def headline(summary: dict[str, Any]) -> str:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    return run_command(DPOTrainer, DPOConfig, args, headline)
+add_arguments, run = trainer_command(DPOTrainer, DPOConfig, headline)

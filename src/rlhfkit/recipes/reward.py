@@ -29,13 +29,11 @@ Where this departs from a naive implementation, and why:
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlhfkit.config import add_config_arguments
 from rlhfkit.configs.reward import RMConfig
 from rlhfkit.data import load_records
 from rlhfkit.data.preferences import (
@@ -56,7 +54,7 @@ from rlhfkit.rewards.calibration import pair_statistics, plot_reliability, rewar
 from rlhfkit.runtime import Runtime, StepOutput, check_micro_batches
 from rlhfkit.training import batch_indices, split_records
 from rlhfkit.training.preferences import batch_loss_backward, preference_loss, reference_scores, score_sequences
-from rlhfkit.training.trainer import OptimizerTrainer, run_command
+from rlhfkit.training.trainer import OptimizerTrainer, trainer_command
 
 # ---------------------------------------------------------------------------
 # The trainer
@@ -179,12 +177,7 @@ class RewardModelTrainer(OptimizerTrainer):
         return {**self.figures(), **self.normalization, "gain": model.gain, "bias": model.bias}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, RMConfig)
-
-
-def run(args: argparse.Namespace) -> int:
-    return run_command(RewardModelTrainer, RMConfig, args, lambda summary: (
-        f"{summary['kind']} ({summary['loss_function']} loss), held-out accuracy {summary['eval_accuracy']:.3f} "
-        f"on {summary['eval_pairs']} pairs, ECE {summary['eval_ece']:.3f}; reward model in {summary['final']}"
-    ))  # fmt: skip
+add_arguments, run = trainer_command(RewardModelTrainer, RMConfig, lambda summary: (
+    f"{summary['kind']} ({summary['loss_function']} loss), held-out accuracy {summary['eval_accuracy']:.3f} "
+    f"on {summary['eval_pairs']} pairs, ECE {summary['eval_ece']:.3f}; reward model in {summary['final']}"
+))  # fmt: skip

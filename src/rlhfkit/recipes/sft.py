@@ -17,13 +17,11 @@ Where this departs from a naive implementation, and why:
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlhfkit.config import add_config_arguments
 from rlhfkit.configs.sft import SFTConfig
 from rlhfkit.data import format_prompt, load_records, prompt_text
 from rlhfkit.data.collate import pack_items, pad_batch, tokenize_prompt_response
@@ -34,7 +32,7 @@ from rlhfkit.models.lora import apply_lora
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.runtime import Runtime, Samples, StepOutput, check_micro_batches
 from rlhfkit.training import batch_indices, response_token_logprobs, response_token_nll, split_records
-from rlhfkit.training.trainer import OptimizerTrainer, backward_in_micro_batches, run_command
+from rlhfkit.training.trainer import OptimizerTrainer, backward_in_micro_batches, trainer_command
 
 # ---------------------------------------------------------------------------
 # Data
@@ -173,12 +171,7 @@ class SFTTrainer(OptimizerTrainer):
         }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, SFTConfig)
-
-
-def run(args: argparse.Namespace) -> int:
-    return run_command(SFTTrainer, SFTConfig, args, lambda summary: (
-        f"held-out loss {summary['eval_loss_initial']:.3f} -> {summary['eval_loss_final']:.3f} "
-        f"after {summary['steps']} steps; model in {summary['final']}"
-    ))  # fmt: skip
+add_arguments, run = trainer_command(SFTTrainer, SFTConfig, lambda summary: (
+    f"held-out loss {summary['eval_loss_initial']:.3f} -> {summary['eval_loss_final']:.3f} "
+    f"after {summary['steps']} steps; model in {summary['final']}"
+))  # fmt: skip

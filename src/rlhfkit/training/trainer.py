@@ -2,11 +2,12 @@
 
 `OptimizerTrainer` holds the `Trainer` parts that are the same for all three (optimiser set-up,
 the optimiser step and its metrics, checkpoints, the Python API); `backward_in_micro_batches` is
-their gradient accumulation; `run_command` is what their commands do.
+their gradient accumulation; `trainer_command` is what their commands do.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from rlhfkit.algorithms import share_weight
+from rlhfkit.config import add_config_arguments
 from rlhfkit.runtime import RunDirectory, Runtime, fit, run_config
 from rlhfkit.training import build_optimizer, load_training_state, optimizer_step, training_state
 
@@ -93,16 +95,24 @@ class OptimizerTrainer:
         return fit(self, run)
 
 
-def run_command(
-    trainer_class: Callable[[Any], OptimizerTrainer], config_class: type, args: Any, headline: Callable[[dict], str]
-) -> int:
-    """What `rlhfkit sft|rm|dpo` do: the config (`run_config`), the run directory checked before any model loads,
-    the whole run, then `headline(summary)` in one line on the main process."""
-    config = run_config(config_class, args)
-    run = RunDirectory.resolve(config.out, trainer_class.command, args.resume)
-    trainer = trainer_class(config)
-    trainer.before_fit(run)
-    summary = fit(trainer, run)
-    if summary:
-        print(f"rlhfkit {trainer_class.command}: {headline(summary)}")
-    return 0
+def trainer_command(
+    trainer_class: Callable[[Any], OptimizerTrainer], config_class: type, headline: Callable[[dict], str]
+) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+    """`add_arguments(parser)` and `run(args)` of `rlhfkit sft|rm|dpo`: the config's keys; the config
+    (`run_config`), the run directory checked before any model loads, the whole run, then `headline(summary)`
+    in one line on the main process."""
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_arguments(parser, config_class)
+
+    def run(args: argparse.Namespace) -> int:
+        config = run_config(config_class, args)
+        run = RunDirectory.resolve(config.out, trainer_class.command, args.resume)
+        trainer = trainer_class(config)
+        trainer.before_fit(run)
+        summary = fit(trainer, run)
+        if summary:
+            print(f"rlhfkit {trainer_class.command}: {headline(summary)}")
+        return 0
+
+    return add_arguments, run
