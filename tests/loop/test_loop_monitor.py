@@ -1,7 +1,8 @@
 """The reward-hacking monitor in `rlhfkit loop`: it watches every round's PPO and a stop ends the loop after that round.
 
 The monitor's gold judge is scripted (one call per evaluation, as in tests/test_monitor_ppo.py): it
-holds, then falls below its start by more than monitor.gold_tolerance in round 2's first iteration.
+rises, then falls below its start by more than monitor.gold_tolerance in round 2's first iteration;
+monitor.action=rollback leaves the policy of its best evaluation (iteration 1) as the loop's policy.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rlhfkit.loop.policy import ppo_config
 from rlhfkit.rewards.hacking import Evaluation, over_optimisation
 from rlhfkit.tracking import read_jsonl
 
-GOLD = [0.5, 0.5, 0.45, 0.2, 0.2, 0.2, 0.2, 0.2]  # the gold judge at evaluation 0, 1, ... (one per PPO iteration)
+GOLD = [0.5, 0.6, 0.45, 0.2, 0.2, 0.2, 0.2, 0.2]  # the gold judge at evaluation 0, 1, ... (one per PPO iteration)
 SCRIPT = f"""
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def gold(prompts, responses, records):
 """
 
 
-def test_a_monitor_stop_in_round_two_ends_the_loop_there_and_a_rerun_trains_nothing(
+def test_a_monitor_rollback_in_round_two_ends_the_loop_there_and_a_rerun_trains_nothing(
     tmp_path, tiny_model_dir, monkeypatch, capsys
 ):
     (tmp_path / "loop_gold.py").write_text(textwrap.dedent(SCRIPT))
@@ -46,18 +47,20 @@ def test_a_monitor_stop_in_round_two_ends_the_loop_there_and_a_rerun_trains_noth
     out = tmp_path / "run"
     command = ["loop", "--judge", "sentiment", "--out", str(out), "--set", f"model.name={tiny_model_dir}", *QUICK,
                "loop.rounds=3", "loop.ppo_iterations=2", "monitor.gold=function",
-               "monitor.gold_function=loop_gold:gold", "monitor.num_prompts=2"]  # fmt: skip
+               "monitor.gold_function=loop_gold:gold", "monitor.num_prompts=2", "monitor.action=rollback"]  # fmt: skip
     assert main(command) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     reason = "the gold score 0.200 fell below its start 0.500 by more than monitor.gold_tolerance 0.1"
     assert [r["round"] for r in summary["rounds"]] == [1, 2] and not (out / "round-3").exists()
     assert summary["rounds"][0]["monitor_stop"] is None
-    assert summary["rounds"][1]["monitor_stop"] == {"stopped_at": 3, "reason": reason, "rolled_back_to": None}
+    assert summary["rounds"][1]["monitor_stop"] == {"stopped_at": 3, "reason": reason, "rolled_back_to": 1}
     assert summary["rounds"][1]["ppo_iterations"] == 3
     monitor = summary["monitor"]
     assert (monitor["round"], monitor["stopped_at"], monitor["reason"]) == (2, 3, reason)
-    assert f"ended the loop in round 2 at PPO iteration 3: {reason}\n" in printed
+    assert (
+        f"ended the loop in round 2 at PPO iteration 3: {reason}; the policy is rolled back to iteration 1\n" in printed
+    )
     assert json.loads((out / "ppo" / "summary.json").read_text())["steps"] == 3
 
     # every iteration evaluated (monitor.eval_every=1 in the loop), the spread measured against the round's range

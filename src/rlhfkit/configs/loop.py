@@ -113,6 +113,21 @@ class LoopPPOConfig:
 
 
 @dataclasses.dataclass
+class LoopMonitorConfig(MonitorConfig):
+    """`rlhfkit ppo`'s monitor keys with the loop's defaults: on, every iteration, the loop's judge as gold."""
+
+    enabled: bool = field(
+        True, "watch every round's PPO for reward hacking on held-out prompts; a stop ends the loop after that round"
+    )
+    gold: str = field(
+        "",
+        "the gold judge of the held-out samples, a reward.kind; empty: the loop's judge (judge.*), which "
+        "monitor.action=rollback needs named",
+    )
+    eval_every: int = field(1, "evaluate every N PPO iterations (and before the first and after the last)")
+
+
+@dataclasses.dataclass
 class LoopConfig:
     model: ModelConfig = field(
         factory=lambda: ModelConfig(lora=LoRAConfig(enabled=True, top_layers=8)),
@@ -129,10 +144,8 @@ class LoopConfig:
     loop: LoopSettings = field(factory=LoopSettings, doc="rounds, label budget, query selection")
     rm: LoopRewardModelConfig = field(factory=LoopRewardModelConfig, doc="the reward-model ensemble")
     ppo: LoopPPOConfig = field(factory=LoopPPOConfig, doc="PPO between rounds")
-    monitor: MonitorConfig = field(
-        factory=lambda: MonitorConfig(enabled=True, eval_every=1),
-        doc="reward-hacking monitor of every round's PPO, as `rlhfkit ppo`'s monitor.* (empty monitor.gold: the "
-        "loop's judge); a stop (or rollback) ends the loop after that round",
+    monitor: LoopMonitorConfig = field(
+        factory=LoopMonitorConfig, doc="reward-hacking monitor of every round's PPO (`rlhfkit ppo`'s monitor.* keys)"
     )
     runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
     seed: int = field(0, "one seed for everything")

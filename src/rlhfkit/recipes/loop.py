@@ -63,8 +63,11 @@ def run(args: argparse.Namespace) -> int:
     first, last = summary["gold_score_initial"], summary["rounds"][-1]
     stop = last.get("monitor_stop")
     if stop:
+        rollback = (
+            f"; the policy is rolled back to iteration {stop['rolled_back_to']}" if stop["rolled_back_to"] else ""
+        )
         print(f"rlhfkit loop: the reward-hacking monitor ended the loop in round {last['round']} at PPO iteration "
-              f"{stop['stopped_at']}: {stop['reason']}")  # fmt: skip
+              f"{stop['stopped_at']}: {stop['reason']}{rollback}")  # fmt: skip
     print(
         f"rlhfkit loop: {len(summary['rounds'])} round(s), {last['labels']} labels; gold score {first:+.3f} -> "
         f"{last['gold_score']:+.3f}, reward-model accuracy {last['reward_model_accuracy']:.1%}; "
