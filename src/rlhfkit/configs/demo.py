@@ -109,6 +109,20 @@ def run_keys(config: DemoConfig, out: Path) -> dict[str, Any]:
     return {"runtime": config.runtime, "seed": config.seed, "out": str(out)}
 
 
+def trained_keys(
+    config: DemoConfig, out: Path, lora: LoRAConfig, schedule: Any, learning_rate: float, checkpoints: int
+) -> dict[str, Any]:
+    """What a trained stage (rm, ppo) takes: the demo's model with `lora`; `schedule` (steps, batch) with
+    `checkpoints` evenly spaced checkpoints; its learning rate."""
+    schedule = dataclasses.replace(schedule, checkpoint_every=max(schedule.steps // checkpoints, 1))
+    return {
+        "model": ModelConfig(name=config.model, dtype=config.dtype, lora=lora),
+        "train": schedule,
+        "optim": OptimConfig(learning_rate=learning_rate),
+        **run_keys(config, out),
+    }
+
+
 def generate_config(config: DemoConfig, out: Path) -> GenerateConfig:
     return GenerateConfig(
         model=ModelConfig(name=config.model, dtype=config.dtype),
@@ -132,21 +146,14 @@ def label_config(config: DemoConfig, candidates: Path, fmt: str, noise: float, o
 
 def rm_config(config: DemoConfig, rankings: Path, heldout: Path, out: Path) -> RMConfig:
     """A LoRA reward model on the rankings, evaluated at the end on the held-out prompts' comparisons."""
+    schedule = ScheduleConfig(steps=config.rm_steps, batch_size=config.rm_batch_size, eval_every=config.rm_steps)
     return RMConfig(
-        model=ModelConfig(name=config.model, dtype=config.dtype, lora=LoRAConfig(enabled=True)),
         data=RMDataConfig(train=str(rankings), eval=str(heldout)),
-        train=ScheduleConfig(
-            steps=config.rm_steps,
-            batch_size=config.rm_batch_size,
-            eval_every=config.rm_steps,
-            checkpoint_every=max(config.rm_steps // 2, 1),
-        ),
-        optim=OptimConfig(learning_rate=config.rm_learning_rate),
         pooling=config.rm_pooling,
         normalize=NormalizeConfig(
             num_prompts=config.ppo_batch_size, generation=GenerationConfig(max_new_tokens=config.max_new_tokens)
         ),
-        **run_keys(config, out),
+        **trained_keys(config, out, LoRAConfig(enabled=True), schedule, config.rm_learning_rate, checkpoints=2),
     )
 
 
@@ -165,19 +172,12 @@ def ppo_config(config: DemoConfig, reward_model: Path, out: Path) -> PPOConfig:
         num_prompts=min(config.num_eval_prompts, MonitorConfig.num_prompts),
         eval_every=max(config.ppo_steps // 4, 1),
     )
+    schedule = PPOTrainConfig(steps=config.ppo_steps, batch_size=config.ppo_batch_size, ppo_epochs=config.ppo_epochs)
     return PPOConfig(
-        model=ModelConfig(name=config.model, dtype=config.dtype, lora=lora),
         data=PPODataConfig(prompts=config.prompts),
         generation=GenerationConfig(max_new_tokens=config.max_new_tokens),
         reward=RewardConfig(kind="model", model=str(reward_model)),
         kl=KLConfig(coef=config.kl_coef),
         monitor=monitor,
-        train=PPOTrainConfig(
-            steps=config.ppo_steps,
-            batch_size=config.ppo_batch_size,
-            ppo_epochs=config.ppo_epochs,
-            checkpoint_every=max(config.ppo_steps // 4, 1),
-        ),
-        optim=OptimConfig(learning_rate=config.ppo_learning_rate),
-        **run_keys(config, out),
+        **trained_keys(config, out, lora, schedule, config.ppo_learning_rate, checkpoints=4),
     )
