@@ -19,6 +19,11 @@ without normalisation (the preference run's reward model reads raw observations)
 learning rate annealed linearly to 0 (rlhfkit's PPO default): at a constant 1e-3 the preference
 run's policy reached -171 after 17 of 25 updates, then its standard deviation collapsed and two
 updates of approx-KL 1.0 and 2.5 threw it back to -552 in evaluation (seed 0, 100k steps).
+
+Measured on 2026-11-30 (2 shared vCPUs, one thread per run; returns are deterministic per seed):
+102,400 steps, 1,000 comparisons each (`--seeds 0`, then `--seeds 1`):
+seed 0: random -1147.0, true PPO -144.7, preference PPO -146.6: 100 % of the way (wall 283 s, 309 s);
+seed 1: random -1121.9, true PPO -183.8, preference PPO -176.5: 101 % of the way (wall 255 s, 316 s).
 """
 
 from __future__ import annotations
