@@ -6,6 +6,7 @@ import torch
 
 from rlhfkit.algorithms import (
     LOSS_AGGREGATIONS,
+    PolicySample,
     broadcast_over_tokens,
     clipped_policy_loss,
     constant_normalizer,
@@ -225,6 +226,6 @@ def test_policy_gradient_equals_the_clipped_surrogate_gradient_at_ratio_one():
     mask = torch.arange(4) < torch.tensor([[4], [2], [3]])
     logprobs = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     (reinforce,) = torch.autograd.grad(policy_gradient_loss(logprobs, advantages, mask), logits, retain_graph=True)
-    surrogate, _ = clipped_policy_loss(logprobs, logprobs.detach(), advantages, mask, clip_range=0.2)
+    surrogate, _ = clipped_policy_loss(PolicySample(logprobs, logprobs.detach(), advantages, mask), clip_range=0.2)
     (ppo,) = torch.autograd.grad(surrogate, logits)
     torch.testing.assert_close(reinforce, ppo)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rlhfkit.algorithms import (
+    PolicySample,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
@@ -32,7 +33,7 @@ def test_clipped_policy_loss_by_hand():
     #   A=-1, r=0.5: max( 0.5,  0.8) =  0.8  clipped
     #   A=-2, r=1.0: max( 2.0,  2.0) =  2.0  tie, not counted as clipped
     # loss = (-1.2 - 0.5 + 0.8 + 2.0) / 4 = 0.275 ; clipfrac = 2/4
-    loss, stats = clipped_policy_loss(LOGPROBS, OLD_LOGPROBS, ADVANTAGES, MASK, 0.2)
+    loss, stats = clipped_policy_loss(PolicySample(LOGPROBS, OLD_LOGPROBS, ADVANTAGES, MASK), 0.2)
     assert loss.item() == pytest.approx(0.275, abs=1e-6)
     assert stats["clipfrac"].item() == pytest.approx(0.5)
     assert stats["approx_kl"].item() == pytest.approx(APPROX_KL, abs=1e-6)
@@ -40,7 +41,7 @@ def test_clipped_policy_loss_by_hand():
 
 def test_clipped_policy_loss_gradient_is_zero_on_clipped_and_padded_tokens():
     logprobs = LOGPROBS.clone().requires_grad_(True)
-    loss, _ = clipped_policy_loss(logprobs, OLD_LOGPROBS, ADVANTAGES, MASK, 0.2)
+    loss, _ = clipped_policy_loss(PolicySample(logprobs, OLD_LOGPROBS, ADVANTAGES, MASK), 0.2)
     loss.backward()
     # d/dlogp of -A r / 4 = -A r / 4 on unclipped tokens: token 1: -0.125 ; token 3: 2*1/4 = 0.5
     assert logprobs.grad[0].tolist() == pytest.approx([0.0, -0.125, 0.0, 0.5, 0.0], abs=1e-6)
@@ -50,7 +51,7 @@ def test_ratio_one_gives_minus_mean_advantage():
     g = torch.Generator().manual_seed(3)
     advantages = torch.randn(16, generator=g)
     old = torch.randn(16, generator=g)
-    loss, stats = clipped_policy_loss(old, old, advantages, None, 0.2)
+    loss, stats = clipped_policy_loss(PolicySample(old, old, advantages, None), 0.2)
     assert loss.item() == pytest.approx(-advantages.mean().item(), abs=1e-6)
     assert stats["clipfrac"].item() == 0.0
     assert stats["approx_kl"].item() == 0.0
@@ -58,7 +59,7 @@ def test_ratio_one_gives_minus_mean_advantage():
 
 def test_kl_penalty_policy_loss_by_hand():
     # r*A = [1.5, 0.5, -0.5, -2.0] -> mean -0.125 ; loss = 0.125 + 0.5 * 0.1202073 = 0.1851037
-    loss, stats = kl_penalty_policy_loss(LOGPROBS, OLD_LOGPROBS, ADVANTAGES, MASK, beta=0.5)
+    loss, stats = kl_penalty_policy_loss(PolicySample(LOGPROBS, OLD_LOGPROBS, ADVANTAGES, MASK), beta=0.5)
     assert loss.item() == pytest.approx(0.125 + 0.5 * APPROX_KL, abs=1e-6)
     assert stats["approx_kl"].item() == pytest.approx(APPROX_KL, abs=1e-6)
     assert stats["clipfrac"].item() == 0.0

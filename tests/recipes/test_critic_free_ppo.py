@@ -45,9 +45,9 @@ def capture_advantages(monkeypatch):
     """The (advantages, mask) pairs that the trainer passes to the clipped policy loss."""
     fed, clipped_policy_loss = [], ppo.clipped_policy_loss
 
-    def recording(logprobs, old_logprobs, advantages, mask, clip_range, reduce):
-        fed.append((advantages.detach().clone(), mask.clone()))
-        return clipped_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range, reduce=reduce)
+    def recording(sample, clip_range, reduce):
+        fed.append((sample.advantages.detach().clone(), sample.mask.clone()))
+        return clipped_policy_loss(sample, clip_range, reduce)
 
     monkeypatch.setattr(ppo, "clipped_policy_loss", recording)
     return fed

@@ -33,6 +33,7 @@ from rlhfkit.algorithms.kl import (
     kl_shaped_rewards,
 )
 from rlhfkit.algorithms.policy import (
+    PolicySample,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
@@ -64,6 +65,7 @@ __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "LossAggregation",
+    "PolicySample",
     "RunningMeanStd",
     "backtracking_line_search",
     "best_of_k_loss",

@@ -1,15 +1,17 @@
 """PPO losses (Schulman et al. 2017) and the per-token quantities they need from logits.
 
 The losses take (B, T) tensors with a mask (language models) or (N,) tensors
-with mask=None (Gymnasium). The inputs that carry a gradient (the log-ratio,
-the values) are zeroed at masked-out positions before any arithmetic, so
-padding garbage (even NaN or inf) reaches neither a loss nor a gradient. Each loss
+with mask=None (Gymnasium); the policy losses take them as one `PolicySample`.
+The inputs that carry a gradient (the log-ratio, the values) are zeroed at
+masked-out positions before any arithmetic, so padding garbage (even NaN or
+inf) reaches neither a loss nor a gradient. Each loss
 returns (loss, stats): stats are detached 0-dim tensors, for logging.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,28 +27,36 @@ Reduce = Callable[[Tensor, Tensor | None], Tensor]
 _CHUNK_ELEMENTS = 1 << 24
 
 
+class PolicySample(NamedTuple):
+    """What a PPO policy loss compares, for each sampled token (B, T) or action (N,): its log-prob under the
+    policy being updated (`logprobs`, with the gradient) and under the policy that sampled it, its
+    advantage, and the mask of real positions (None for (N,) tensors)."""
+
+    logprobs: Tensor
+    old_logprobs: Tensor
+    advantages: Tensor
+    mask: Tensor | None = None
+
+    def log_ratio(self) -> Tensor:
+        """log pi(a|s) - log pi_old(a|s) in float32, zeroed outside the mask before any arithmetic."""
+        return _zero_outside(self.logprobs.float() - self.old_logprobs.float(), self.mask)
+
+
 def clipped_policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor | None,
-    clip_range: float,
-    reduce: Reduce = masked_mean,
+    sample: PolicySample, clip_range: float, reduce: Reduce = masked_mean
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate objective, as a loss to minimise.
 
         ratio_t = exp(log pi(a_t|s_t) - log pi_old(a_t|s_t))
         loss    = mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))
 
-    logprobs, old_logprobs, advantages, mask: (B, T), or (N,) with mask None.
     stats: "clipfrac", the fraction of positions where the clipped term is
     strictly the larger (so it set the loss and the gradient is zero), and
     "approx_kl", mean((ratio - 1) - log ratio), the k3 estimate of
     KL(pi_old || pi) from the samples of pi_old. `reduce` turns the per-token
     losses into the loss (the mean over tokens by default); the stats are token means.
     """
-    log_ratio = _zero_outside(logprobs.float() - old_logprobs.float(), mask)
-    advantages = advantages.float()
+    log_ratio, advantages, mask = sample.log_ratio(), sample.advantages.float(), sample.mask
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
@@ -60,25 +70,18 @@ def clipped_policy_loss(
 
 
 def kl_penalty_policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor | None,
-    beta: float,
-    reduce: Reduce = masked_mean,
+    sample: PolicySample, beta: float, reduce: Reduce = masked_mean
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The PPO paper's adaptive-KL-penalty surrogate (sec. 4), as a loss to minimise.
 
         loss = -mean_t(ratio_t * A_t) + beta * mean_t((ratio_t - 1) - log ratio_t)
 
-    the second term being the k3 estimate of KL(pi_old || pi). Shapes as in
-    `clipped_policy_loss`; adapt beta between updates with `update_kl_penalty_beta`.
-    stats: "approx_kl" as above, and "clipfrac", always 0 since nothing is
-    clipped, so that both surrogates log the same keys. `reduce` as in
-    `clipped_policy_loss`, over both terms.
+    the second term being the k3 estimate of KL(pi_old || pi). Adapt beta between
+    updates with `update_kl_penalty_beta`. stats: "approx_kl" as above, and "clipfrac",
+    always 0 since nothing is clipped, so that both surrogates log the same keys.
+    `reduce` as in `clipped_policy_loss`, over both terms.
     """
-    log_ratio = _zero_outside(logprobs.float() - old_logprobs.float(), mask)
-    advantages = advantages.float()
+    log_ratio, advantages, mask = sample.log_ratio(), sample.advantages.float(), sample.mask
     ratio = torch.exp(log_ratio)
     per_token_kl = (ratio - 1.0) - log_ratio
     kl = masked_mean(per_token_kl, mask)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector
 
 from rlhfkit.algorithms import (
+    PolicySample,
     backtracking_line_search,
     clipped_policy_loss,
     clipped_value_loss,
@@ -214,7 +215,7 @@ def _ppo_minibatch_step(
     if ppo.normalize_advantages:
         advantages = whiten(advantages)  # per minibatch, as the paper's code does
     policy_loss, policy_stats = clipped_policy_loss(
-        logprobs, rows["logprobs"][indices], advantages, None, ppo.clip_range
+        PolicySample(logprobs, rows["logprobs"][indices], advantages), ppo.clip_range
     )
     value_loss, value_stats = clipped_value_loss(
         values, rows["values"][indices], rows["returns"][indices], None, ppo.value_clip_range

@@ -26,6 +26,7 @@ import torch
 from rlhfkit.algorithms import (
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
+    PolicySample,
     clipped_policy_loss,
     clipped_value_loss,
     kl_loss,
@@ -121,7 +122,7 @@ class PPOUpdate:
             surrogate, trust = clipped_policy_loss, config.ppo.clip_range
         else:
             surrogate, trust = kl_penalty_policy_loss, self.penalty_beta
-        pg_loss, pg = surrogate(logprobs, micro.logprobs, micro.advantages, mask, trust, reduce=aggregate)
+        pg_loss, pg = surrogate(PolicySample(logprobs, micro.logprobs, micro.advantages, mask), trust, aggregate)
         aggregated = {"policy/loss": pg_loss}
         token_means = {"policy/clipfrac": pg["clipfrac"], "policy/approx_kl": pg["approx_kl"]}
         token_means["policy/entropy"] = masked_mean(entropy, mask)
