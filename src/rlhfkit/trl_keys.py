@@ -102,13 +102,20 @@ RULE_KEYS = {
     "label_smoothing",
     "scale_rewards",
 }
+# keys whose values translate through a table: TRL key -> {command: (rlhfkit key, {TRL value: rlhfkit value})}
 SCHEDULES = {"constant": "constant", "constant_with_warmup": "constant", "linear": "linear", "cosine": "cosine"}
-DPO_LOSSES = {"sigmoid": "dpo", "ipo": "ipo"}
 GROUP_LOSSES = {
     "grpo": "sequence_mean_token_mean",
     "bnpo": "token_mean",
     "dapo": "token_mean",
     "dr_grpo": "constant_normalizer",
+}
+VALUE_TABLES: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
+    "lr_scheduler_type": {command: ("optim.schedule", SCHEDULES) for command in RENAMES},
+    "loss_type": {
+        "dpo": ("train.loss", {"sigmoid": "dpo", "ipo": "ipo"}),
+        **{command: ("algorithm.loss_aggregation", GROUP_LOSSES) for command in ("grpo", "rloo")},
+    },
 }
 # TRL keys rlhfkit has no equivalent for, with what to do instead where there is something
 HINTS = {
@@ -211,6 +218,7 @@ def from_trl(loaded: dict[str, Any], sections: set[str], command: str, source: s
     _batches(translation, translation.left.get("num_generations", translation.left.get("rloo_k", group_size)))
     _optimiser(translation)
     _precision_and_trackers(translation)
+    _tabled_values(translation)
     _losses(translation)
     renames = RENAMES[command]
     for key in [key for key in translation.left if key in renames]:
@@ -279,14 +287,7 @@ def _positive(translation: Translation, key: str, default: int) -> int:
 
 
 def _optimiser(translation: Translation) -> None:
-    """lr_scheduler_type, warmup_ratio (of max_steps), adam_beta1/2, optim (AdamW is rlhfkit's)."""
-    if "lr_scheduler_type" in translation.left:
-        kind = translation.take("lr_scheduler_type")
-        if kind not in SCHEDULES:
-            raise translation.refuse(
-                "lr_scheduler_type", f"{kind!r} has no equivalent; use one of {', '.join(SCHEDULES)}"
-            )
-        translation.set(["lr_scheduler_type"], {"optim.schedule": SCHEDULES[kind]})
+    """warmup_ratio (of max_steps), adam_beta1/2, optim (AdamW is rlhfkit's)."""
     if "warmup_ratio" in translation.left:
         ratio, steps = translation.take("warmup_ratio"), translation.left.get("max_steps")
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or not isinstance(ratio, (int, float)):
@@ -323,16 +324,20 @@ def _precision_and_trackers(translation: Translation) -> None:
         translation.mapped.append(("report_to", "report_to -> --report-to"))
 
 
+def _tabled_values(translation: Translation) -> None:
+    """The `VALUE_TABLES` keys (lr_scheduler_type, loss_type): a value the command's table has, refused otherwise."""
+    for key, tables in VALUE_TABLES.items():
+        if key in translation.left and translation.command in tables:
+            target, table = tables[translation.command]
+            value = translation.take(key)
+            if value not in table:
+                raise translation.refuse(key, f"{value!r} has no equivalent; rlhfkit has {', '.join(table)}")
+            translation.set([key], {target: table[value]})
+
+
 def _losses(translation: Translation) -> None:
-    """loss_type, label_smoothing (DPO: conservative DPO) and scale_rewards (GRPO) to the command's keys."""
+    """label_smoothing (DPO: conservative DPO; after loss_type) and scale_rewards (GRPO) to the command's keys."""
     command = translation.command
-    if "loss_type" in translation.left and command in ("dpo", "grpo", "rloo"):
-        loss, table = translation.take("loss_type"), DPO_LOSSES if command == "dpo" else GROUP_LOSSES
-        if loss not in table:
-            raise translation.refuse("loss_type", f"{loss!r} has no equivalent; rlhfkit has {', '.join(table)}")
-        translation.set(
-            ["loss_type"], {"train.loss" if command == "dpo" else "algorithm.loss_aggregation": table[loss]}
-        )
     if "label_smoothing" in translation.left and command == "dpo":
         smoothing = translation.take("label_smoothing")
         targets = {"train.label_smoothing": smoothing}
