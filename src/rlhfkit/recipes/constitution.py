@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ def constitution(config: ConstitutionConfig) -> Path:
     records = load_records(config.data.prompts, "prompts", limit=config.data.limit or None)
     generate, format_messages = load_generator(config)
     seed_everything(config.seed)
+    started = time.time()
     chains = revise_all(config, records, principles, generate, format_messages, out)
     plot_metrics(out / "metrics.jsonl", list(chain_metrics(chains)), out / "constitution.png")
     demonstrations = [demonstration(r, c["final"]) for r, c in zip(records, chains) if c["final"].strip()]
@@ -111,7 +113,7 @@ def constitution(config: ConstitutionConfig) -> Path:
         "changed_fraction": sum(c["final"] != c["response"] for c in chains) / max(1, len(chains)),
         "demonstrations_file": str(path),
     }
-    write_outputs(out, config, {"chains.jsonl": chains, path.name: demonstrations}, summary)
+    write_outputs(out, config, {"chains.jsonl": chains, path.name: demonstrations}, summary, started)
     return path
 
 

@@ -72,13 +72,16 @@ def output_directory(out: str, command: str) -> Path:
     return path
 
 
-def write_outputs(out: Path, config: Any, files: dict[str, list[dict[str, Any]]], summary: dict[str, Any]) -> None:
-    """config.yaml, each records file OUT/<name>, then summary.json: last, as its presence means the run finished."""
+def write_outputs(
+    out: Path, config: Any, files: dict[str, list[dict[str, Any]]], summary: dict[str, Any], started: float
+) -> None:
+    """config.yaml, each records file OUT/<name>, then summary.json with the wall time since `started`: last,
+    as its presence means the run finished."""
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     for name, records in files.items():
         write_jsonl_atomic(out / name, records)
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", {**summary, "wall_s": time.time() - started})
 
 
 def generate(config: GenerateConfig) -> Path:
@@ -102,10 +105,9 @@ def generate(config: GenerateConfig) -> Path:
         "responses": sum(len(c["responses"]) for c in kept),
         "empty_responses_dropped": sum(len(a) for a in answers) - sum(len(c["responses"]) for c in candidates),
         "prompts_dropped": len(candidates) - len(kept),
-        "wall_s": time.time() - started,
         "candidates": str(path),
     }
-    write_outputs(out, config, {path.name: kept}, summary)
+    write_outputs(out, config, {path.name: kept}, summary, started)
     return path
 
 

@@ -91,10 +91,9 @@ def label(config: LabelConfig) -> Path:
         "records": len(labelled),
         "ties_skipped": ties,
         "prompts_with_fewer_than_2_distinct_responses": too_few,
-        "wall_s": time.time() - started,
         "output": str(path),
     }
-    write_outputs(out, config, {path.name: labelled}, summary)
+    write_outputs(out, config, {path.name: labelled}, summary, started)
     return path
 
 
@@ -133,10 +132,9 @@ def label_with_ai(config: AILabelConfig) -> Path:
         "records": len(comparisons),
         "label_mean": sum(c["label"] for c in comparisons) / len(comparisons),
         **position_bias(comparisons),
-        "wall_s": time.time() - started,
         "output": str(path),
     }
-    write_outputs(out, config, {path.name: comparisons}, summary)
+    write_outputs(out, config, {path.name: comparisons}, summary, started)
     return path
 
 
