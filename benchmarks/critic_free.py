@@ -6,6 +6,7 @@
                     grpo         N/K prompts x K responses, `rlhfkit grpo` (KL as a k3 loss term)
                     rloo         N/K prompts x K responses, `rlhfkit rloo` (KL in the reward)
                     reinforce++  N/K prompts x K responses, `rlhfkit ppo --set algorithm.advantage=reinforce++`
+                    reinforce++-baseline  the same with the group mean subtracted first
     2 evaluate  the base model and each final policy answer held-out prompts (never trained on): gold
                 score (mean ± standard error) and KL(π‖π_base) = mean over answers of Σ_t log π − log π_base,
                 by the yardstick of benchmarks/dpo_vs_ppo.py
@@ -42,6 +43,7 @@ from rlhfkit.data import load_records
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.rewards import sentiment_reward
+from rlhfkit.rewards.hacking import distinct_n
 from rlhfkit.rewards.verifiable import verifiable_reward
 from rlhfkit.tracking import read_jsonl
 
@@ -55,6 +57,10 @@ def variants(responses: int, group_size: int) -> dict[str, list[str]]:
         "rloo": ["rloo", "--set", f"train.batch_size={prompts}", f"algorithm.group_size={group_size}"],
         "reinforce++": [
             "ppo", "--set", "algorithm.advantage=reinforce++", f"train.batch_size={prompts}",
+            f"algorithm.group_size={group_size}",
+        ],
+        "reinforce++-baseline": [
+            "ppo", "--set", "algorithm.advantage=reinforce++-baseline", f"train.batch_size={prompts}",
             f"algorithm.group_size={group_size}",
         ],
     }  # fmt: skip
@@ -135,6 +141,8 @@ def main() -> None:
         policy = base if name == "base" else load_causal_lm(str(out / name / "final"), tokenizer).eval()
         torch.manual_seed(args.seed + 1)
         metrics, rows = evaluate(policy, base, tokenizer, heldout, args.per_prompt, generation, 32, gold)
+        answers = [tokenizer(row["response"], add_special_tokens=False)["input_ids"] for row in rows]
+        metrics["distinct_2"] = distinct_n(answers, 2)
         results.setdefault(name, {}).update(metrics)
         (out / f"heldout_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(json.dumps({"variant": name, **results[name]}), flush=True)
@@ -143,8 +151,10 @@ def main() -> None:
 
 
 def print_table(rows: dict[str, dict]) -> None:
-    """gold ± s.e., KL, and for trained variants s/iteration, generate and update s/iteration, peak RSS."""
-    print(f"{'variant':<12} {'gold':>15} {'KL':>6} {'s/iter':>7} {'gen s':>6} {'upd s':>6} {'peak RSS GiB':>13}")
+    """gold ± s.e., KL, distinct-2 of the held-out answers, and for trained variants s/iteration, generate and
+    update s/iteration, peak RSS."""
+    header = f"{'variant':<21} {'gold':>15} {'KL':>6} {'dist-2':>6} {'s/iter':>7}"
+    print(header + f" {'gen s':>6} {'upd s':>6} {'peak RSS GiB':>13}")
     for name, r in rows.items():
         timing = "".join(
             f" {r[key]:>{width}.{digits}f}" if key in r else f" {'-':>{width}}"
@@ -152,7 +162,8 @@ def print_table(rows: dict[str, dict]) -> None:
                 ("s_per_iteration", 7, 1), ("generate_s", 6, 1), ("update_s", 6, 1), ("peak_rss_gib", 13, 2),
             )
         )  # fmt: skip
-        print(f"{name:<12} {r['gold_mean']:>+9.3f}±{r['gold_stderr']:.3f} {r['kl_mean']:>6.2f}{timing}")
+        gold = f"{r['gold_mean']:>+9.3f}±{r['gold_stderr']:.3f}"
+        print(f"{name:<21} {gold} {r['kl_mean']:>6.2f} {r['distinct_2']:>6.3f}{timing}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ def reward_model_dir() -> str:
     return str(directory)
 
 
-def one_configuration(mode: str, max_new_tokens: int, steps: int, dtype: str, reward: str) -> dict:
+def one_configuration(
+    mode: str, max_new_tokens: int, steps: int, dtype: str, reward: str, batch_size: int = 16, engine: str = "hf"
+) -> dict:
     import torch
 
     from rlhfkit.config import load_config
@@ -57,8 +59,9 @@ def one_configuration(mode: str, max_new_tokens: int, steps: int, dtype: str, re
             f"model.lora.top_layers={top_layers}",
             f"model.dtype={dtype}",
             f"generation.max_new_tokens={max_new_tokens}",
-            "train.batch_size=16",
-            "train.mini_batch_size=4",
+            f"train.batch_size={batch_size}",
+            f"train.mini_batch_size={min(4, batch_size)}",
+            f"generation.engine={engine}",
             "train.ppo_epochs=4",
             f"train.steps={steps + 1}",
             f"critic.kind={critic}",
@@ -83,6 +86,7 @@ def one_configuration(mode: str, max_new_tokens: int, steps: int, dtype: str, re
     result.update(
         mode=mode,
         dtype=dtype,
+        engine=engine,
         max_new_tokens=max_new_tokens,
         threads=torch.get_num_threads(),
         peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -106,11 +110,16 @@ def main() -> None:
         help="sentiment (VADER), or model (a 135M reward model with a random head, as TRL is timed with)",
     )
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per iteration")
+    parser.add_argument("--engine", default="hf", help="generation.engine: hf or vllm")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the configurations this many times")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(one_configuration(args.child, args.max_new_tokens, args.steps, args.dtype, args.reward)))
+        result = one_configuration(
+            args.child, args.max_new_tokens, args.steps, args.dtype, args.reward, args.batch_size, args.engine
+        )
+        print(json.dumps(result))
         return
     results: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
@@ -118,13 +127,14 @@ def main() -> None:
             started = time.time()
             child = [sys.executable, __file__, "--child", mode, "--max-new-tokens", str(args.max_new_tokens)]
             child += ["--steps", str(args.steps), "--dtype", args.dtype, "--reward", args.reward]
+            child += ["--batch-size", str(args.batch_size), "--engine", args.engine]
             out = subprocess.run(child, check=True, capture_output=True, text=True)
             result = json.loads(out.stdout.strip().splitlines()[-1])
             result["process_wall_s"] = time.time() - started
             results.setdefault(mode, []).append(result)
     print(
-        f"PPO iteration: 16 prompts x {args.max_new_tokens} new tokens, 4 epochs, minibatch 4, {args.dtype}, "
-        f"reward {args.reward}; medians of {args.steps} iterations"
+        f"PPO iteration: {args.batch_size} prompts x {args.max_new_tokens} new tokens, 4 epochs, minibatch 4, "
+        f"{args.dtype}, reward {args.reward}, engine {args.engine}; medians of {args.steps} iterations"
     )
     print("mode            generate_s  score_s  update_s  step_s  new_tok/s  resp_len  peak_RSS_GiB")
     for mode, runs in results.items():
