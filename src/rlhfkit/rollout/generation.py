@@ -134,17 +134,7 @@ class GenerationEngine:
 HF_ENGINE = GenerationEngine()
 
 
-def sample(
-    model,
-    tokenizer,
-    prompt_texts: list[str],
-    config: GenerationConfig,
-    dtype: str = "float32",
-    keep_scores: bool = False,
-    keep_hidden: bool = True,
-) -> Samples:
-    """Sample one response per prompt text with Hugging Face `generate` (the `hf` engine)."""
-    return HF_ENGINE.sample(model, tokenizer, prompt_texts, config, dtype, keep_scores, keep_hidden)
+sample = HF_ENGINE.sample  # one response per prompt text with Hugging Face `generate` (the `hf` engine)
 
 
 @torch.no_grad()

@@ -184,11 +184,13 @@ class VLLMEngine(GenerationEngine):
         config: GenerationConfig,
         eos_token_id: int,
         pad_token_id: int,
-        dtype: str = "float32",
-        keep_scores: bool = False,
-        keep_hidden: bool = True,
+        *hf_only_settings: object,
     ) -> Samples:
-        """Samples of `model` for left-padded (B, P) prompt ids; logprobs and hidden are None (see the module doc)."""
+        """Samples of `model` for left-padded (B, P) prompt ids; logprobs and hidden are None (see the module doc).
+
+        `hf_only_settings` (the decoding precision, keep_scores, keep_hidden of the `hf` engine) do not apply:
+        vLLM returns tokens only, and the log-probs PPO needs come from the training model's own forward pass.
+        """
         params = self.vllm.SamplingParams(
             temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, max_tokens=config.max_new_tokens,
             ignore_eos=True, stop_token_ids=[eos_token_id], detokenize=False,
