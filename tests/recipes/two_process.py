@@ -22,12 +22,15 @@ def run_alone_and_in_two(tmp_path: Path, port: int, *args: str) -> tuple[dict, d
     """What the worker saved with `args`: (one process, two processes)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    subprocess.run([sys.executable, WORKER, str(one), *args], check=True, env=env)
+    alone = subprocess.Popen([sys.executable, WORKER, str(one), *args], env=env)  # beside the launch
     # on a machine without GPUs, --multi_gpu gives N CPU processes over gloo
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(port), WORKER, str(two), *args]  # fmt: skip
-    subprocess.run(launch, check=True, env=env)
+    try:
+        subprocess.run(launch, check=True, env=env)
+    finally:
+        assert alone.wait() == 0, "the one-process worker failed"
     return load_file(str(one)), load_file(str(two))
 
 

@@ -165,7 +165,7 @@ def logged_steps(out: Path) -> list[int]:
 def test_sigkill_anywhere_then_rerun_ends_bitwise_equal_to_an_unbroken_run(trainer, tiny, data, tmp_path):
     arguments = command(trainer, tiny, data)
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    finish(start(arguments, reference))
+    unbroken = start(arguments, reference)  # runs beside the killed one (two cores), finished before comparing
 
     rng = random.Random(f"kill-{trainer}")
     landed = [kill_when(start(arguments, killed), at_a_random_point(killed, rng))]
@@ -175,6 +175,7 @@ def test_sigkill_anywhere_then_rerun_ends_bitwise_equal_to_an_unbroken_run(train
     if not (killed / "summary.json").exists():
         finish(start(arguments, killed))
 
+    finish(unbroken)
     assert landed[0] or landed[1], "no kill landed mid-run: the test proved nothing"
     expected, resumed = final_tensors(reference), final_tensors(killed)
     assert expected.keys() == resumed.keys()
