@@ -64,6 +64,7 @@ def main() -> None:
                 competitor = busy_process() if load == "busy" else None
                 try:
                     seconds.setdefault((setting, load), []).append(iteration_seconds(setting, args))
+                    print(f"{setting} {load}: {seconds[(setting, load)][-1]:.1f} s", flush=True)  # cells can be slow
                 finally:
                     if competitor is not None:
                         competitor.kill()
