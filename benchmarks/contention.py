@@ -26,13 +26,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rlhfkit.runtime.precision import cpu_flags
+
 PPO_STEP = Path(__file__).with_name("ppo_step.py")
 SETTINGS = {"old": {}, "new": {"OMP_WAIT_POLICY": "PASSIVE"}}
-
-
-def cpu_flags() -> str:
-    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
-    return " ".join(sorted({f for f in flags if f.startswith(("avx512", "amx", "avx2"))})) or "unknown"
 
 
 def busy_process() -> subprocess.Popen:

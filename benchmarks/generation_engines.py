@@ -15,7 +15,6 @@ seconds of one weight push into the engine (after a change to the policy's weigh
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,12 +24,7 @@ from rlhfkit.data import format_prompt, load_records
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.rollout.generation import HF_ENGINE
 from rlhfkit.rollout.vllm_engine import VLLMEngine
-
-
-def cpu_flags() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
-    return " ".join(sorted({f for f in flags if f.startswith(("avx512", "amx", "avx2"))})) or "unknown"
+from rlhfkit.runtime.precision import cpu_flags
 
 
 def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:

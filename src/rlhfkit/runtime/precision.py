@@ -66,6 +66,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> str:
+    """The CPU's vector-unit flags that decide precision and kernels (avx2, avx512*, amx*), for figures to name."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.is_file() else []
+    return " ".join(sorted({flag for flag in flags if flag.startswith(("avx512", "amx", "avx2"))})) or "unknown"
+
+
 def probe(model: nn.Module, batch: int = 4, prompt_tokens: int = 32, new_tokens: int = 8) -> dict[str, float]:
     """Median seconds of (decode `new_tokens` greedily + one forward-backward) per precision, alternated.
 

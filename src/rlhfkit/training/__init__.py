@@ -77,7 +77,7 @@ def build_optimizer(
     """AdamW over the parameters that require grad, and its LambdaLR schedule over `total_steps`.
 
     The fused kernel: one AdamW step over SmolLM2-135M's parameters took about 0.1 s fused
-    against 0.5-0.95 s for the default per-parameter loop on this CPU (benchmarks/kernels.py).
+    against 0.5-0.95 s for the default per-parameter loop on this CPU (benchmarks/cpu_kernels.py).
     """
     trainable = [p for p in params if p.requires_grad]
     optimizer = torch.optim.AdamW(

@@ -11,9 +11,10 @@
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+
+from rlhfkit.runtime.precision import cpu_flags
 
 
 def seconds(fn, repeats: int = 5) -> float:
@@ -59,12 +60,7 @@ def adamw_step() -> None:
 
 
 if __name__ == "__main__":
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
-    print(
-        "CPU flags:",
-        " ".join(sorted({f for f in flags.split() if f.startswith(("avx512", "amx", "avx2"))})) or "unknown",
-    )
+    print("CPU flags:", cpu_flags())
     print("torch threads:", torch.get_num_threads())
     matmul()
     adamw_step()
