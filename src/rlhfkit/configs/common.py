@@ -1,4 +1,5 @@
-"""Sections several commands share: the optimiser-step schedule, training data with a held-out split, the runtime.
+"""Sections several commands share: the optimiser-step schedule, training data with a held-out split, the runtime,
+and the bases of a command's config (`RunConfig`, and `PolicyRunConfig` for the commands that sample a policy).
 
 Each command gives its own defaults by a factory (`ScheduleConfig(steps=200, ...)`) or by a subclass
 that adds its keys; `--help` reads a default-built config, so it prints the values a command starts from.
@@ -10,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from rlhfkit.config import field
+from rlhfkit.config import GenerationConfig, ModelConfig, field
 from rlhfkit.errors import UserError
 
 
@@ -98,6 +99,15 @@ class RunConfig:
     runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
     seed: int = field(0, "one seed for everything")
     out: str = field("", "output directory (default runs/<command>-<time>)")
+
+
+@dataclasses.dataclass
+class PolicyRunConfig(RunConfig):
+    """The keys of every command that samples a policy (sft, dpo, ppo, grpo, rloo, generate, constitution): the
+    language model and how it samples. Each command's docstring says what its model is and what it samples."""
+
+    model: ModelConfig = field(factory=ModelConfig, doc="the policy (also the reference of the commands that have one)")
+    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling")
 
 
 @dataclasses.dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from rlhfkit.assets import PROMPTS
-from rlhfkit.config import GenerationConfig, ModelConfig, field
-from rlhfkit.configs.common import RunConfig, require_positive
+from rlhfkit.config import field
+from rlhfkit.configs.common import PolicyRunConfig, require_positive
 
 
 def _default_prompts() -> str:
@@ -32,9 +32,9 @@ class CritiqueConfig:
 
 
 @dataclasses.dataclass
-class ConstitutionConfig(RunConfig):
-    model: ModelConfig = field(factory=ModelConfig, doc="the model that answers, critiques and revises")
+class ConstitutionConfig(PolicyRunConfig):
+    """`model` answers, critiques and revises; `generation` samples the responses, critiques and revisions."""
+
     data: ConstitutionDataConfig = field(factory=ConstitutionDataConfig, doc="prompts")
     critique: CritiqueConfig = field(factory=CritiqueConfig, doc="the constitution and the rounds")
-    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of responses, critiques and revisions")
     seed: int = field(0, "seed for sampling and for the choice of principles")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from rlhfkit.assets import EVAL_PROMPTS
-from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig, field
+from rlhfkit.config import RewardConfig, field
 from rlhfkit.configs.common import (
     HeldOutConfig,
-    RunConfig,
+    PolicyRunConfig,
     ScheduleConfig,
     require,
     require_at_least,
@@ -44,10 +44,10 @@ class DPOTrainConfig(ScheduleConfig):
 
 
 @dataclasses.dataclass
-class DPOConfig(RunConfig):
-    model: ModelConfig = field(factory=ModelConfig, doc="the policy, which is also the reference")
+class DPOConfig(PolicyRunConfig):
+    """`model` is the policy, which is also the reference; `generation` samples the held-out answers."""
+
     data: DPODataConfig = field(factory=DPODataConfig, doc="data")
     train: DPOTrainConfig = field(factory=DPOTrainConfig, doc="loss and schedule")
     optim: OptimConfig = field(factory=lambda: OptimConfig(learning_rate=5e-6), doc="optimiser")
-    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of the held-out answers")
     reward: RewardConfig = field(factory=RewardConfig, doc="gold scorer of held-out answers, with train.score_answers")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from rlhfkit.assets import PROMPTS
-from rlhfkit.config import GenerationConfig, ModelConfig, field
-from rlhfkit.configs.common import RunConfig, require_at_least, require_positive
+from rlhfkit.config import field
+from rlhfkit.configs.common import PolicyRunConfig, require_at_least, require_positive
 
 
 @dataclasses.dataclass
@@ -19,10 +19,10 @@ class GenerateDataConfig:
 
 
 @dataclasses.dataclass
-class GenerateConfig(RunConfig):
-    model: ModelConfig = field(factory=ModelConfig, doc="the model that answers")
+class GenerateConfig(PolicyRunConfig):
+    """`model` is the model that answers; `generation` samples its K responses to each prompt."""
+
     data: GenerateDataConfig = field(factory=GenerateDataConfig, doc="data")
-    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling")
     num_responses: int = field(4, "K: responses sampled per prompt")
     batch_size: int = field(8, "prompts per sampling batch (each repeated K times)")
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from rlhfkit.algorithms import KL_ESTIMATORS, LOSS_AGGREGATIONS
 from rlhfkit.assets import ARITHMETIC, EVAL_PROMPTS, PROMPTS
-from rlhfkit.config import REWARD_KINDS, GenerationConfig, ModelConfig, RewardConfig, field
+from rlhfkit.config import REWARD_KINDS, RewardConfig, field
 from rlhfkit.configs.common import (
+    PolicyRunConfig,
     PPOLossConfig,
-    RunConfig,
     require,
     require_at_least,
     require_choice,
@@ -219,10 +219,10 @@ class MonitorConfig:
 
 
 @dataclasses.dataclass
-class PPOConfig(RunConfig):
-    model: ModelConfig = field(factory=ModelConfig, doc="policy (and reference) model")
+class PPOConfig(PolicyRunConfig):
+    """`model` is the policy and its reference; `generation` samples the responses that are scored."""
+
     data: PPODataConfig = field(factory=PPODataConfig, doc="data")
-    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling")
     reward: RewardConfig = field(factory=RewardConfig, doc="reward source")
     score: ScoreConfig = field(factory=ScoreConfig, doc="score shaping")
     kl: KLConfig = field(factory=KLConfig, doc="KL to the reference")

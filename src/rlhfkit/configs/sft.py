@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from rlhfkit.assets import DEMONSTRATIONS, EVAL_PROMPTS
-from rlhfkit.config import GenerationConfig, ModelConfig, field
-from rlhfkit.configs.common import HeldOutConfig, RunConfig, ScheduleConfig
+from rlhfkit.config import field
+from rlhfkit.configs.common import HeldOutConfig, PolicyRunConfig, ScheduleConfig
 from rlhfkit.training import OptimConfig
 
 
@@ -27,9 +27,9 @@ class SFTTrainConfig(ScheduleConfig):
 
 
 @dataclasses.dataclass
-class SFTConfig(RunConfig):
-    model: ModelConfig = field(factory=ModelConfig, doc="the model to fine-tune")
+class SFTConfig(PolicyRunConfig):
+    """`model` is the model to fine-tune; `generation` samples the answers logged at each evaluation."""
+
     data: SFTDataConfig = field(factory=SFTDataConfig, doc="data")
     train: SFTTrainConfig = field(factory=SFTTrainConfig, doc="schedule")
     optim: OptimConfig = field(factory=lambda: OptimConfig(learning_rate=2e-5), doc="optimiser")
-    generation: GenerationConfig = field(factory=GenerationConfig, doc="sampling of the logged answers")
