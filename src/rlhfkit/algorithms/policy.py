@@ -141,8 +141,8 @@ def clipped_value_loss(
 
 def _map_chunks(fn: Callable[[Tensor], Tensor], logits: Tensor) -> Tensor:
     """fn applied to slices of `logits` along its first dimension, concatenated; bounds temporary memory."""
-    if logits.dim() < 2:
-        return fn(logits)
+    if logits.dim() < 2 or logits.numel() <= _CHUNK_ELEMENTS:
+        return fn(logits)  # one slice: no split and copy (a Gym policy's few logits per step)
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, logits[0].numel()))
     return torch.cat([fn(chunk) for chunk in logits.split(rows_per_chunk)])
 
@@ -185,4 +185,6 @@ def logprobs_from_logits(logits: Tensor, tokens: Tensor, temperature: float = 1.
         return torch.logsumexp(scaled, dim=-1)
 
     chosen = logits.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1).float()
-    return chosen / temperature - _map_chunks(log_normaliser, logits)
+    if temperature != 1.0:
+        chosen = chosen / temperature
+    return chosen - _map_chunks(log_normaliser, logits)
