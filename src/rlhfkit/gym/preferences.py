@@ -10,7 +10,8 @@ the algorithm's update:
      rollout (`segment_starts`, `sample_pairs`), and let the synthetic labeller compare them by
      their true returns (`synthetic_preferences`: Bradley-Terry noise at `reward.temperature`;
      at 0 the higher return always wins and equal returns are labelled 0.5, as the paper's
-     "equally preferable");
+     "equally preferable"), or, with `reward.labeller=server`, people who see each pair as two
+     animations on the labelling page (`rlhfkit.gym.people`);
   3. fit the ensemble of reward models r(o, a) to all comparisons so far by the Bradley-Terry loss
      on segment returns, each member on its own minibatches drawn with replacement (the paper's
      bootstrap, `fit_reward_model`);
@@ -25,22 +26,23 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
-from gymnasium import spaces
 from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from rlhfkit.algorithms import RunningMeanStd
-from rlhfkit.algorithms.preference import soft_bradley_terry_loss
 from rlhfkit.config import field
 from rlhfkit.errors import UserError
 from rlhfkit.gym.envs import EnvSpec
+from rlhfkit.gym.reward_model import RewardEnsemble, agreement, correlation, fit_reward_model, reward_features
 from rlhfkit.gym.rollout import Rollout
 
 REWARD_KINDS = ("environment", "preferences")
+LABELLERS = ("synthetic", "server")
+# The checkpoint `fit` would write before an update: people's segments are replayed from it, and kept on a timeout
+ResumePoint = tuple[dict[str, dict[str, Tensor]], dict[str, Any]]
 REWARD_MODEL_FILE = "reward_model.safetensors"
 
 
@@ -67,6 +69,21 @@ class RewardConfig:
     learning_rate: float = field(1e-3, "preferences: Adam learning rate of the reward models")
     train_steps: int = field(100, "preferences: Adam steps on all labels so far after each update's new labels")
     batch_size: int = field(64, "preferences: comparisons per minibatch of each reward model")
+    labeller: str = field(
+        "synthetic",
+        "preferences: who compares the segments: synthetic (by their true returns, at reward.temperature) or "
+        "server (people on a running `rlhfkit label serve`, who see each pair as two animations; token: --token)",
+    )
+    server: str = field(
+        "", "labeller=server: the labelling server's URL (an admin's token: --token or $RLHFKIT_LABEL_TOKEN)"
+    )
+    question: str = field(
+        "", "labeller=server: what the page asks of each pair (empty: which clip does better at env.id)"
+    )
+    label_timeout: float = field(
+        3600.0, "labeller=server: seconds to wait for a round's judgements before stopping (--resume waits on)"
+    )
+    poll_seconds: float = field(2.0, "labeller=server: seconds between two looks at the server")
 
     def __post_init__(self) -> None:
         if self.kind not in REWARD_KINDS:
@@ -83,6 +100,17 @@ class RewardConfig:
             raise UserError(f"reward.temperature must be >= 0 (0: no noise), got {self.temperature}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise UserError(f"reward.hidden_sizes must be a non-empty list of positive sizes, got {self.hidden_sizes}")
+        if self.labeller not in LABELLERS:
+            raise UserError(f"reward.labeller {self.labeller!r} is not one of {', '.join(LABELLERS)}")
+        if self.labeller == "server" and not self.server:
+            raise UserError(
+                "reward.labeller=server needs the labelling server's URL: --set reward.server=http://HOST:PORT"
+            )
+        if self.label_timeout <= 0 or self.poll_seconds <= 0:
+            raise UserError(
+                "reward.label_timeout and reward.poll_seconds must be > 0, "
+                f"got {self.label_timeout}, {self.poll_seconds}"
+            )
 
 
 def refuse_unsupported_preference_settings(reward: RewardConfig, normalized: list[str], rollout_steps: int) -> None:
@@ -210,105 +238,55 @@ class Comparisons:
         return cls(**{field.name: state[field.name].clone() for field in dataclasses.fields(cls)})
 
 
-def label_pairs(
-    features: Tensor, true_rewards: Tensor, episode_end: Tensor, count: int, config: RewardConfig
-) -> Comparisons:
-    """`count` pairs of segments of a rollout (features (N, T, F), rewards and ends (N, T)), labelled.
+@dataclasses.dataclass
+class SegmentPairs:
+    """Pairs of segments cut from one rollout, before anyone has compared them."""
+
+    first: Tensor  # (K, 2): (environment, start step) of each pair's first segment
+    second: Tensor  # (K, 2): the same of its second segment
+    features: Tensor  # (K, 2, L, F): reward-model inputs of both segments
+    true_returns: Tensor  # (K, 2): the environment's return of both (the synthetic labeller's basis; diagnostics)
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def labelled(self, prob_first: Tensor, picked: Tensor | None = None) -> Comparisons:
+        """The pairs `picked` (all of them if None), in that order, with their labels P(first preferred)."""
+        if picked is None:
+            return Comparisons(self.features, self.true_returns, prob_first)
+        return Comparisons(self.features[picked], self.true_returns[picked], prob_first)
+
+
+def segment_pairs(features: Tensor, true_rewards: Tensor, episode_end: Tensor, count: int, length: int) -> SegmentPairs:
+    """`count` pairs of segments of a rollout (features (N, T, F), rewards and ends (N, T)).
 
     Fewer (none) where the rollout holds fewer than two segments inside one episode.
     """
-    length = config.segment_steps
     starts = segment_starts(episode_end, length)
     if count <= 0 or len(starts) < 2:
-        return Comparisons.empty(length, features.shape[-1])
+        none = torch.zeros(0, 2, dtype=torch.long)
+        return SegmentPairs(none, none, torch.zeros(0, 2, length, features.shape[-1]), torch.zeros(0, 2))
     first, second = sample_pairs(starts, count)
     pair_features = torch.stack([cut_segments(features, first, length), cut_segments(features, second, length)], 1)
     returns = torch.stack([cut_segments(true_rewards, s, length).sum(-1) for s in (first, second)], 1)
-    prob_first = synthetic_preferences(returns[:, 0], returns[:, 1], config.temperature)
-    return Comparisons(pair_features, returns, prob_first)
+    return SegmentPairs(first, second, pair_features, returns)
 
 
-# ---------------------------------------------------------------------------
-# The reward model
-# ---------------------------------------------------------------------------
+def label_pairs(
+    features: Tensor, true_rewards: Tensor, episode_end: Tensor, count: int, config: RewardConfig
+) -> Comparisons:
+    """`count` pairs of segments of a rollout (`segment_pairs`), labelled by the synthetic labeller."""
+    pairs = segment_pairs(features, true_rewards, episode_end, count, config.segment_steps)
+    if not len(pairs):
+        return pairs.labelled(torch.zeros(0))
+    returns = pairs.true_returns
+    return pairs.labelled(synthetic_preferences(returns[:, 0], returns[:, 1], config.temperature))
 
 
-def reward_features(observations: Tensor, actions: Tensor, action_space: spaces.Discrete | spaces.Box) -> Tensor:
-    """(..., obs_dim) observations and the policy's actions -> (..., obs_dim + action_dim) inputs of r(o, a).
+class PeopleLabeller(Protocol):
+    """People's answers (`rlhfkit.gym.people`): (indices of the pairs judged, their P(first preferred))."""
 
-    A Discrete action becomes its one-hot vector; a Box action the one the environment executed
-    (clipped to its bounds).
-    """
-    if isinstance(action_space, spaces.Discrete):
-        action_features = F.one_hot(actions.long(), int(action_space.n)).float()
-    else:
-        low = torch.as_tensor(action_space.low.reshape(-1), dtype=torch.float32)
-        high = torch.as_tensor(action_space.high.reshape(-1), dtype=torch.float32)
-        action_features = torch.minimum(torch.maximum(actions.float(), low), high)
-    return torch.cat([observations.float(), action_features], -1)
-
-
-class RewardEnsemble(nn.Module):
-    """`members` independent MLPs r_m(o, a) with leaky-ReLU hidden layers (the paper's MuJoCo predictor)."""
-
-    def __init__(self, input_dim: int, hidden_sizes: list[int], members: int):
-        super().__init__()
-        sizes = [input_dim, *hidden_sizes, 1]
-        self.members = nn.ModuleList(_leaky_mlp(sizes) for _ in range(members))
-
-    def forward(self, features: Tensor) -> Tensor:
-        """(..., F) -> (M, ...): every member's reward for every step."""
-        return torch.stack([member(features).squeeze(-1) for member in self.members])
-
-
-def _leaky_mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(fan_in, fan_out), nn.LeakyReLU(0.01)]
-    return nn.Sequential(*layers[:-1])
-
-
-def fit_reward_model(
-    ensemble: RewardEnsemble, optimizer: torch.optim.Optimizer, comparisons: Comparisons, steps: int, batch_size: int
-) -> float:
-    """`steps` Adam steps of the Bradley-Terry loss on segment returns; returns the mean loss over them.
-
-        loss_m = mean over its minibatch of -(p log sigmoid(R_1 - R_2) + (1 - p) log sigmoid(R_2 - R_1)),
-        R = the sum of r_m(o, a) over a segment's steps
-
-    Each member draws its own minibatch of comparisons with replacement, so the members see
-    different bootstrap samples of the labels and disagree where the labels say little.
-    """
-    members = len(ensemble.members)
-    total = 0.0
-    for _ in range(steps):
-        picks = torch.randint(len(comparisons), (members, batch_size))  # (M, B)
-        features = comparisons.features[picks]  # (M, B, 2, L, F)
-        returns = torch.stack([member(features[m]).squeeze(-1).sum(-1) for m, member in enumerate(ensemble.members)])
-        losses = soft_bradley_terry_loss(returns[..., 0], returns[..., 1], comparisons.prob_first[picks])  # (M, B)
-        loss = losses.mean(-1).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() / members
-    return total / steps
-
-
-def agreement(predicted_first: Tensor, predicted_second: Tensor, prob_first: Tensor) -> float | None:
-    """Share of the decided comparisons (label not 0.5) whose higher predicted return is the preferred one."""
-    decided = prob_first != 0.5
-    if not decided.any():
-        return None
-    right = (predicted_first > predicted_second) == (prob_first > 0.5)
-    return float(right[decided].float().mean())
-
-
-def correlation(x: Tensor, y: Tensor) -> float | None:
-    """Pearson correlation of two equally long tensors (None where either is constant)."""
-    x, y = x.flatten().double(), y.flatten().double()
-    x, y = x - x.mean(), y - y.mean()
-    scale = float(x.norm() * y.norm())
-    return float((x * y).sum()) / scale if scale > 0 else None
+    def label(self, update: int, pairs: SegmentPairs, actions: Tensor, start: ResumePoint) -> tuple[Tensor, Tensor]: ...
 
 
 # ---------------------------------------------------------------------------
@@ -329,8 +307,13 @@ def refuse_another_reward_kind(kind: str, tensors: dict[str, Any]) -> None:
 class PreferenceReward:
     """The comparisons, the reward ensemble, its optimiser and its output statistics: a run's preference state."""
 
-    def __init__(self, config: RewardConfig, spec: EnvSpec, total_updates: int):
-        self.config, self.spec, self.total_updates = config, spec, total_updates
+    def __init__(self, config: RewardConfig, spec: EnvSpec, total_updates: int, people: PeopleLabeller | None = None):
+        if config.labeller == "server" and people is None:
+            raise UserError(
+                "reward.labeller=server: pass people=connect_people(...) (rlhfkit.gym.people); the CLI connects "
+                "reward.server with --token"
+            )
+        self.config, self.spec, self.total_updates, self.people = config, spec, total_updates, people
         feature_dim = spec.obs_dim + spec.action_dim
         self.ensemble = RewardEnsemble(feature_dim, config.hidden_sizes, config.ensemble)
         self.optimizer = torch.optim.Adam(self.ensemble.parameters(), lr=config.learning_rate)
@@ -342,12 +325,22 @@ class PreferenceReward:
         """The ensemble's mean reward (...,) for features (..., F), before standardising."""
         return self.ensemble(features).mean(0)
 
-    def relabel(self, rollout: Rollout, update: int) -> dict[str, Any]:
-        """Label what is due for `update` (1-based), refit, and put the predicted rewards into `rollout`."""
+    def labels_due(self, update: int) -> int:
+        """Labels to ask for in `update` (1-based): those due by its end that have not arrived yet."""
+        return max(0, comparisons_due(update, self.total_updates, self.config) - len(self.comparisons))
+
+    def asks_people(self, update: int) -> bool:
+        """Whether people label segments of `update`'s rollout (the trainer then keeps where the rollout starts)."""
+        return self.people is not None and self.labels_due(update) > 0
+
+    def relabel(self, rollout: Rollout, update: int, start: ResumePoint | None = None) -> dict[str, Any]:
+        """Label what is due for `update` (1-based), refit, and put the predicted rewards into `rollout`.
+
+        start: where the rollout began, when people label (`asks_people`): their segments are replayed from it.
+        """
         features = reward_features(rollout.observations, rollout.actions, self.spec.action_space)
         true_rewards = rollout.rewards
-        wanted = comparisons_due(update, self.total_updates, self.config) - len(self.comparisons)
-        new = label_pairs(features, true_rewards, rollout.episode_end, wanted, self.config)
+        new = self.new_labels(rollout, features, update, start)
         metrics: dict[str, Any] = {"reward/new_comparisons": len(new), "reward/new_accuracy": None}
         if len(new):
             # how well the model fitted so far predicts labels it has not seen
@@ -368,6 +361,18 @@ class PreferenceReward:
             "reward/comparisons": len(self.comparisons),
             "reward/true_correlation": correlation(predicted, true_rewards),
         }
+
+    def new_labels(self, rollout: Rollout, features: Tensor, update: int, start: ResumePoint | None) -> Comparisons:
+        """The labels due for `update` on segments of its rollout: the synthetic labeller's, or people's."""
+        wanted = self.labels_due(update)
+        if self.people is None:
+            return label_pairs(features, rollout.rewards, rollout.episode_end, wanted, self.config)
+        pairs = segment_pairs(features, rollout.rewards, rollout.episode_end, wanted, self.config.segment_steps)
+        if not len(pairs):
+            return pairs.labelled(torch.zeros(0))
+        assert start is not None, "people see segments replayed from where the rollout started (`asks_people`)"
+        picked, prob_first = self.people.label(update, pairs, rollout.actions, start)
+        return pairs.labelled(prob_first, picked)
 
     def save(self, directory: Path) -> None:
         """reward_model.safetensors: the ensemble that the final policy was trained on (`RewardEnsemble` loads it)."""

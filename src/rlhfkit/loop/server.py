@@ -44,10 +44,17 @@ class LabelServer:
         self.url, self.run = url.rstrip("/"), run
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        """One API call; an unreachable server or a refusal is one UserError line."""
+    def request(self, method: str, path: str, body: Any = None, content: bytes | None = None) -> Any:
+        """One API call (a JSON `body` or raw `content`); an unreachable server or a refusal is one UserError line.
+
+        Over the server's rate for this token (429), it waits as long as the server says and asks again.
+        """
         try:
-            response = self.client.request(method, path, json=body)
+            while True:
+                response = self.client.request(method, path, json=body, content=content)
+                if response.status_code != 429:
+                    break
+                time.sleep(float(response.headers.get("Retry-After", "1")))
         except httpx.TransportError as error:
             raise UserError(
                 f"cannot reach the labelling server at {self.url} ({type(error).__name__}: {error}); start it with "
@@ -71,18 +78,40 @@ class LabelServer:
     def push(self, round_number: int, pairs: list[Record], needed: int) -> None:
         self.request("PUT", self.rounds_path(round_number), {"needed": needed, "records": pairs})
 
-    def status(self, round_number: int) -> Record:
-        return self.request("GET", self.rounds_path(round_number))
+    def status(self, round_number: int, keep_ties: bool = False) -> Record:
+        """The round's judgements so far; `keep_ties`: ties among its comparisons too (label 0.5)."""
+        return self.request("GET", self.rounds_path(round_number) + ("?keep_ties=true" if keep_ties else ""))
+
+    def upload(self, digest: str, gif: bytes) -> None:
+        """A response's animation (a GIF), stored under its SHA-256 `digest` for a round's records to name."""
+        self.request("PUT", f"/api/admin/loop/media/{digest}", content=gif)
 
     def report(self, round_number: int, result: Record) -> None:
         self.request("PUT", f"{self.rounds_path(round_number)}/summary", result)
 
 
 class ServerLabeller:
-    """People label: push the pairs, wait for `needed` judgements (at most `timeout_s`), take their comparisons."""
+    """People label: push the pairs, wait for `needed` judgements (at most `timeout_s`), take their comparisons.
 
-    def __init__(self, server: LabelServer, needed: int, timeout_s: float, poll_s: float):
+    The command that waits (`command`: the loop, or `rlhfkit gym`) names its timeout key and how to continue
+    after it in the one line a timeout stops with; `keep_ties`: ties come back as comparisons labelled 0.5.
+    """
+
+    def __init__(
+        self,
+        server: LabelServer,
+        needed: int,
+        timeout_s: float,
+        poll_s: float,
+        *,
+        keep_ties: bool = False,
+        command: str = "loop",
+        timeout_key: str = "loop.label_timeout",
+        continue_with: str = "rerun the same command",
+    ):
         self.server, self.needed, self.timeout_s, self.poll_s = server, needed, timeout_s, poll_s
+        self.keep_ties, self.command = keep_ties, command
+        self.timeout_key, self.continue_with = timeout_key, continue_with
 
     def label(self, round_number: int, pairs: list[Record]) -> list[Record]:
         needed = min(self.needed, len(pairs))
@@ -90,17 +119,17 @@ class ServerLabeller:
         deadline = time.monotonic() + self.timeout_s
         announced = False
         while True:
-            status = self.server.status(round_number)
+            status = self.server.status(round_number, self.keep_ties)
             if status["judged"] >= needed:
                 return status["comparisons"]
             if time.monotonic() >= deadline:
                 raise UserError(
                     f"round {round_number}: {status['judged']} of {needed} judgements arrived at {self.server.url} "
-                    f"within loop.label_timeout={self.timeout_s:g} s; label the rest on the page, then rerun the same "
-                    "command to continue (what arrived is kept)"
+                    f"within {self.timeout_key}={self.timeout_s:g} s; label the rest on the page, then "
+                    f"{self.continue_with} to continue (what arrived is kept)"
                 )
             if not announced:
-                print(f"rlhfkit loop: round {round_number}: waiting for {needed} judgements at {self.server.url}/",
-                      flush=True)  # fmt: skip
+                print(f"rlhfkit {self.command}: round {round_number}: waiting for {needed} judgements at "
+                      f"{self.server.url}/", flush=True)  # fmt: skip
                 announced = True
             time.sleep(self.poll_s)

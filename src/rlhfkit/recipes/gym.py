@@ -52,10 +52,12 @@ from rlhfkit.gym.config import (
 )
 from rlhfkit.gym.envs import inspect_env
 from rlhfkit.gym.evaluate import check_video, evaluate_run, evaluation_figures
+from rlhfkit.gym.people import ServerPeople, connect_people
 from rlhfkit.gym.policy import build_policy, save_policy
-from rlhfkit.gym.preferences import PreferenceReward, refuse_another_reward_kind
+from rlhfkit.gym.preferences import PreferenceReward, ResumePoint, refuse_another_reward_kind
 from rlhfkit.gym.rollout import EnvRunner, episode_statistics
 from rlhfkit.gym.updates import UPDATES
+from rlhfkit.loop.server import TOKEN_ENV
 from rlhfkit.runtime import RunDirectory, Runtime, StepOutput, fit, run_config
 from rlhfkit.tracking import plot_metrics
 from rlhfkit.training import load_training_state, lr_multiplier, training_state
@@ -66,7 +68,7 @@ class GymTrainer:
 
     command = "gym"
 
-    def __init__(self, config: GymConfig, runtime: Runtime | None = None):
+    def __init__(self, config: GymConfig, runtime: Runtime | None = None, people: ServerPeople | None = None):
         torch.set_num_threads(config.runtime.threads or 1)
         self.config = config
         self.runtime = runtime or Runtime(seed=config.seed)
@@ -82,7 +84,7 @@ class GymTrainer:
         )
         self.policy = build_policy(config, self.spec)
         self.preferences = (
-            PreferenceReward(config.reward, self.spec, config.num_updates)
+            PreferenceReward(config.reward, self.spec, config.num_updates, people)
             if config.reward.kind == "preferences"
             else None
         )
@@ -106,10 +108,11 @@ class GymTrainer:
     def train_step(self) -> StepOutput:
         config, started = self.config, time.perf_counter()
         learning_rate = self.scheduler.get_last_lr()[0]
-        # 1. run the policy for T steps in N environments
+        # 1. run the policy for T steps in N environments (from a kept resume point if people label its segments)
+        start = self.resume_point() if self.preferences and self.preferences.asks_people(self.step + 1) else None
         rollout, episodes = self.runner.collect(self.policy, config.ppo.rollout_steps)
         # 1b. with reward.kind=preferences: new labels, the reward model refitted, its rewards in place of the env's
-        reward_stats = self.preferences.relabel(rollout, self.step + 1) if self.preferences else {}
+        reward_stats = self.preferences.relabel(rollout, self.step + 1, start) if self.preferences else {}
         # 2. the algorithm's update
         stats = self.algorithm.update(self.policy, self.optimizer, config, rollout)
         # 3. the learning-rate schedule, which counts updates (a REINFORCE update in which no episode
@@ -141,6 +144,11 @@ class GymTrainer:
             reward_tensors, reward_state = self.preferences.checkpoint_state()
             tensors, extra = {**tensors, **reward_tensors}, {**extra, **reward_state}
         return tensors, {**state, **extra, "train_seconds": self.train_seconds}
+
+    def resume_point(self) -> ResumePoint:
+        """The checkpoint `fit` would write now, before this step (people's segments are replayed from it)."""
+        tensors, state = self.checkpoint_state()
+        return tensors, {**state, "step": self.step, "rng": self.runtime.rng_state()}
 
     def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
         trained = state.get("algorithm", "ppo")  # checkpoints from before the algorithm key hold PPO
@@ -195,6 +203,7 @@ def default_name(config: GymConfig) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, GymConfig)
     parser.add_argument("--env", help="Gymnasium environment id (same as --set env.id=ID)")
+    parser.add_argument("--token", help=f"with reward.labeller=server: an admin's token (default: ${TOKEN_ENV})")
     parser.add_argument(
         "--eval",
         metavar="DIR",
@@ -220,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     run_directory = RunDirectory.resolve(config.out, default_name(config), args.resume)  # before any work
     if config.eval.video:
         check_video(config.env.id)
-    trainer = GymTrainer(config)
+    people = connect_people(config.reward, config.env.id, run_directory.path, args.token)
+    trainer = GymTrainer(config, people=people)
     try:
         summary = fit(trainer, run_directory)
     finally:

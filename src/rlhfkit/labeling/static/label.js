@@ -15,7 +15,8 @@ const PAIR_HELP = "Keys: 1, A or ← A is better · 2, B or → B is better · 3
 const RANK_HELP = "Keys: 1–{n} rank best to worst · Enter submit · Backspace undo · Esc start over · X all bad · S skip · C comment";
 
 // ranking: display positions, best first; the first `ranked` of them are the labeller's choice so far.
-const state = { task: null, ranking: [], ranked: 0, busy: false, dragged: null };
+// media: response text -> the URL of its animation (a Gym segment), for the responses that have one.
+const state = { task: null, media: {}, ranking: [], ranked: 0, busy: false, dragged: null };
 
 async function showProgress() {
   const me = await whoami();
@@ -26,7 +27,9 @@ async function showProgress() {
 
 async function loadNext() {
   const task = await request("GET", "/api/tasks/next");
+  const media = task === null ? {} : (await request("GET", `/api/loop/tasks/${task.task_id}/media`)).media;
   state.task = task;
+  state.media = media;
   if (task === null) {
     $("task").hidden = true;
     $("done").hidden = false;
@@ -46,7 +49,7 @@ function render(task) {
     card.dataset.position = String(position);
     const head = el("header", null, "response-head");
     head.append(el("span", LETTERS[position], "letter"), el("kbd", String(position + 1)), el("span", "", "rank-badge"));
-    card.append(head, el("div", text, "text"));
+    card.append(head, Object.hasOwn(state.media, text) ? animation(state.media[text], text) : el("div", text, "text"));
     return card;
   });
   $("responses").replaceChildren(...cards);
@@ -59,6 +62,16 @@ function render(task) {
   state.ranked = 0;
   if (!pair) renderRanking();
   if (document.activeElement instanceof HTMLElement) document.activeElement.blur();
+}
+
+// A response shown as its animation (a looping GIF), the text as its alternative and caption.
+function animation(url, text) {
+  const figure = el("figure", null, "animation");
+  const image = document.createElement("img");
+  image.src = url;
+  image.alt = text;
+  figure.append(image, el("figcaption", text, "caption"));
+  return figure;
 }
 
 function renderRanking() {
