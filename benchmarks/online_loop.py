@@ -28,7 +28,7 @@ from rlhfkit.models.tiny import build_tiny_model
 
 QUICK = [
     "model.dtype=float32", "loop.labels_per_round=4", "loop.candidates_per_round=8", "loop.ppo_iterations=1",
-    "ppo.batch_size=4", "ppo.ppo_epochs=1", "model.lora.top_layers=1", "rm.steps=4", "rm.batch_size=4",
+    "train.batch_size=4", "train.ppo_epochs=1", "model.lora.top_layers=1", "rm.train.steps=4", "rm.train.batch_size=4",
     "data.num_eval_prompts=6", "generation.max_new_tokens=6",
 ]  # fmt: skip
 

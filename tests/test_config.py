@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from rlhfkit.config import load_config
+from rlhfkit.config_tree import qualified_keys
+from rlhfkit.configs.reward import RMConfig
+from rlhfkit.configs.sft import SFTConfig
 from rlhfkit.errors import UserError
 from rlhfkit.runtime import precision as precision_module
 
@@ -112,3 +115,19 @@ def test_help_prints_the_defaults_a_run_really_uses(capsys):
         main(["sft", "--help"])
     text = capsys.readouterr().out
     assert "optim.learning_rate = 2e-05" in text  # SFT's own optimiser default, not OptimConfig's 1e-05
+
+
+def test_a_section_reused_deeper_names_its_keys_by_their_full_path():
+    assert (
+        qualified_keys("train.steps must be positive, got 0", "rm.train.") == "rm.train.steps must be positive, got 0"
+    )
+    message = "train.batch_size 8 is not divisible by train.micro_batch_size 3"
+    assert (
+        qualified_keys(message, "rm.train.") == "rm.train.batch_size 8 is not divisible by rm.train.micro_batch_size 3"
+    )
+    assert qualified_keys("train.steps must be positive, got 0", "train.") == "train.steps must be positive, got 0"
+    assert qualified_keys("monitor.gold must be empty", "rm.train.") == "monitor.gold must be empty"  # not its key
+    with pytest.raises(UserError, match=r"^model\.lora\.r must be positive, got 0$"):
+        load_config(SFTConfig, overrides=["model.lora.r=0"])
+    with pytest.raises(UserError, match=r"^normalize\.generation\.top_k must be >= 0, got -1$"):
+        load_config(RMConfig, overrides=["normalize.generation.top_k=-1"])

@@ -220,6 +220,44 @@ def trl_file_values(loaded: dict[str, Any], cls: type, command: str, source: str
     return from_trl(loaded, sections, command or CONFIG_COMMANDS.get(cls.__name__, ""), source, group_size)
 
 
+NAMED = object()  # the value of a --set key: named on the command line, so meant, whatever its value
+
+
+def user_entries(config_file: str | None, overrides: list[str]) -> list[tuple[str, str, Any]]:
+    """(source, dotted key, value) of every key the user named: in the YAML file, then by --set (value NAMED)."""
+    entries = []
+    if config_file:
+        entries += [(f"config file {config_file}", key, value) for key, value in _file_entries(Path(config_file))]
+    return entries + [("--set", item.partition("=")[0].strip(), NAMED) for item in overrides]
+
+
+def refuse_old_keys(config_file: str | None, overrides: list[str], renamed: dict[str, tuple[str, str]]) -> None:
+    """UserError naming the new key for any key of `renamed` (old name -> (new name, what else changed)) in
+    `overrides` (--set) or the YAML file `config_file`: a command's old vocabulary answered with its new one."""
+    for source, key, _ in user_entries(config_file, overrides):
+        if key in renamed:
+            new, note = renamed[key]
+            raise UserError(f"{source}: config key {key!r} is now {new!r}" + (f" ({note})" if note else ""))
+
+
+def _file_entries(path: Path) -> list[tuple[str, Any]]:
+    """(dotted key, value) of a YAML file, sections too (none where it does not parse: `load_config` says why)."""
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError):
+        return []
+    return _dotted_entries(tree) if isinstance(tree, dict) else []
+
+
+def _dotted_entries(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    entries = []
+    for key, value in tree.items():
+        entries.append((f"{prefix}{key}", value))
+        if isinstance(value, dict):
+            entries += _dotted_entries(value, f"{prefix}{key}.")
+    return entries
+
+
 def check_seed(seed: int, key: str = "seed") -> int:
     """A configured seed, refused unless every consumer (Python, NumPy, torch, Gymnasium) accepts it."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:

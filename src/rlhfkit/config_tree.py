@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -91,7 +92,23 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "", root: t
         name: _coerce(_over_factory_default(fields[name], value), hints[name], prefix + name, root)
         for name, value in values.items()
     }
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as error:
+        raise UserError(qualified_keys(str(error), prefix)) from None
+
+
+def qualified_keys(message: str, prefix: str) -> str:
+    """A section's own message about its keys, with their full path where the section sits deeper than usual.
+
+    A section class reused under another (`rlhfkit rm`'s `train.*` as the loop's `rm.train.*`, `lora.*` as
+    `model.lora.*`) names its keys from its usual place; under `prefix` "rm.train." the message
+    "train.steps must be positive" becomes "rm.train.steps must be positive".
+    """
+    parent, _, section = prefix.rstrip(".").rpartition(".")
+    if not parent or not message.startswith(section + "."):
+        return message
+    return re.sub(rf"(?<![\w.]){re.escape(section)}\.", f"{parent}.{section}.", message)
 
 
 def _over_factory_default(f: dataclasses.Field, value: Any) -> Any:

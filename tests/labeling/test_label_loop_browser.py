@@ -21,8 +21,8 @@ pytestmark = pytest.mark.browser
 
 QUICK = [
     "model.dtype=float32", "loop.rounds=1", "loop.labels_per_round=2", "loop.candidates_per_round=4",
-    "loop.ppo_iterations=1", "ppo.batch_size=4", "ppo.ppo_epochs=1", "model.lora.top_layers=1", "rm.steps=2",
-    "rm.batch_size=2", "rm.ensemble_size=2", "data.num_eval_prompts=6", "generation.max_new_tokens=6",
+    "loop.ppo_iterations=1", "train.batch_size=4", "train.ppo_epochs=1", "model.lora.top_layers=1", "rm.train.steps=2",
+    "rm.train.batch_size=2", "rm.ensemble_size=2", "data.num_eval_prompts=6", "generation.max_new_tokens=6",
     "loop.poll_seconds=0.2", "loop.label_timeout=600",
 ]  # fmt: skip
 

@@ -6,14 +6,17 @@ import json
 import socket
 
 from rlhfkit.cli import main
+from rlhfkit.config import load_config
+from rlhfkit.configs.loop import LoopConfig
 from rlhfkit.loop.labels import JudgeLabeller
+from rlhfkit.loop.policy import ppo_config
 from rlhfkit.loop.rounds import OnlineLoop
 from rlhfkit.tracking import read_jsonl
 
 QUICK = [
     "model.dtype=float32", "loop.rounds=2", "loop.labels_per_round=4", "loop.candidates_per_round=8",
-    "loop.ppo_iterations=1", "ppo.batch_size=4", "ppo.ppo_epochs=1", "model.lora.top_layers=1", "rm.steps=4",
-    "rm.batch_size=4", "rm.ensemble_size=3", "data.num_eval_prompts=6", "generation.max_new_tokens=6",
+    "loop.ppo_iterations=1", "train.batch_size=4", "train.ppo_epochs=1", "model.lora.top_layers=1", "rm.train.steps=4",
+    "rm.train.batch_size=4", "rm.ensemble_size=3", "data.num_eval_prompts=6", "generation.max_new_tokens=6",
 ]  # fmt: skip
 
 
@@ -46,8 +49,8 @@ def test_loop_writes_the_round_contract_and_continues_exactly_after_an_interrupt
     assert "rlhfkit loop: 2 round(s), 8 labels" in capsys.readouterr().out
 
     # a rerun with other settings would mix two loops: refused before anything loads
-    assert run_loop(straight, tiny_model_dir, "rm.steps=5") == 2
-    assert "rm.steps=4, not 5" in capsys.readouterr().err
+    assert run_loop(straight, tiny_model_dir, "rm.train.steps=5") == 2
+    assert "rm.train.steps=4, not 5" in capsys.readouterr().err
 
     # Ctrl-C in round 2's PPO, after its labels and reward model; then the same command again
     continue_ppo = OnlineLoop.continue_ppo
@@ -88,6 +91,32 @@ def test_bad_settings_and_an_unreachable_server_are_one_line_and_leave_nothing(t
     assert not out.exists()
     assert main(["loop", "--server", "http://127.0.0.1:1", "--out", str(out)]) == 2
     assert "--server needs an admin's token" in capsys.readouterr().err
+
+
+def test_the_loops_first_key_names_are_refused_naming_rlhfkit_ppo_and_rm_keys(tmp_path, capsys):
+    out, config_file = tmp_path / "run", tmp_path / "loop.yaml"
+    assert main(["loop", "--out", str(out), "--set", "ppo.kl_coef=0.1"]) == 2
+    assert capsys.readouterr().err.strip() == "rlhfkit loop: error: --set: config key 'ppo.kl_coef' is now 'kl.coef'"
+    config_file.write_text("rm:\n  learning_rate: 0.001\n")
+    assert main(["loop", "--out", str(out), "--config", str(config_file)]) == 2
+    assert f"config file {config_file}: config key 'rm.learning_rate' is now 'rm.optim.learning_rate'" in (
+        capsys.readouterr().err
+    )
+    assert main(["loop", "--out", str(out), "--set", "rm.train.steps=0"]) == 2  # rlhfkit rm's section, named in full
+    assert "rm.train.steps must be positive, got 0" in capsys.readouterr().err
+    assert main(["loop", "--out", str(out), "--set", "train.mini_batch_size=5"]) == 2  # PPO's check, before any write
+    assert "train.batch_size 16 is not divisible by train.mini_batch_size 5" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_policys_ppo_keys_reach_its_ppo_run_as_rlhfkit_ppo_reads_them(tmp_path):
+    overrides = ["train.batch_size=8", "train.mini_batch_size=4", "optim.weight_decay=0.1", "kl.adaptive=true"]
+    config = load_config(LoopConfig, overrides=[*overrides, "loop.rounds=2", "loop.ppo_iterations=3"])
+    ppo = ppo_config(config, tmp_path / "rm", tmp_path / "ppo")
+    assert (ppo.train.batch_size, ppo.mini_batch_size, ppo.train.ppo_epochs) == (8, 4, 2)
+    assert (ppo.train.steps, ppo.train.checkpoint_every) == (6, 3)  # the rounds' iterations, a checkpoint per round
+    assert (ppo.optim.learning_rate, ppo.optim.weight_decay, ppo.optim.keep_moments) == (3e-4, 0.1, True)
+    assert (ppo.kl.coef, ppo.kl.adaptive) == (0.05, True)
 
 
 def test_an_ai_judge_labels_the_rounds_with_soft_labels(tmp_path, tiny_model_dir):

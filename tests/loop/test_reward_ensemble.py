@@ -8,11 +8,18 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from rlhfkit.config import ModelConfig
+from rlhfkit.configs.common import ScheduleConfig
+from rlhfkit.configs.loop import EnsembleRMConfig, LoopRewardModelConfig
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
+from rlhfkit.loop import reward_model
+from rlhfkit.loop.reward_model import EnsembleRewardTrainer
 from rlhfkit.models import ScalarHeadModel, load_backbone, load_tokenizer
 from rlhfkit.models.ensemble import EnsembleRewardModel
 from rlhfkit.rewards import model_reward
 from rlhfkit.rewards.ensemble import EnsembleReward
+from rlhfkit.tracking import write_jsonl_atomic
+from rlhfkit.training import optimizer_step
 
 RECORDS = [{"prompt": "tell me about the cat"}, {"prompt": "what is the weather like today"}] * 2
 RESPONSES = ["the cat is very happy", "bad", "it is a beautiful day and i love it", "terrible awful pain"]
@@ -56,3 +63,32 @@ def test_saved_ensemble_loads_as_itself_as_a_reward_model_and_in_plain_transform
     assert ensemble([r["prompt"] for r in RECORDS], RESPONSES, RECORDS) == pytest.approx(mean, abs=1e-5)
     population_std = [((sum((x - sum(row) / 3) ** 2 for x in row)) / 3) ** 0.5 for row in heads.tolist()]
     assert ensemble.last_spread == pytest.approx(population_std, abs=1e-5)
+
+
+def test_micro_batches_of_rm_train_micro_batch_size_accumulate_the_whole_batchs_gradient(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    comparisons = tmp_path / "comparisons.jsonl"
+    write_jsonl_atomic(comparisons, [{"prompt": r["prompt"], "chosen": a, "rejected": b} for r, a, b in
+                                     zip(RECORDS, RESPONSES, RESPONSES[1:] + RESPONSES[:1])])  # fmt: skip
+    gradients = []
+
+    def capture(params, *rest):  # the gradient the optimiser step receives
+        gradients.append([p.grad.clone() for p in params])
+        return optimizer_step(params, *rest)
+
+    monkeypatch.setattr(reward_model, "optimizer_step", capture)
+
+    def one_step(micro_batch_size):
+        schedule = ScheduleConfig(steps=1, batch_size=4, micro_batch_size=micro_batch_size)
+        settings = LoopRewardModelConfig(ensemble_size=2, train=schedule)
+        config = EnsembleRMConfig(
+            ModelConfig(tiny_model_dir, "float32"), str(comparisons), str(comparisons), rm=settings
+        )
+        torch.manual_seed(0)
+        return EnsembleRewardTrainer(config, ([], [])).train_step()[0]
+
+    whole, micro = one_step(0), one_step(1)
+    assert micro["train/loss"] == pytest.approx(whole["train/loss"], rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-4) for a, b in zip(*gradients))
+    assert max(g.abs().max() for g in gradients[0]) > 1e-4  # a real gradient, not zeros on both sides

@@ -1,5 +1,10 @@
 """The configuration of `rlhfkit loop`: one dataclass per concern, nested into `LoopConfig`; and one round's
-reward-model run (`EnsembleRMConfig`)."""
+reward-model run (`EnsembleRMConfig`).
+
+The keys are `rlhfkit ppo`'s for the policy (`train.batch_size`, `optim.learning_rate`, `kl.coef`, `monitor.*`)
+and `rlhfkit rm`'s under `rm.` for the reward model (`rm.train.steps`, `rm.optim.learning_rate`, `rm.pooling`),
+each the same section class; the loop's first names are refused with the new one (`RENAMED_KEYS`).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,12 @@ import dataclasses
 
 from rlhfkit.assets import EVAL_PROMPTS, PROMPTS
 from rlhfkit.config import GenerationConfig, LoRAConfig, ModelConfig, RewardConfig, field
-from rlhfkit.configs.common import RuntimeConfig
-from rlhfkit.configs.ppo import MonitorConfig
+from rlhfkit.configs.common import RunConfig, ScheduleConfig
+from rlhfkit.configs.ppo import KLConfig, MonitorConfig, PPOBatchConfig
 from rlhfkit.errors import UserError
 from rlhfkit.models.heads import check_pooling
 from rlhfkit.rewards.ai_judge import JudgeConfig
+from rlhfkit.training import OptimConfig
 
 SELECTIONS = ("ensemble", "random")
 LABEL_SOURCES = ("judge", "ai", "server")
@@ -91,25 +97,23 @@ class LabelSourceConfig:
 
 @dataclasses.dataclass
 class LoopRewardModelConfig:
+    """`rlhfkit rm`'s keys for the reward model that every round retrains on all labels so far, and its ensemble."""
+
     ensemble_size: int = field(4, "reward heads on the one backbone, each trained on its own bootstrap resample")
-    steps: int = field(40, "optimiser steps each round (the reward model is retrained on all labels so far)")
-    batch_size: int = field(8, "comparisons per optimiser step")
-    learning_rate: float = field(2e-4, "AdamW learning rate")
+    train: ScheduleConfig = field(
+        factory=lambda: ScheduleConfig(steps=40, batch_size=8, eval_every=40, checkpoint_every=40),
+        doc="each round's schedule (`rlhfkit rm`'s train.*)",
+    )
+    optim: OptimConfig = field(
+        factory=lambda: OptimConfig(learning_rate=2e-4), doc="optimiser (`rlhfkit rm`'s optim.*)"
+    )
     pooling: str = field("mean", "where the heads read: mean (over the response tokens) or last (the EOS)")
     lora: LoRAConfig = field(factory=lambda: LoRAConfig(enabled=True), doc="LoRA on the reward model's backbone")
 
     def __post_init__(self) -> None:
         check_pooling(self.pooling, "rm.pooling")
-        if self.ensemble_size < 1 or self.steps < 1 or self.batch_size < 1:
-            raise UserError("rm.ensemble_size, rm.steps and rm.batch_size must be >= 1")
-
-
-@dataclasses.dataclass
-class LoopPPOConfig:
-    batch_size: int = field(16, "prompts per PPO iteration")
-    ppo_epochs: int = field(2, "passes over each batch")
-    learning_rate: float = field(3e-4, "AdamW learning rate of the policy (its LoRA: model.lora)")
-    kl_coef: float = field(0.05, "β of the KL penalty to the initial policy")
+        if self.ensemble_size < 1:
+            raise UserError(f"rm.ensemble_size must be >= 1, got {self.ensemble_size}")
 
 
 @dataclasses.dataclass
@@ -128,7 +132,7 @@ class LoopMonitorConfig(MonitorConfig):
 
 
 @dataclasses.dataclass
-class LoopConfig:
+class LoopConfig(RunConfig):
     model: ModelConfig = field(
         factory=lambda: ModelConfig(lora=LoRAConfig(enabled=True, top_layers=8)),
         doc="the initial policy (its LoRA: model.lora), the reference and the reward backbone",
@@ -143,17 +147,34 @@ class LoopConfig:
     labels: LabelSourceConfig = field(factory=LabelSourceConfig, doc="who labels the chosen pairs")
     loop: LoopSettings = field(factory=LoopSettings, doc="rounds, label budget, query selection")
     rm: LoopRewardModelConfig = field(factory=LoopRewardModelConfig, doc="the reward-model ensemble")
-    ppo: LoopPPOConfig = field(factory=LoopPPOConfig, doc="PPO between rounds")
+    train: PPOBatchConfig = field(
+        factory=lambda: PPOBatchConfig(ppo_epochs=2), doc="each PPO iteration (`rlhfkit ppo`'s train.*)"
+    )
+    optim: OptimConfig = field(
+        factory=lambda: OptimConfig(learning_rate=3e-4, keep_moments=True),
+        doc="the policy's optimiser (its LoRA: model.lora); keep_moments carries AdamW's moments across rounds",
+    )
+    kl: KLConfig = field(factory=KLConfig, doc="KL to the initial policy (`rlhfkit ppo`'s kl.*)")
     monitor: LoopMonitorConfig = field(
         factory=LoopMonitorConfig, doc="reward-hacking monitor of every round's PPO (`rlhfkit ppo`'s monitor.* keys)"
     )
-    runtime: RuntimeConfig = field(factory=RuntimeConfig, doc="this process's computation")
-    seed: int = field(0, "one seed for everything")
     out: str = field("", "output directory (default runs/loop-<time>); rerunning on it continues")
 
     def __post_init__(self) -> None:
         if self.judge.kind == "verifiable":
             raise UserError("judge.kind=verifiable scores 0 or 1: too coarse a gold judge for the loop's pairs")
+
+
+# The loop's first names for `rlhfkit ppo`'s and `rlhfkit rm`'s keys: old name -> (new name, what else changed).
+RENAMED_KEYS: dict[str, tuple[str, str]] = {
+    "ppo.batch_size": ("train.batch_size", ""),
+    "ppo.ppo_epochs": ("train.ppo_epochs", ""),
+    "ppo.learning_rate": ("optim.learning_rate", ""),
+    "ppo.kl_coef": ("kl.coef", ""),
+    "rm.steps": ("rm.train.steps", ""),
+    "rm.batch_size": ("rm.train.batch_size", ""),
+    "rm.learning_rate": ("rm.optim.learning_rate", ""),
+}
 
 
 @dataclasses.dataclass
@@ -167,3 +188,8 @@ class EnsembleRMConfig:
     rm: LoopRewardModelConfig = field(factory=LoopRewardModelConfig, doc="ensemble, schedule, pooling, LoRA")
     seed: int = field(0, "seed of the data order and the bootstrap")
     out: str = field("", "output directory")
+
+    @property
+    def optim(self) -> OptimConfig:
+        """The optimiser, where the run skeleton reads `optim.keep_moments`."""
+        return self.rm.optim

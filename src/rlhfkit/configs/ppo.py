@@ -51,8 +51,10 @@ class PPODataConfig:
 
 
 @dataclasses.dataclass
-class PPOTrainConfig:
-    steps: int = field(20, "PPO iterations")
+class PPOBatchConfig:
+    """`train.*` of one PPO iteration: its prompts, epochs and minibatches. `rlhfkit loop` has these keys alone
+    (its rounds set the iterations and checkpoints); `rlhfkit ppo` adds them in `PPOTrainConfig`."""
+
     batch_size: int = field(
         16, "prompts per iteration (all processes together); each gets algorithm.group_size responses"
     )
@@ -63,11 +65,21 @@ class PPOTrainConfig:
     micro_batch_size: int = field(
         0, "responses per forward pass; gradients accumulate up to mini_batch_size (0: = mini_batch_size)"
     )
+
+    def __post_init__(self) -> None:
+        require_positive("train", self, ("batch_size", "ppo_epochs"))
+        require_at_least("train", self, ("mini_batch_size", "micro_batch_size"), 0)
+
+
+@dataclasses.dataclass
+class PPOTrainConfig(PPOBatchConfig):
+    steps: int = field(20, "PPO iterations")
     checkpoint_every: int = field(10, "save a checkpoint every N iterations (0: only at the end)")
 
     def __post_init__(self) -> None:
-        require_positive("train", self, ("steps", "batch_size", "ppo_epochs"))
-        require_at_least("train", self, ("mini_batch_size", "micro_batch_size", "checkpoint_every"), 0)
+        super().__post_init__()
+        require_positive("train", self, ("steps",))
+        require_at_least("train", self, ("checkpoint_every",), 0)
 
 
 @dataclasses.dataclass

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from rlhfkit.config import field, load_config
+from rlhfkit.config import NAMED, field, load_config, refuse_old_keys, user_entries
 from rlhfkit.configs.common import PPOLossConfig, RuntimeConfig, require, require_at_least
 from rlhfkit.errors import UserError
 from rlhfkit.gym.envs import inspect_env
@@ -265,23 +262,9 @@ def algorithms_reading(key: str) -> tuple[str, ...]:
     return ALGORITHMS
 
 
-NAMED = object()  # the value of a --set key: named on the command line, so meant, whatever its value
-
-
-def _user_entries(config_file: str | None, overrides: list[str]) -> list[tuple[str, str, Any]]:
-    """(source, dotted key, value) of every key the user named: in the YAML file, then by --set (value NAMED)."""
-    entries = []
-    if config_file:
-        entries += [(f"config file {config_file}", key, value) for key, value in _file_entries(Path(config_file))]
-    return entries + [("--set", item.partition("=")[0].strip(), NAMED) for item in overrides]
-
-
 def refuse_renamed_keys(config_file: str | None, overrides: list[str]) -> None:
-    """UserError naming the new key for any renamed key in `overrides` (--set) or the YAML file `config_file`."""
-    for source, key, _ in _user_entries(config_file, overrides):
-        if key in RENAMED_KEYS:
-            new, note = RENAMED_KEYS[key]
-            raise UserError(f"{source}: config key {key!r} is now {new!r}" + (f" ({note})" if note else ""))
+    """UserError naming the new key for any old Gym name (`RENAMED_KEYS`) in --set or the YAML file."""
+    refuse_old_keys(config_file, overrides, RENAMED_KEYS)
 
 
 def refuse_keys_of_other_algorithms(config: GymConfig, config_file: str | None, overrides: list[str]) -> None:
@@ -289,7 +272,7 @@ def refuse_keys_of_other_algorithms(config: GymConfig, config_file: str | None, 
 
     A config file may hold such a key at its default value, as the config.yaml of every run does.
     """
-    for source, key, value in _user_entries(config_file, overrides):
+    for source, key, value in user_entries(config_file, overrides):
         algorithms = algorithms_reading(key)
         if config.algorithm in algorithms or isinstance(value, dict):
             continue
@@ -306,7 +289,7 @@ def refuse_preference_keys_without_preferences(
     """UserError for a reward.* key other than reward.kind, named or set away from its default, without preferences."""
     if config.reward.kind == "preferences":
         return
-    for source, key, value in _user_entries(config_file, overrides):
+    for source, key, value in user_entries(config_file, overrides):
         if key.startswith("reward.") and key != "reward.kind" and (value is NAMED or value != _default(key)):
             raise UserError(
                 f"{source}: config key {key!r} is read with reward.kind=preferences only; "
@@ -320,24 +303,6 @@ def _default(key: str) -> Any:
     for part in key.split("."):
         node = getattr(node, part, None)
     return node
-
-
-def _file_entries(path: Path) -> list[tuple[str, Any]]:
-    """(dotted key, value) of a YAML file, sections too (none where it does not parse: `load_config` says why)."""
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError):
-        return []
-    return _dotted_entries(tree) if isinstance(tree, dict) else []
-
-
-def _dotted_entries(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    entries = []
-    for key, value in tree.items():
-        entries.append((f"{prefix}{key}", value))
-        if isinstance(value, dict):
-            entries += _dotted_entries(value, f"{prefix}{key}.")
-    return entries
 
 
 def algorithm_defaults(algorithm: str, discrete: bool) -> dict[str, Any]:

@@ -24,19 +24,18 @@ from typing import Any
 from rlhfkit.config import GenerationConfig, ModelConfig, RewardConfig
 from rlhfkit.configs.generate import GenerateConfig
 from rlhfkit.configs.loop import LoopConfig
-from rlhfkit.configs.ppo import KLConfig, MonitorConfig, PPOConfig, PPODataConfig, PPOTrainConfig
+from rlhfkit.configs.ppo import MonitorConfig, PPOConfig, PPODataConfig, PPOTrainConfig
 from rlhfkit.recipes.generate import generate_candidates
 from rlhfkit.recipes.ppo import PPOTrainer
 from rlhfkit.rewards.ensemble import EnsembleReward
 from rlhfkit.runtime import StepOutput
-from rlhfkit.training import OptimConfig
 
 
 def ppo_config(config: LoopConfig, reward_model: Path, out: Path) -> PPOConfig:
     """PPO over every round (its schedule spans rounds x iterations), checkpointed at each round's end.
 
-    Each round completes a run (final/ is the policy so far); `optim.keep_moments` keeps AdamW's moments
-    in that checkpoint, so the next round continues the optimiser too.
+    Each round completes a run (final/ is the policy so far); `optim.keep_moments` (the loop's default)
+    keeps AdamW's moments in that checkpoint, so the next round continues the optimiser too.
     """
     iterations = config.loop.ppo_iterations
     return PPOConfig(
@@ -44,14 +43,11 @@ def ppo_config(config: LoopConfig, reward_model: Path, out: Path) -> PPOConfig:
         data=PPODataConfig(prompts=config.data.prompts),
         generation=config.generation,
         reward=RewardConfig(kind="model", model=str(reward_model)),
-        kl=KLConfig(coef=config.ppo.kl_coef),
+        kl=copy.deepcopy(config.kl),
         train=PPOTrainConfig(
-            steps=config.loop.rounds * iterations,
-            batch_size=config.ppo.batch_size,
-            ppo_epochs=config.ppo.ppo_epochs,
-            checkpoint_every=iterations,
+            **dataclasses.asdict(config.train), steps=config.loop.rounds * iterations, checkpoint_every=iterations
         ),
-        optim=OptimConfig(learning_rate=config.ppo.learning_rate, keep_moments=True),  # each round completes a run
+        optim=copy.deepcopy(config.optim),
         monitor=round_monitor(config),
         runtime=config.runtime,
         seed=config.seed,

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit.algorithms.aggregation import share_weight
 from rlhfkit.configs.loop import EnsembleRMConfig
 from rlhfkit.data import load_records
 from rlhfkit.data.collate import pad_batch
@@ -32,7 +33,6 @@ from rlhfkit.rewards.calibration import pair_statistics, reward_normalisation
 from rlhfkit.rewards.ensemble import ensemble_head_scores, spread
 from rlhfkit.runtime import Runtime, StepOutput
 from rlhfkit.training import (
-    OptimConfig,
     batch_indices,
     build_optimizer,
     load_training_state,
@@ -53,7 +53,6 @@ class EnsembleRewardTrainer:
 
     command = "rm"
     plot_keys = ("train/loss", "eval/accuracy")
-    eval_every = 0
 
     def __init__(self, config: EnsembleRMConfig, normalise_on: tuple[list[dict[str, Any]], list[str]]):
         self.config, settings = config, config.rm
@@ -69,10 +68,10 @@ class EnsembleRewardTrainer:
         backbone = load_backbone(config.model.name, self.tokenizer)
         backbone = apply_lora(backbone, settings.lora) if settings.lora.enabled else backbone
         model = EnsembleRewardModel(backbone, settings.ensemble_size, pooling=settings.pooling)
-        optim = OptimConfig(learning_rate=settings.learning_rate)
-        optimizer, self.scheduler = build_optimizer(model.parameters(), optim, settings.steps)
+        optimizer, self.scheduler = build_optimizer(model.parameters(), settings.optim, settings.train.steps)
         self.model, self.optimizer = self.runtime.prepare(model, optimizer)
-        self.step, self.total_steps, self.checkpoint_every = 0, settings.steps, 0
+        self.step, self.total_steps = 0, settings.train.steps
+        self.eval_every, self.checkpoint_every = settings.train.eval_every, settings.train.checkpoint_every
         self.figures: dict[str, float] = {}
         self.extra: dict[str, Any] = {}
 
@@ -85,21 +84,27 @@ class EnsembleRewardTrainer:
         return scores.reshape(len(records), 2, -1)
 
     def train_step(self) -> StepOutput:
-        """Step 1: the batch's loss, each head on its own bootstrap weights of the comparisons."""
-        indices = batch_indices(len(self.train_records), self.config.rm.batch_size, self.step, self.config.seed)
-        records = [self.train_records[i] for i in indices]
+        """Step 1: the batch's loss, each head on its own bootstrap weights of the comparisons, accumulated over
+        micro-batches of `rm.train.micro_batch_size` records (each micro-batch's mean weighted by its share)."""
+        schedule = self.config.rm.train
+        indices = batch_indices(len(self.train_records), schedule.batch_size, self.step, self.config.seed)
         self.model.train()
-        scores = self.head_scores(records)  # (N, 2, E)
-        targets = self.runtime.to_device(preference_targets(records))
-        per_head = torch.stack([self.loss_fn(scores[..., e], targets) for e in range(scores.shape[-1])], -1)
-        weights = self.runtime.to_device(self.weights[indices])  # (N, E)
-        loss = (per_head * weights).mean()
-        self.runtime.backward(loss)
+        loss = 0.0
+        for start in range(0, len(indices), schedule.micro_batch):
+            micro = indices[start : start + schedule.micro_batch]
+            records = [self.train_records[i] for i in micro]
+            scores = self.head_scores(records)  # (n, 2, E)
+            targets = self.runtime.to_device(preference_targets(records))
+            per_head = torch.stack([self.loss_fn(scores[..., e], targets) for e in range(scores.shape[-1])], -1)
+            weights = self.runtime.to_device(self.weights[micro])  # (n, E)
+            part = (per_head * weights).mean() * share_weight(len(micro), len(indices))
+            self.runtime.backward(part)
+            loss += part.item()
         learning_rate = self.scheduler.get_last_lr()[0]
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = optimizer_step(params, self.optimizer, self.scheduler, 1.0)
+        grad_norm = optimizer_step(params, self.optimizer, self.scheduler, self.config.rm.optim.max_grad_norm)
         self.step += 1
-        return {"train/loss": loss.item(), "train/grad_norm": grad_norm, "train/learning_rate": learning_rate}, None
+        return {"train/loss": loss, "train/grad_norm": grad_norm, "train/learning_rate": learning_rate}, None
 
     @torch.no_grad()
     def evaluate(self) -> StepOutput:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
-from rlhfkit.config import REWARD_KINDS, add_config_arguments
-from rlhfkit.configs.loop import LoopConfig
+from rlhfkit.config import REWARD_KINDS, add_config_arguments, refuse_old_keys
+from rlhfkit.configs.loop import RENAMED_KEYS, LoopConfig
 from rlhfkit.errors import UserError
+from rlhfkit.loop.policy import ppo_config
 from rlhfkit.loop.rounds import OnlineLoop, check_same_settings
 from rlhfkit.loop.server import TOKEN_ENV, LabelServer, run_id
 from rlhfkit.runtime import RunDirectory, run_config
@@ -48,7 +50,9 @@ def label_settings(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     args.set = [*label_settings(args), *args.set]
+    refuse_old_keys(args.config, args.set, RENAMED_KEYS)
     config = run_config(LoopConfig, args)
+    ppo_config(config, Path(), Path())  # the rounds' PPO run, checked (train.* against its batch) before any write
     out = RunDirectory.resolve(config.out, "loop", resume=False).path
     check_same_settings(config, out)  # a rerun continues only the loop it names
     server = None
