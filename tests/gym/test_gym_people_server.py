@@ -9,6 +9,7 @@ import json
 
 import httpx
 import numpy as np
+import pytest
 from label_helpers import LiveServer, free_port, make_db, pair_tasks
 
 from rlhfkit.checkpoint import load_checkpoint
@@ -65,6 +66,23 @@ def test_the_server_keeps_animations_and_names_them_per_response_and_gives_ties_
         assert tie["meta"]["extra"]["pair"] == 0
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["reward.labeller=people"], "reward.labeller 'people' is not one of synthetic, server"),
+        (["reward.labeller=server"], "reward.labeller=server needs the labelling server's URL"),
+        (["reward.labeller=server", "reward.server=http://x", "reward.temperature=1"], "reward.temperature is the"),
+        (["reward.labeller=server", "reward.server=http://x", "reward.label_timeout=0"], "reward.label_timeout"),
+    ],
+)
+def test_bad_people_settings_exit_2_with_one_line_and_write_nothing(settings, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["gym", "--out", str(out), "--set", "reward.kind=preferences", *settings]) == 2
+    [error] = capsys.readouterr().err.strip().splitlines()
+    assert message in error
+    assert not out.exists()
+
+
 def judge_everything(url, headers, db):
     """Answer every task: the clip whose caption sorts first wins, but pair 1 is a tie.
 
@@ -97,6 +115,10 @@ def test_a_gym_run_waits_for_people_stops_at_the_timeout_and_resumes_with_their_
     assert not out.exists()  # refused before anything was written
 
     with LiveServer(db.path) as server:
+        with contextlib.redirect_stderr(io.StringIO()) as stderr:
+            not_admin = ["gym", "--out", str(out), "--token", db.tokens["ann"], "--set", *TINY]
+            assert main([*not_admin, f"reward.server={server.url}"]) == 2
+        assert "--token must be an admin's" in stderr.getvalue() and not out.exists()
         command = ["gym", "--out", str(out), "--token", db.tokens["boss"]]
         with contextlib.redirect_stderr(io.StringIO()) as stderr:
             assert main([*command, "--set", *TINY, f"reward.server={server.url}", "reward.label_timeout=0.3"]) == 2

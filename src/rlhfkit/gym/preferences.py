@@ -106,6 +106,8 @@ class RewardConfig:
             raise UserError(
                 "reward.labeller=server needs the labelling server's URL: --set reward.server=http://HOST:PORT"
             )
+        if self.labeller == "server" and self.temperature:
+            raise UserError("reward.temperature is the synthetic labeller's noise; people's is their own: remove it")
         if self.label_timeout <= 0 or self.poll_seconds <= 0:
             raise UserError(
                 "reward.label_timeout and reward.poll_seconds must be > 0, "
