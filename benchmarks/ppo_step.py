@@ -7,11 +7,15 @@
         # a value head on the policy, which shares its forward pass)
     .venv/bin/python benchmarks/ppo_step.py --max-new-tokens 32 --reward model --modes lora,lora-top8
         # LoRA on the last 8 of 30 layers: the update starts from the rollout's output of the 22 frozen ones
+    .venv/bin/python benchmarks/ppo_step.py --command grpo --batch-size 4 --max-new-tokens 32 --modes full,lora
+        # `rlhfkit grpo`'s defaults on the workload of benchmarks/trl_grpo_step.py: the first 4 prompts,
+        # 4 responses each (algorithm.group_size), 16 per iteration; benchmarks/grpo_vs_trl.py alternates both
 
 Each configuration runs in its own process (so peak memory is its own), the configurations
 alternate, and every figure is the median over the measured iterations after one warm-up
 iteration. Responses stop at EOS as in training (few of 16 do within 32-48 tokens; resp_len
-shows the mean), and tokens per second counts the tokens actually generated.
+shows the mean), and tokens per second counts the tokens actually generated. wall_step_s (in each configuration's
+JSON line) is the wall clock of a whole train_step, metric reductions included, as TRL's are timed.
 """
 
 from __future__ import annotations
@@ -40,13 +44,28 @@ def reward_model_dir() -> str:
 
 
 def one_configuration(
-    mode: str, max_new_tokens: int, steps: int, dtype: str, reward: str, batch_size: int = 16, engine: str = "hf"
+    mode: str,
+    max_new_tokens: int,
+    steps: int,
+    dtype: str,
+    reward: str,
+    batch_size: int = 16,
+    engine: str = "hf",
+    command: str = "ppo",
+    epochs: int = 4,
+    mini_batch: int = 4,
 ) -> dict:
+    """`command`=grpo: that command's defaults (COMMAND_DEFAULTS) on the first `batch_size` packaged prompts."""
     import torch
 
+    from rlhfkit.assets import PROMPTS
     from rlhfkit.config import load_config
+    from rlhfkit.configs.ppo import COMMAND_DEFAULTS
+    from rlhfkit.data import load_records
     from rlhfkit.recipes.ppo import PPOConfig, PPOTrainer
 
+    defaults = COMMAND_DEFAULTS.get(command, {})
+    group_size = defaults.get("algorithm", {}).get("group_size", 1)
     reward_settings = (
         ["reward.kind=model", f"reward.model={reward_model_dir()}"] if reward == "model" else [f"reward.kind={reward}"]
     )
@@ -60,18 +79,22 @@ def one_configuration(
             f"model.dtype={dtype}",
             f"generation.max_new_tokens={max_new_tokens}",
             f"train.batch_size={batch_size}",
-            f"train.mini_batch_size={min(4, batch_size)}",
+            f"train.mini_batch_size={min(mini_batch, batch_size * group_size)}",
             f"generation.engine={engine}",
-            "train.ppo_epochs=4",
+            f"train.ppo_epochs={epochs}",
             f"train.steps={steps + 1}",
             f"critic.kind={critic}",
             *reward_settings,
         ],
+        base=defaults,
     )
-    trainer = PPOTrainer(config)
-    rows = []
+    prompts = load_records(PROMPTS, "prompts", limit=batch_size) if command != "ppo" else None
+    trainer = PPOTrainer(config, prompts=prompts, command=command)
+    rows, wall = [], []
     for _ in range(steps + 1):
+        started = time.perf_counter()
         metrics, *_ = trainer.train_step()
+        wall.append(time.perf_counter() - started)
         rows.append(metrics)
     measured = rows[1:]
     keys = [
@@ -84,6 +107,9 @@ def one_configuration(
     ]
     result = {key: statistics.median(r[key] for r in measured) for key in keys}
     result.update(
+        command=command,
+        wall_step_s=statistics.median(wall[1:]),
+        iterations_s=wall,
         mode=mode,
         dtype=dtype,
         engine=engine,
@@ -111,14 +137,18 @@ def main() -> None:
     )
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per iteration")
+    parser.add_argument("--command", choices=("ppo", "grpo", "rloo"), default="ppo", help="whose defaults")
+    parser.add_argument("--epochs", type=int, default=4, help="train.ppo_epochs")
+    parser.add_argument("--mini-batch", type=int, default=4, help="responses per optimiser step")
     parser.add_argument("--engine", default="hf", help="generation.engine: hf or vllm")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the configurations this many times")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         result = one_configuration(
-            args.child, args.max_new_tokens, args.steps, args.dtype, args.reward, args.batch_size, args.engine
-        )
+            args.child, args.max_new_tokens, args.steps, args.dtype, args.reward, args.batch_size, args.engine,
+            args.command, args.epochs, args.mini_batch,
+        )  # fmt: skip
         print(json.dumps(result))
         return
     results: dict[str, list[dict]] = {}
@@ -127,13 +157,15 @@ def main() -> None:
             started = time.time()
             child = [sys.executable, __file__, "--child", mode, "--max-new-tokens", str(args.max_new_tokens)]
             child += ["--steps", str(args.steps), "--dtype", args.dtype, "--reward", args.reward]
-            child += ["--batch-size", str(args.batch_size), "--engine", args.engine]
+            child += ["--batch-size", str(args.batch_size), "--engine", args.engine, "--command", args.command]
+            child += ["--epochs", str(args.epochs), "--mini-batch", str(args.mini_batch)]
             out = subprocess.run(child, check=True, capture_output=True, text=True)
             result = json.loads(out.stdout.strip().splitlines()[-1])
             result["process_wall_s"] = time.time() - started
             results.setdefault(mode, []).append(result)
     print(
-        f"PPO iteration: {args.batch_size} prompts x {args.max_new_tokens} new tokens, 4 epochs, minibatch 4, "
+        f"{args.command} iteration: {args.batch_size} prompts x {args.max_new_tokens} new tokens, "
+        f"{args.epochs} epochs, minibatch {args.mini_batch}, "
         f"{args.dtype}, reward {args.reward}, engine {args.engine}; medians of {args.steps} iterations"
     )
     print("mode            generate_s  score_s  update_s  step_s  new_tok/s  resp_len  peak_RSS_GiB")
