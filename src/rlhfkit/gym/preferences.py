@@ -51,7 +51,8 @@ class RewardConfig:
     kind: str = field(
         "environment",
         "the policy's reward: environment (its own) or preferences (a reward model fitted to comparisons of segments "
-        "of the policy's experience by a synthetic labeller that sees the true return; Christiano et al. 2017)",
+        "of the policy's experience by a synthetic labeller that sees the true return, or by people: reward.labeller; "
+        "Christiano et al. 2017)",
     )
     comparisons: int = field(1000, "preferences: labels asked for over the whole run (the budget)")
     initial_fraction: float = field(
@@ -62,7 +63,7 @@ class RewardConfig:
     )
     segment_steps: int = field(25, "preferences: steps per segment (Pendulum-v1 steps at 20 Hz: 25 steps = 1.25 s)")
     temperature: float = field(
-        0.0, "preferences: labeller noise, P(prefer 1) = sigmoid((R_1 - R_2) / temperature); 0: the higher return wins"
+        0.0, "preferences: synthetic labeller's noise, P(prefer 1) = sigmoid((R_1 - R_2) / temperature); 0: exact"
     )
     ensemble: int = field(3, "preferences: reward models, each fitted on its own bootstrap of the labels")
     hidden_sizes: list[int] = field(factory=lambda: [64, 64], doc="preferences: leaky-ReLU hidden layers of r(o, a)")
