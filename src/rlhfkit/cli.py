@@ -2,7 +2,8 @@
 
 Only the chosen command's module is imported, so `rlhfkit --help` and
 `rlhfkit label export` do not pay for importing torch and transformers.
-Each command module exposes `add_arguments(parser)` and `run(args) -> int`.
+Each command module exposes `add_arguments(parser)` and `run(args)`, which returns its exit code, or
+the output directory of a run that succeeded (exit 0; what `--push-to-hub` uploads).
 
 This is also the one error boundary. Every expected failure — a UserError, or
 a path the system refuses (missing, not permitted, read-only, a file where a
@@ -27,6 +28,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import NoReturn
 
 from rlhfkit.errors import USER_PATH_ERRNOS, UserError, describe_os_error, one_line, summarize
@@ -194,7 +196,7 @@ def _run(command: str, module_name: str, description: str, rest: list[str], debu
         args.command = command
         if getattr(args, "push_to_hub", None):
             return _run_and_push(command, module, args)
-        return int(module.run(args) or 0)
+        return exit_code(module.run(args))
     except UserError as error:
         return _refuse(command, one_line(str(error)), debug)
     except OSError as error:
@@ -216,27 +218,30 @@ def _how_to_continue(parser: argparse.ArgumentParser | None) -> str:
 
 
 def _run_and_push(command: str, module, args: argparse.Namespace) -> int:
-    """Run the command, then push the output directory it resolved; a failed push is one line, the outputs stay.
+    """Run the command, then push the output directory its `run` returned; a failed push is one line, the outputs stay.
 
     The repository's name is checked before the run, so a typo costs no training. Under several
     processes only the first (RANK 0) pushes.
     """
     hub = importlib.import_module("rlhfkit.hub")  # huggingface_hub and httpx, only when a push is asked for
     repo = hub.check_repo_id(args.push_to_hub)
-    resolved = importlib.import_module("rlhfkit.runtime.run").RESOLVED  # every command's output directory
-    start = len(resolved)
-    code = int(module.run(args) or 0)
+    directory = module.run(args)  # a run that succeeded returns its output directory
+    code = exit_code(directory)
     if code != 0 or os.environ.get("RANK", "0") != "0":
         return code
-    if len(resolved) == start:
+    if not isinstance(directory, Path):
         raise UserError(f"--push-to-hub {repo}: rlhfkit {command} made no output directory to push")
-    directory = resolved[-1]
     try:
         url = hub.push_to_hub(directory, repo)
     except UserError as error:
         raise UserError(f"{error}; the run's outputs stay in {directory}") from None
     print(f"rlhfkit {command}: pushed {directory} to the hub repository {repo}: {url}")
     return code
+
+
+def exit_code(outcome: int | Path | None) -> int:
+    """A command's exit status from what its `run` returned: a run directory means success."""
+    return 0 if isinstance(outcome, Path) else int(outcome or 0)
 
 
 def _refuse(command: str, message: str, debug: bool) -> int:

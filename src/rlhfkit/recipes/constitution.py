@@ -126,8 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, ConstitutionConfig, resume=False)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Path:
     path = constitution(run_config(ConstitutionConfig, args))
     count = json.loads((path.parent / "summary.json").read_text())["demonstrations"]
     print(f"rlhfkit constitution: {count} demonstrations in {path}; next: rlhfkit sft --set data.train={path}")
-    return 0
+    return path.parent

@@ -115,8 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, GenerateConfig, resume=False)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Path:
     path = generate(run_config(GenerateConfig, args))
     summary = json.loads((path.parent / "summary.json").read_text())
     print(f"rlhfkit generate: {summary['responses']} responses to {summary['records']} prompts in {path}")
-    return 0
+    return path.parent

@@ -14,6 +14,7 @@ config.yaml records the resolved configuration, so `--resume` continues with it 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rlhfkit.config import add_config_arguments, load_config
 from rlhfkit.configs.ppo import COMMAND_DEFAULTS, PPOConfig
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, lambda: load_config(PPOConfig, base=COMMAND_DEFAULTS[command]))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Path:
     # with --resume the run's config.yaml is the base: it holds the command's defaults already
     config = run_config(PPOConfig, args, defaults=COMMAND_DEFAULTS[args.command])
     return train_command(config, args.command, args.resume)

@@ -213,7 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = f"{parser.epilog or ''}\n\n{defaults}:\n{describe_defaults()}"
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int | Path:
     overrides = ([f"env.id={args.env}"] if args.env else []) + list(args.set)
     refuse_renamed_keys(args.config, overrides)
     if args.eval:
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         trainer.runner.close()
     print(json.dumps(summary))
     print(f"run written to {run_directory.path}")
-    return 0
+    return run_directory.path
 
 
 def run_evaluation(args: argparse.Namespace, overrides: list[str]) -> int:

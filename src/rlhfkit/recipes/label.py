@@ -154,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, help="records to write (same as --set format=...)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Path:
     if args.judge == "ai":  # Constitutional AI's RL stage has its own keys (model.*, judge.*)
         if args.format not in (None, "comparisons"):
             raise UserError(f"--judge ai writes comparisons (with soft labels), not {args.format}")
@@ -171,4 +171,4 @@ def run(args: argparse.Namespace) -> int:
         f"rlhfkit label: {summary['records']} {path.stem} from {summary['candidates']} prompts "
         f"by the {summary['judge']} judge in {path}"
     )
-    return 0
+    return path.parent

@@ -261,12 +261,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, PPOConfig)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Path:
     return train_command(run_config(PPOConfig, args), "ppo", args.resume)  # with --resume, the run's config.yaml
 
 
-def train_command(config: PPOConfig, command: str, resume: bool) -> int:
-    """What `rlhfkit ppo` (and `grpo`, `rloo`) do with their configuration: train, then say where the policy is."""
+def train_command(config: PPOConfig, command: str, resume: bool) -> Path:
+    """What `rlhfkit ppo` (and `grpo`, `rloo`) do with their configuration: train, say where the policy is, and
+    return the run directory (for --push-to-hub)."""
     run_directory = RunDirectory.resolve(config.out, command, resume)  # before any model loads
     summary = fit(PPOTrainer(config, command=command), run_directory)
     if summary:
@@ -274,4 +275,4 @@ def train_command(config: PPOConfig, command: str, resume: bool) -> int:
             f"rlhfkit {command}: score {summary['score_first']:.3f} -> {summary['score_last']:.3f}, "
             f"KL {summary['kl_last']:.2f}, {summary['seconds_per_step']:.1f} s/step; policy in {summary['final']}"
         )
-    return 0
+    return run_directory.path

@@ -45,7 +45,6 @@ from rlhfkit.runtime.core import Runtime
 from rlhfkit.tracking import Tracker, plot_metrics, read_jsonl, write_json_atomic
 
 T = TypeVar("T")
-RESOLVED: list[Path] = []  # the output directories this process resolved, in order (the CLI's --push-to-hub reads them)
 Tensors = dict[str, dict[str, torch.Tensor]]
 
 
@@ -103,7 +102,6 @@ class RunDirectory:
         """
         path = Path(out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
         check_output_directory(path)
-        RESOLVED.append(path)
         if not resume:
             if list_checkpoints(path) or (path / "final").exists():
                 raise UserError(f"{path} already holds a run; pass --resume to continue it, or choose another --out")

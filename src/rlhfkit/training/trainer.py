@@ -97,15 +97,15 @@ class OptimizerTrainer:
 
 def trainer_command(
     trainer_class: Callable[[Any], OptimizerTrainer], config_class: type, headline: Callable[[dict], str]
-) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], Path]]:
     """`add_arguments(parser)` and `run(args)` of `rlhfkit sft|rm|dpo`: the config's keys; the config
     (`run_config`), the run directory checked before any model loads, the whole run, then `headline(summary)`
-    in one line on the main process."""
+    in one line on the main process; `run` returns the run directory (for --push-to-hub)."""
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_config_arguments(parser, config_class)
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> Path:
         config = run_config(config_class, args)
         run = RunDirectory.resolve(config.out, trainer_class.command, args.resume)
         trainer = trainer_class(config)
@@ -113,6 +113,6 @@ def trainer_command(
         summary = fit(trainer, run)
         if summary:
             print(f"rlhfkit {trainer_class.command}: {headline(summary)}")
-        return 0
+        return run.path
 
     return add_arguments, run
