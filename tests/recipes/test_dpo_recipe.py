@@ -1,5 +1,5 @@
-"""`rlhfkit dpo`: the cached reference, LoRA's reference, learning, micro-batching, the loss switch, the output
-contract with the step-0 evaluation, exact resume, bad input."""
+"""`rlhfkit dpo`: the reference (computed once, kept in checkpoints), LoRA's reference, learning, micro-batching,
+the loss switch, the output contract with the step-0 evaluation, exact resume, bad input."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from rlhfkit.cli import main
 from rlhfkit.config import load_config
@@ -15,8 +15,7 @@ from rlhfkit.configs.dpo import DPOConfig
 from rlhfkit.data.collate import tokenize_prompt_response
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
-from rlhfkit.recipes.dpo import REFERENCE_FILE, DPOTrainer
-from rlhfkit.runtime import RunDirectory
+from rlhfkit.recipes.dpo import REFERENCE, DPOTrainer
 from rlhfkit.training.preferences import pair_logprobs, reference_logprobs
 
 GOOD = ["good day", "great fun", "happy and kind", "love the music", "wonderful food", "nice friend"]
@@ -59,18 +58,15 @@ def naive_logprob(model, tokenizer, record, response):
     return logprobs[torch.arange(len(targets)), targets][mask].sum().item()
 
 
-def test_cached_reference_equals_a_fresh_computation_and_is_read_back_on_resume(tiny, comparisons, tmp_path):
+def test_reference_equals_a_fresh_computation_and_is_read_back_from_the_checkpoint(tiny, comparisons, tmp_path):
     config = make_config(tiny, comparisons, tmp_path / "run", "train.batch_size=4", "optim.learning_rate=1e-2")
     trainer = DPOTrainer(config)
-    trainer.before_fit(RunDirectory(tmp_path / "run", None))
     fresh = load_causal_lm(tiny, load_tokenizer(tiny)).eval()
     records = [json.loads(line) for line in comparisons.read_text().splitlines()][: len(trainer.pairs["train"])]
     with torch.no_grad():
         expected = [naive_logprob(fresh, trainer.tokenizer, r, r["chosen"]) for r in records]
     assert trainer.reference["train"][:, 0].tolist() == pytest.approx(expected, abs=1e-4)
-    path = tmp_path / "run" / REFERENCE_FILE
-    on_disk = load_file(str(path))
-    assert torch.equal(on_disk["eval"], trainer.reference["eval"])
+    first = {split: logprobs.clone() for split, logprobs in trainer.reference.items()}
     # policy == reference before the first update: DPO's first loss is -log sigmoid(0) = log 2
     assert trainer.train_step()[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-5)
     trainer.train_step()
@@ -79,19 +75,21 @@ def test_cached_reference_equals_a_fresh_computation_and_is_read_back_on_resume(
             trainer.unwrapped.eval(), trainer.pairs["train"][:4], trainer.tokenizer.pad_token_id, trainer.runtime
         )
     assert not torch.allclose(now, trainer.reference["train"][:4], atol=1e-3)  # the policy moved ...
-    assert torch.equal(load_file(str(path))["train"], on_disk["train"])  # ... the cache did not
+    tensors, state = trainer.checkpoint_state()
+    assert all(torch.equal(tensors[REFERENCE][split], first[split]) for split in first)  # ... the reference did not
 
-    # on resume the cache is read back, not recomputed (a marked cache shows which); a fresh run recomputes it
-    save_file({split: logprobs + 1.0 for split, logprobs in on_disk.items()}, str(path))
+    # on resume the checkpoint's reference is read back, not recomputed (a marked copy shows which) ...
+    marked = {**tensors, REFERENCE: {split: logprobs + 1.0 for split, logprobs in tensors[REFERENCE].items()}}
     resumed = DPOTrainer(config)
-    resumed.before_fit(RunDirectory(tmp_path / "run", tmp_path / "run" / "checkpoints" / "step-2"))
-    assert torch.equal(resumed.reference["train"], on_disk["train"] + 1.0)
-    fresh_run = DPOTrainer(config)
-    fresh_run.before_fit(RunDirectory(tmp_path / "run", None))
-    assert torch.equal(fresh_run.reference["train"], on_disk["train"])
-    fresh_run._reference, fresh_run.step = None, 2  # a restored policy is no longer the reference
-    with pytest.raises(RuntimeError, match="before_fit"):
-        fresh_run.train_step()
+    resumed.load_checkpoint_state(marked, state)
+    assert torch.equal(resumed.reference["train"], first["train"] + 1.0)
+    # ... and a checkpoint without it has it computed from the initial policy, before the weights are restored
+    older = DPOTrainer(config)
+    older.load_checkpoint_state({name: group for name, group in tensors.items() if name != REFERENCE}, state)
+    assert torch.equal(older.reference["train"], first["train"])
+    older._reference, older.step = None, 2  # a moved policy is no longer the reference
+    with pytest.raises(RuntimeError, match="before the policy moves"):
+        older.train_step()
 
 
 def test_lora_reference_is_the_base_with_the_adapter_disabled(tiny, comparisons, tmp_path):
@@ -193,8 +191,8 @@ def cli(out, tiny, comparisons, *extra):
 def test_command_output_contract_and_exact_resume(tiny, comparisons, tmp_path):
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     assert cli(full, tiny, comparisons) == 0
-    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.json", "training.png", REFERENCE_FILE,
-                 "checkpoints/step-4", "final/config.json"):  # fmt: skip
+    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.json", "training.png",
+                 f"checkpoints/step-4/{REFERENCE}.safetensors", "final/config.json"):  # fmt: skip
         assert (full / name).exists(), name
     assert list((full / "tensorboard").iterdir())
     metrics = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]

@@ -2,7 +2,7 @@
 
     1 load       comparisons (prompt, chosen, rejected); hold out an eval split
     2 reference  log π_ref(y_w | x) and log π_ref(y_l | x) for every pair, computed ONCE before
-                 training and cached in the output directory (reference_logprobs.safetensors)
+                 training and kept in every checkpoint (reference_logprobs), so --resume reads them back
     3 train      AdamW on the loss picked once by train.loss:
                    dpo           -log σ(β h)                       h = (log π(y_w) - log π_ref(y_w))
                    ipo           (h - 1/(2β))²  (Azar et al. 2023)        - (log π(y_l) - log π_ref(y_l))
@@ -17,7 +17,7 @@ Where this departs from a naive implementation, and why:
   with the adapter disabled (one copy of weights); else a frozen copy serves the held-out KL only.
 - Chosen and rejected responses go through the policy in one padded batch (one forward).
 - The loss is the mean over the optimiser batch's pairs however it is split into micro-batches and
-  processes (`share_weight`); every process computes the reference cache itself (no file to wait on).
+  processes (`share_weight`); every process computes the reference itself (no file to wait on).
 - The KL estimate is the plain Monte-Carlo k1 estimator of KL(π‖π_ref) at temperature 1;
   with generation.temperature ≠ 1 it measures the divergence of the tempered sampler.
 """
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from rlhfkit.algorithms import share_weight
@@ -40,7 +39,7 @@ from rlhfkit.models.loading import save_policy
 from rlhfkit.models.lora import apply_lora
 from rlhfkit.rewards import build_reward, checked_scores
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.runtime import RunDirectory, Runtime, Samples, StepOutput, check_micro_batches
+from rlhfkit.runtime import Runtime, Samples, StepOutput, check_micro_batches
 from rlhfkit.training import batch_indices, sequence_logprobs
 from rlhfkit.training.preferences import (
     LOSSES,
@@ -53,7 +52,7 @@ from rlhfkit.training.preferences import (
 )
 from rlhfkit.training.trainer import OptimizerTrainer, trainer_command
 
-REFERENCE_FILE = "reference_logprobs.safetensors"
+REFERENCE = "reference_logprobs"  # the checkpoint's tensor group of the reference log-probs
 
 
 class DPOTrainer(OptimizerTrainer):
@@ -82,25 +81,25 @@ class DPOTrainer(OptimizerTrainer):
     @property
     def reference(self) -> dict[str, Tensor]:
         """(N, 2) log π_ref of the "train" and "eval" pairs (chosen, rejected), on the run's device: computed on
-        first use, right only while the policy is the reference (before fit restores or takes a step)."""
+        first use, right only while the policy is the reference (before a step, or a checkpoint's weights, move it)."""
         if self._reference is None:
             if self.step > 0:
-                raise RuntimeError("DPOTrainer: call before_fit(run) before fit resumes a run")
+                raise RuntimeError("DPOTrainer: the reference log-probs are computed before the policy moves")
             model, pad, batch = self.unwrapped, self.tokenizer.pad_token_id, self.config.train.reference_batch_size
             self._reference = {s: reference_logprobs(model, p, pad, batch, self.runtime) for s, p in self.pairs.items()}
         return self._reference
 
-    def before_fit(self, run: RunDirectory) -> None:
-        """Read back from the run's cache on resume; else computed now by every process, and written by the main one."""
-        path = run.path / REFERENCE_FILE
-        if run.checkpoint is not None and path.is_file():
-            self._reference = self.runtime.to_device(load_file(str(path)))
-            return
-        reference, tmp = self.reference, path.with_name(path.name + ".tmp")
-        if self.runtime.is_main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({split: logprobs.cpu() for split, logprobs in reference.items()}, str(tmp))
-            tmp.replace(path)
+    def checkpoint_state(self) -> tuple[dict, dict[str, Any]]:
+        """The optimiser's state, and the reference log-probs: a resumed run reads them instead of recomputing."""
+        tensors, state = super().checkpoint_state()
+        return {**tensors, REFERENCE: {split: logprobs.cpu() for split, logprobs in self.reference.items()}}, state
+
+    def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
+        """A checkpoint without the reference (written before checkpoints kept it) has it computed first, while the
+        policy is still the initial model."""
+        saved = tensors.get(REFERENCE)
+        self._reference = self.runtime.to_device(saved) if saved is not None else self.reference
+        super().load_checkpoint_state(tensors, state)
 
     def pair_metrics(self, model: nn.Module, split: str, indices: list[int], total: int) -> dict[str, float]:
         """STATISTICS over the `total` pairs of all processes, this one holding `indices` of `split`. With gradients

@@ -85,14 +85,9 @@ class OptimizerTrainer:
     def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
         load_training_state(tensors, state, self.unwrapped, self.optimizer, self.scheduler)
 
-    def before_fit(self, run: RunDirectory) -> None:
-        """Work that needs the run directory before `fit` restores a checkpoint (DPO's reference cache)."""
-
     def train(self, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
         """The Python API: the whole run into `out` (default: config.out); returns summary.json's figures."""
-        run = RunDirectory.resolve(str(out or self.config.out), self.command, resume)
-        self.before_fit(run)
-        return fit(self, run)
+        return fit(self, RunDirectory.resolve(str(out or self.config.out), self.command, resume))
 
 
 def trainer_command(
@@ -108,9 +103,7 @@ def trainer_command(
     def run(args: argparse.Namespace) -> Path:
         config = run_config(config_class, args)
         run = RunDirectory.resolve(config.out, trainer_class.command, args.resume)
-        trainer = trainer_class(config)
-        trainer.before_fit(run)
-        summary = fit(trainer, run)
+        summary = fit(trainer_class(config), run)
         if summary:
             print(f"rlhfkit {trainer_class.command}: {headline(summary)}")
         return run.path
