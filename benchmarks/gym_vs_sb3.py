@@ -5,7 +5,7 @@
 
 For each seed both libraries train once, in alternating order (rlhfkit first
 on even seeds, SB3 first on odd ones), so that a noisy machine slows both
-alike. Both run with one torch thread. Both are evaluated by the same loop:
+alike. Both run with one torch thread (--threads N: N). Both are evaluated by the same loop:
 10 deterministic episodes (argmax or Gaussian mean), the first reset seeded
 with seed + 1,000,000, observations normalised with the run's frozen
 statistics, rewards unscaled.
@@ -198,8 +198,12 @@ def main() -> None:
         help="rlhfkit config override (translated for SB3 too)",
     )
     parser.add_argument("--out", default="runs/bench-gym-vs-sb3")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of both libraries (rlhfkit: runtime.threads)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    args.set.append(f"runtime.threads={args.threads}")
 
     rows = []
     for i, seed in enumerate(args.seeds):
