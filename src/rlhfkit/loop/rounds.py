@@ -26,6 +26,7 @@ so an interrupted loop continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -107,14 +108,14 @@ class OnlineLoop:
         validate_records_for_reward(config.judge, self.prompts, config.data.prompts)
         self.reward = EnsembleReward(None, None)  # type: ignore[arg-type]  # a model arrives with round 1's
         self.reward_round = 0
+        judge = functools.partial(build_reward, config.judge, device=self.runtime.device)  # given the precision
+        monitor_judges = config.monitor.enabled and not config.monitor.gold  # the monitor's gold: the loop's judge
         self.ppo = PPOTrainer(
             ppo_config(config, self.reward_model_dir(1), out / "ppo"), reward=self.reward, prompts=self.prompts,
-            runtime=self.runtime,
+            runtime=self.runtime, gold=judge if monitor_judges else None,
         )  # fmt: skip
         self.reward.tokenizer, self.reward.dtype = self.ppo.tokenizer, self.runtime.precision
-        self.gold = build_reward(config.judge, self.runtime.precision, self.runtime.device)  # auto settled by now
-        if config.monitor.enabled and not config.monitor.gold:
-            self.ppo.watch.gold = self.gold  # the loop's judge itself (its settings and settled precision)
+        self.gold = self.ppo.watch.gold if monitor_judges else judge(self.runtime.precision)  # auto settled by now
         self.policy = RoundPPO(self.ppo, self.reward)
         checkpoint = latest_checkpoint(out / "ppo")
         if checkpoint is not None:  # the policy as the last finished round left it

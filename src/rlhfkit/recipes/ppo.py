@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,10 @@ class PPOTrainer:
         prompts: list[dict[str, Any]] | None = None,
         runtime: Runtime | None = None,
         command: str = "ppo",
+        gold: Callable[[str], RewardFn] | None = None,
     ):
+        """`gold`: builds the monitor's gold judge at the run's settled precision (the online loop's judge, which it
+        then shares, so that a reward-model judge loads once); None: the judge `monitor.gold` names."""
         self.config, self.command = config, command
         self.runtime = runtime = runtime or Runtime(config.model.dtype, config.seed)
         self.prompts = load_records(prompts if prompts is not None else config.data.prompts, "prompts")
@@ -91,13 +95,17 @@ class PPOTrainer:
         config.check_processes(runtime.num_processes)
         if reward is None:
             validate_records_for_reward(config.reward, self.prompts, config.data.prompts)
-        self.watch = HeldOutMonitor(config, runtime, reward_from_config=reward is None)  # checked before models load
+        self.watch = HeldOutMonitor(  # checked before models load
+            config, runtime, reward_from_config=reward is None, builds_gold=gold is None
+        )
 
         self.tokenizer = load_tokenizer(config.model.name)
         actor_critic, reference = load_actor_critic(
             config.model.name, self.tokenizer, config.model.lora, config.critic_source, not config.algorithm.critic_free
         )
         runtime.settle_precision(config.model, actor_critic.policy)
+        if gold is not None and self.watch.enabled:
+            self.watch.gold = gold(runtime.precision)
         self.engine = build_engine(  # the run's one sampler (generation.engine), refused here before any output
             config.generation, config.model.name, actor_critic.policy, runtime.precision, runtime.num_processes
         )

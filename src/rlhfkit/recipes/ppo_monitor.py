@@ -60,7 +60,8 @@ def spread_range_of(reward: RewardFn, config: RewardConfig) -> list[float] | Non
 class HeldOutMonitor:
     """Steps 1-5 of the module docstring for a `PPOTrainer`; with `monitor.enabled` false, nothing at all."""
 
-    def __init__(self, config: PPOConfig, runtime: Runtime, reward_from_config: bool):
+    def __init__(self, config: PPOConfig, runtime: Runtime, reward_from_config: bool, builds_gold: bool = True):
+        """`builds_gold` False: the caller sets `gold` (the online loop, its own judge: one model loaded once)."""
         self.config, self.runtime = config.monitor, runtime
         self.enabled = config.monitor.enabled
         self.eval_every = config.monitor.eval_every if self.enabled else 0
@@ -83,7 +84,7 @@ class HeldOutMonitor:
         for source, checked in ((config.reward, reward_from_config), (gold, gold is not None)):
             if checked:
                 validate_records_for_reward(source, self.records, config.monitor.prompts)  # type: ignore[arg-type]
-        self.gold = build_reward(gold, config.model.dtype, runtime.device) if gold is not None else None
+        self.gold = build_reward(gold, config.model.dtype, runtime.device) if gold is not None and builds_gold else None
 
     @property
     def stop_reason(self) -> str | None:
