@@ -52,12 +52,14 @@ class LabelDB:
 
 
 def make_db(folder: Path, records: list[dict[str, Any]], labelers: dict[str, bool]) -> LabelDB:
-    """A database holding `records` as tasks and the labellers {name: is_admin}."""
+    """A database holding `records` as tasks (none: an empty queue, as a loop's server starts) and the labellers
+    {name: is_admin}."""
     tasks_file = write_jsonl(folder / "candidates.jsonl", records)
     path = folder / "labels.sqlite"
     conn = open_db(path)
     try:
-        add_tasks(conn, read_candidates(tasks_file))
+        if records:
+            add_tasks(conn, read_candidates(tasks_file))
         tokens = {name: add_labeler(conn, name, admin) for name, admin in labelers.items()}
     finally:
         conn.close()

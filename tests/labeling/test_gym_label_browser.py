@@ -7,14 +7,12 @@ import json
 import threading
 
 import pytest
-from label_helpers import LiveServer
+from label_helpers import LiveServer, make_db
 from playwright.sync_api import expect
 from test_label_browser import answer_and_wait, sign_in
 from test_label_loop_browser import pushed_round
 
 from rlhfkit.cli import main
-from rlhfkit.labeling.db import open_db
-from rlhfkit.labeling.labelers import add_labeler
 
 pytestmark = pytest.mark.browser
 
@@ -33,10 +31,8 @@ ANIMATIONS_LOADED = f"""() => {{
 
 
 def test_a_labeller_compares_gym_segments_as_animations_and_the_run_learns_from_the_judgements(tmp_path, chromium):
-    db_path = tmp_path / "labels.sqlite"
-    conn = open_db(db_path)
-    tokens = {name: add_labeler(conn, name, admin) for name, admin in (("boss", True), ("ann", False))}
-    conn.close()
+    db = make_db(tmp_path, [], {"boss": True, "ann": False})
+    db_path, tokens = db.path, db.tokens
     out, codes = tmp_path / "gym", []
     with LiveServer(db_path) as server:
         command = ["gym", "--out", str(out), "--token", tokens["boss"], "--set", *TINY, f"reward.server={server.url}"]

@@ -9,13 +9,11 @@ import time
 
 import httpx
 import pytest
-from label_helpers import LiveServer
+from label_helpers import LiveServer, make_db
 from playwright.sync_api import expect
 from test_label_browser import answer_and_wait, shown_task, sign_in
 
 from rlhfkit.cli import main
-from rlhfkit.labeling.db import open_db
-from rlhfkit.labeling.labelers import add_labeler
 
 pytestmark = pytest.mark.browser
 
@@ -39,10 +37,8 @@ def pushed_round(url: str, headers: dict[str, str]) -> dict:
 
 
 def test_a_labeller_labels_a_loop_round_on_the_page_and_the_loop_goes_on(tmp_path, chromium, tiny_model_dir):
-    db_path = tmp_path / "labels.sqlite"
-    conn = open_db(db_path)
-    tokens = {name: add_labeler(conn, name, admin) for name, admin in (("boss", True), ("ann", False))}
-    conn.close()
+    db = make_db(tmp_path, [], {"boss": True, "ann": False})
+    db_path, tokens = db.path, db.tokens
     out, codes = tmp_path / "loop", []
     with LiveServer(db_path) as server:
         command = ["loop", "--server", server.url, "--token", tokens["boss"], "--out", str(out)]
