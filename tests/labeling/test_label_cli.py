@@ -24,7 +24,7 @@ def test_add_labeler_prints_the_token_on_its_last_line_and_stores_only_its_hash(
     ann_token = capsys.readouterr().out.rstrip("\n").splitlines()[-1]
     assert main(["label", "add-labeler", "boss", "--db", str(db), "--admin"]) == 0
     boss_token = capsys.readouterr().out.rstrip("\n").splitlines()[-1]
-    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", ann_token) and ann_token != boss_token
+    assert re.fullmatch(r"[0-9a-f]{64}", ann_token) and ann_token != boss_token
     conn = connect(db)
     rows = [tuple(r) for r in conn.execute("SELECT name, token_hash, is_admin FROM labelers ORDER BY id")]
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -43,9 +43,12 @@ def check_labeler_name(name: str) -> None:
 
 
 def add_labeler(conn: sqlite3.Connection, name: str, admin: bool) -> str:
-    """Create a labeller; returns the token, which is shown once and never stored."""
+    """Create a labeller; returns the token, which is shown once and never stored.
+
+    Hex, not URL-safe base64: a base64 token begins with "-" one time in 64, and `--token -x...` then reads
+    as an option on the command line (argparse refuses it)."""
     check_labeler_name(name)
-    token = secrets.token_urlsafe(32)
+    token = secrets.token_hex(32)
     with immediate(conn):
         if conn.execute("SELECT 1 FROM labelers WHERE name = ?", (name,)).fetchone():
             raise UserError(f"labeller name {name!r}: already taken; choose another name")
