@@ -10,7 +10,7 @@ from rlhfkit.algorithms import whiten
 from rlhfkit.config import load_config
 from rlhfkit.gym.config import ALGORITHMS, GymConfig, TRPOConfig
 from rlhfkit.gym.envs import inspect_env
-from rlhfkit.gym.policy import ActorCritic
+from rlhfkit.gym.policy import ActorCritic, PolicySnapshot
 from rlhfkit.gym.rollout import EnvRunner
 from rlhfkit.gym.updates import UPDATES, advantages_and_returns, complete_returns, reinforce_update, trust_region_step
 
@@ -24,7 +24,7 @@ def _rollout(env_id: str, num_envs: int, steps: int, hidden: list[int], value_bi
     with torch.no_grad():
         policy.critic[-1].bias.fill_(value_bias)
     runner = EnvRunner(spec, num_envs, seed=0, normalize_observation=False, normalize_reward=False, gamma=0.99)
-    rollout, _ = runner.collect(policy, steps)
+    rollout, _ = runner.collect(PolicySnapshot(policy), steps)
     return policy, rollout
 
 
@@ -82,8 +82,8 @@ def test_reinforce_leaves_out_the_steps_whose_episode_has_not_ended():
 
     # The next two steps: the episode ends at its third step, the one step of the batch (nothing to whiten).
     runner = EnvRunner(inspect_env("RlhfkitTest/Scripted-v0"), 1, 0, False, False, 0.99)
-    runner.collect(policy, 2)
-    rollout, _ = runner.collect(policy, 2)
+    runner.collect(PolicySnapshot(policy), 2)
+    rollout, _ = runner.collect(PolicySnapshot(policy), 2)
     stats = reinforce_update(policy, torch.optim.SGD(policy.parameters(), lr=0.1), config, rollout)
     assert stats["reinforce/complete_fraction"] == 0.5 and stats["policy/loss"] != 0.0
     assert all(torch.isfinite(p).all() for p in policy.parameters())

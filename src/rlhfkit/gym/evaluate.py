@@ -23,7 +23,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.gym.config import GymConfig
 from rlhfkit.gym.envs import EnvSpec, inspect_env, make_env, to_env_actions
 from rlhfkit.gym.normalization import ObservationNormalizer
-from rlhfkit.gym.policy import ActorCritic, load_policy
+from rlhfkit.gym.policy import ActorCritic, PolicySnapshot, load_policy
 from rlhfkit.gym.rollout import Episode
 from rlhfkit.runtime import Runtime
 from rlhfkit.tracking import write_json_atomic
@@ -66,6 +66,7 @@ def evaluate(
 ) -> list[Episode]:
     """Run `episodes` episodes (the first reset seeded with `seed`) -> their returns and lengths."""
     env = make_env(spec.env_id, render_mode="rgb_array" if video_path is not None else None)
+    acting = PolicySnapshot(policy)
     results = []
     try:
         for episode in range(episodes):
@@ -78,7 +79,7 @@ def evaluate(
                 obs = np.asarray(raw, np.float32).reshape(1, -1)
                 if obs_normalizer is not None:
                     obs = obs_normalizer(obs, update=False)
-                action, _, _ = policy.act(torch.from_numpy(obs), deterministic=deterministic)
+                action, _, _ = acting.act(torch.from_numpy(obs), deterministic=deterministic)
                 raw, reward, terminated, truncated, _ = env.step(to_env_actions(action.numpy(), spec.action_space)[0])
                 total += float(reward)
                 length += 1

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import NamedTuple, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -43,9 +44,8 @@ def _mlp(sizes: list[int], output_gain: float, orthogonal_init: bool) -> nn.Sequ
 def _run(mlp: nn.Sequential, x: Tensor) -> Tensor:
     """mlp(x) by the same ops on the same weights (so the same numbers), without nn.Module's per-call dispatch.
 
-    A rollout calls the policy once per environment step on a few rows, where that dispatch cost more than
-    the arithmetic (benchmarks/RESULTS.md, session 6: CartPole 100k steps 46.9 s -> 39.8 s with this and
-    `logprobs_from_logits`' single-slice path).
+    The updates call it once per minibatch on a few hundred rows, where that dispatch is a visible part of
+    the cost (benchmarks/RESULTS.md, session 6).
     """
     for layer in mlp:
         x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.tanh(x)
@@ -66,7 +66,7 @@ class ActionDistribution(NamedTuple):
 
 
 class ActorCritic(nn.Module):
-    """pi(a|s) and V(s) for flat observations (N, obs_dim).
+    """pi(a|s) and V(s) for flat observations (N, obs_dim), for the updates; `PolicySnapshot` acts.
 
     discrete: `action_dim` actions, actions are (N,) int64 indices.
     otherwise: `action_dim` real coordinates, actions are (N, action_dim) float32.
@@ -91,16 +91,6 @@ class ActorCritic(nn.Module):
     def value(self, observations: Tensor) -> Tensor:
         """(N, obs_dim) -> V(s) (N,)."""
         return _run(self.critic, observations).squeeze(-1)
-
-    def act(self, observations: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample a ~ pi(.|s) (or take its mode) -> (actions, log pi(a|s) (N,), V(s) (N,))."""
-        out = _run(self.actor, observations)  # logits or means, (N, action_dim)
-        if self.discrete:
-            actions = out.argmax(-1) if deterministic else torch.multinomial(torch.softmax(out, -1), 1).squeeze(-1)
-            return actions, logprobs_from_logits(out, actions), self.value(observations)
-        noise = torch.zeros_like(out) if deterministic else torch.randn_like(out)  # z = (a - mu) / sigma
-        actions = out + self.log_std.exp() * noise
-        return actions, self._gaussian_logprobs(noise), self.value(observations)
 
     def evaluate(self, observations: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """For the updates: (log pi(a|s) (N,), entropy of pi(.|s) (N,), V(s) (N,))."""
@@ -151,6 +141,75 @@ class ActorCritic(nn.Module):
     def _gaussian_logprobs(self, z: Tensor) -> Tensor:
         """log N(a; mu, sigma^2) = sum_i -z_i^2 / 2 - log sigma_i - 1/2 log(2 pi), with z = (a - mu) / sigma."""
         return (-0.5 * z.pow(2) - self.log_std - _LOG_SQRT_2PI).sum(-1)
+
+
+class PolicySnapshot:
+    """pi and V with the weights they have now, in numpy: what acting in the environments calls once per step.
+
+    A rollout or an evaluation asks for a few rows at a time, where the cost is per operation, not per
+    number: a torch operation costs several microseconds of dispatch, a numpy one about one, and here the
+    actor and critic run side by side as one network (first layers stacked, later ones block-diagonal:
+    zeros between the two), so a step is three products instead of six. The weights are copied, so
+    the snapshot is the policy of the moment it was taken (a rollout's pi_old). The draws come from
+    torch's generator (`torch.rand`, `torch.randn`), which the run's RNG state and its checkpoints keep.
+    Its numbers are ActorCritic's to float32 rounding (the sums run in another order).
+    """
+
+    def __init__(self, policy: ActorCritic):
+        actor = [layer for layer in policy.actor if isinstance(layer, nn.Linear)]
+        critic = [layer for layer in policy.critic if isinstance(layer, nn.Linear)]
+        self.discrete = policy.discrete
+        self.action_dim = actor[-1].out_features
+        self.layers: list[tuple[np.ndarray, np.ndarray]] = []
+        for i, (a, c) in enumerate(zip(actor, critic)):
+            w_actor, w_critic = a.weight.detach().numpy().T, c.weight.detach().numpy().T  # (in, out)
+            if i == 0:  # both read the observation
+                weight = np.concatenate([w_actor, w_critic], 1)
+            else:  # each reads its own half of the layer before
+                weight = np.zeros(
+                    (w_actor.shape[0] + w_critic.shape[0], w_actor.shape[1] + w_critic.shape[1]), np.float32
+                )
+                weight[: w_actor.shape[0], : w_actor.shape[1]] = w_actor
+                weight[w_actor.shape[0] :, w_actor.shape[1] :] = w_critic
+            bias = np.concatenate([a.bias.detach().numpy(), c.bias.detach().numpy()])
+            self.layers.append((weight, bias))
+        self.log_std = None if policy.discrete else policy.log_std.detach().numpy().copy()
+
+    def _forward(self, observations: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(N, obs_dim) -> (the actor's output (N, action_dim), V(s) (N,))."""
+        x = np.asarray(observations.numpy(), np.float32)
+        for i, (weight, bias) in enumerate(self.layers):
+            x = x @ weight + bias
+            if i < len(self.layers) - 1:
+                x = np.tanh(x)
+        return x[:, : self.action_dim], x[:, self.action_dim]
+
+    def value(self, observations: Tensor) -> Tensor:
+        """(N, obs_dim) -> V(s) (N,)."""
+        return torch.from_numpy(np.ascontiguousarray(self._forward(observations)[1]))
+
+    def act(self, observations: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """As `ActorCritic.act`: (actions, log pi(a|s) (N,), V(s) (N,)); a categorical draw by inverse CDF."""
+        out, values = self._forward(observations)
+        if self.discrete:
+            shifted = out - out.max(-1, keepdims=True)
+            logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+            if deterministic:
+                actions = out.argmax(-1)
+            else:  # the number of cumulative probabilities below u ~ U[0, 1) (the last is 1 but for rounding)
+                u = torch.rand(len(out)).numpy()
+                actions = (np.cumsum(np.exp(logp), -1)[:, :-1] < u[:, None]).sum(-1)
+            logprobs = logp[np.arange(len(out)), actions]
+        else:
+            log_std = cast(np.ndarray, self.log_std)
+            noise = np.zeros_like(out) if deterministic else torch.randn(out.shape).numpy()  # z = (a - mu) / sigma
+            actions = out + np.exp(log_std) * noise
+            logprobs = (-0.5 * noise**2 - log_std - np.float32(_LOG_SQRT_2PI)).sum(-1)
+        return (
+            torch.from_numpy(np.ascontiguousarray(actions)),
+            torch.from_numpy(np.ascontiguousarray(logprobs, np.float32)),
+            torch.from_numpy(np.ascontiguousarray(values)),
+        )
 
 
 def build_policy(config: GymConfig, spec: EnvSpec) -> ActorCritic:

@@ -73,6 +73,38 @@ def episode_statistics(episodes: list[Episode]) -> dict[str, float | None]:
     }
 
 
+class _StepBuffers:
+    """A rollout's per-step values, (T, N, ...) numpy arrays filled one step at a time."""
+
+    def __init__(self, steps: int, num_envs: int, spec: EnvSpec):
+        shape = (steps, num_envs)
+        self.observations = np.zeros((*shape, spec.obs_dim), np.float32)
+        self.actions = np.zeros(shape, np.int64) if spec.discrete else np.zeros((*shape, spec.action_dim), np.float32)
+        self.logprobs, self.values = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        self.rewards, self.final_values = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        self.terminated, self.episode_end = np.zeros(shape, bool), np.zeros(shape, bool)
+
+    def rollout(self, last_values: np.ndarray) -> Rollout:
+        """The Rollout, (N, T, ...), given V(s_T) (N,)."""
+
+        def per_env(array: np.ndarray) -> Tensor:  # (T, N, ...) -> (N, T, ...)
+            return torch.from_numpy(np.ascontiguousarray(array.swapaxes(0, 1)))
+
+        values = per_env(self.values)
+        following_values = torch.cat([values[:, 1:], torch.from_numpy(last_values)[:, None]], 1)  # V(s_{t+1})
+        episode_end = per_env(self.episode_end)
+        return Rollout(
+            observations=per_env(self.observations),
+            actions=per_env(self.actions),
+            logprobs=per_env(self.logprobs),
+            values=values,
+            rewards=per_env(self.rewards),
+            next_values=torch.where(episode_end, per_env(self.final_values), following_values),
+            terminated=per_env(self.terminated),
+            episode_end=episode_end,
+        )
+
+
 class EnvRunner:
     """The vector environment and everything a rollout carries over to the next one.
 
@@ -104,58 +136,41 @@ class EnvRunner:
 
     @torch.no_grad()
     def collect(self, policy: Policy, steps: int) -> tuple[Rollout, list[Episode]]:
-        """Run `policy` for `steps` steps in each environment -> (the rollout, the episodes that finished)."""
+        """Run `policy` for `steps` steps in each environment -> (the rollout, the episodes that finished).
+
+        The steps fill numpy buffers (T, N, ...) that become the rollout's tensors at the end: a step costs a
+        few microseconds per operation, and a tensor per value per step was a visible part of a run's time.
+        """
         n = self.num_envs
-        observations, actions, logprobs, values = [], [], [], []
-        rewards, final_values, terminated_flags, episode_ends = [], [], [], []
+        buffers = _StepBuffers(steps, n, self.spec)
         finished: list[Episode] = []
-        for _ in range(steps):
-            obs = torch.from_numpy(self.observations)
-            action, logprob, value = policy.act(obs)
-            env_actions = to_env_actions(action.numpy(), self.spec.action_space)
-            raw_observations, raw_rewards, terminated, truncated, infos = self.envs.step(env_actions)
+        for t in range(steps):
+            buffers.observations[t] = self.observations
+            action, logprob, value = policy.act(torch.from_numpy(self.observations))
+            action_array = action.numpy()
+            raw_observations, raw_rewards, terminated, truncated, infos = self.envs.step(
+                to_env_actions(action_array, self.spec.action_space)
+            )
             episode_end = terminated | truncated
             self.observations = self._normalize(raw_observations, update=True)
-
-            # V(final observation) where a time limit cut the episode; 0 where it terminated.
-            final_value = torch.zeros(n)
-            cut = truncated & ~terminated
+            cut = truncated & ~terminated  # V(final observation) where a time limit cut the episode; 0 if terminal
             if cut.any():
-                final_obs = np.stack(infos["final_obs"][cut])
-                final_value[torch.from_numpy(cut)] = policy.value(
-                    torch.from_numpy(self._normalize(final_obs, update=False))
-                )
-
-            scaled = raw_rewards if self.reward_scaler is None else self.reward_scaler(raw_rewards, episode_end)
+                final_obs = self._normalize(np.stack(infos["final_obs"][cut]), update=False)
+                buffers.final_values[t, cut] = policy.value(torch.from_numpy(final_obs)).numpy()
+            buffers.rewards[t] = (
+                raw_rewards if self.reward_scaler is None else self.reward_scaler(raw_rewards, episode_end)
+            )
             finished += self._tally(raw_rewards, episode_end)
-            observations.append(obs)
-            actions.append(action)
-            logprobs.append(logprob)
-            values.append(value)
-            rewards.append(torch.as_tensor(scaled, dtype=torch.float32))
-            final_values.append(final_value)
-            terminated_flags.append(torch.from_numpy(terminated))
-            episode_ends.append(torch.from_numpy(episode_end))
-
-        values_nt = torch.stack(values, 1)  # (N, T)
-        last_values = policy.value(torch.from_numpy(self.observations))  # V(s_T) (N,)
-        following_values = torch.cat([values_nt[:, 1:], last_values[:, None]], 1)  # V(s_{t+1}) when the episode goes on
-        episode_end_nt = torch.stack(episode_ends, 1)
-        rollout = Rollout(
-            observations=torch.stack(observations, 1),
-            actions=torch.stack(actions, 1),
-            logprobs=torch.stack(logprobs, 1),
-            values=values_nt,
-            rewards=torch.stack(rewards, 1),
-            next_values=torch.where(episode_end_nt, torch.stack(final_values, 1), following_values),
-            terminated=torch.stack(terminated_flags, 1),
-            episode_end=episode_end_nt,
-        )
-        return rollout, finished
+            buffers.actions[t], buffers.logprobs[t], buffers.values[t] = action_array, logprob.numpy(), value.numpy()
+            buffers.terminated[t], buffers.episode_end[t] = terminated, episode_end
+        last_values = policy.value(torch.from_numpy(self.observations)).numpy()  # V(s_T) (N,)
+        return buffers.rollout(last_values), finished
 
     def _tally(self, raw_rewards: np.ndarray, episode_end: np.ndarray) -> list[Episode]:
         self.episode_returns += raw_rewards
         self.episode_lengths += 1
+        if not episode_end.any():
+            return []
         done = [
             Episode(float(self.episode_returns[i]), int(self.episode_lengths[i])) for i in np.flatnonzero(episode_end)
         ]

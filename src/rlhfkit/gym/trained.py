@@ -24,7 +24,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.gym.config import GymConfig
 from rlhfkit.gym.envs import EnvSpec, inspect_env, to_env_actions
 from rlhfkit.gym.normalization import ObservationNormalizer
-from rlhfkit.gym.policy import ActorCritic, load_policy
+from rlhfkit.gym.policy import ActorCritic, PolicySnapshot, load_policy
 
 POLICY_FILE = "policy.safetensors"
 
@@ -34,6 +34,7 @@ class TrainedPolicy:
 
     def __init__(self, policy: ActorCritic, spec: EnvSpec, obs_normalizer: ObservationNormalizer | None):
         self.policy = policy.eval()
+        self.acting = PolicySnapshot(policy)
         self.spec = spec
         self.obs_normalizer = obs_normalizer
         self.action_space = spec.action_space
@@ -57,7 +58,7 @@ class TrainedPolicy:
         batch = observations.reshape(-1, self.spec.obs_dim)
         if self.obs_normalizer is not None:
             batch = self.obs_normalizer(batch, update=False)
-        actions, _, _ = self.policy.act(torch.from_numpy(batch), deterministic=deterministic)
+        actions, _, _ = self.acting.act(torch.from_numpy(batch), deterministic=deterministic)
         env_actions = to_env_actions(actions.numpy(), self.spec.action_space)
         return (env_actions[0] if single else env_actions), None
 

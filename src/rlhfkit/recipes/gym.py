@@ -53,7 +53,7 @@ from rlhfkit.gym.config import (
 from rlhfkit.gym.envs import inspect_env
 from rlhfkit.gym.evaluate import check_video, evaluate_run, evaluation_figures
 from rlhfkit.gym.people import ServerPeople, connect_people
-from rlhfkit.gym.policy import build_policy, save_policy
+from rlhfkit.gym.policy import PolicySnapshot, build_policy, save_policy
 from rlhfkit.gym.preferences import PreferenceReward, ResumePoint, refuse_another_reward_kind
 from rlhfkit.gym.rollout import EnvRunner, episode_statistics
 from rlhfkit.gym.updates import UPDATES
@@ -97,6 +97,7 @@ class GymTrainer:
             tuple(optim.betas),
             eps=1e-5,
             weight_decay=optim.weight_decay,
+            fused=True,  # one kernel for all parameters: a PPO run takes thousands of small steps (RESULTS, session 7)
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda update: lr_multiplier(update, optim.warmup_steps, config.num_updates, optim.schedule)
@@ -110,7 +111,7 @@ class GymTrainer:
         learning_rate = self.scheduler.get_last_lr()[0]
         # 1. run the policy for T steps in N environments (from a kept resume point if people label its segments)
         start = self.resume_point() if self.preferences and self.preferences.asks_people(self.step + 1) else None
-        rollout, episodes = self.runner.collect(self.policy, config.ppo.rollout_steps)
+        rollout, episodes = self.runner.collect(PolicySnapshot(self.policy), config.ppo.rollout_steps)
         # 1b. with reward.kind=preferences: new labels, the reward model refitted, its rewards in place of the env's
         reward_stats = self.preferences.relabel(rollout, self.step + 1, start) if self.preferences else {}
         # 2. the algorithm's update
