@@ -34,7 +34,7 @@ from rlhfkit.data import format_prompt, load_records, prompt_text
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.rewards import sentiment_reward
 from rlhfkit.rollout.generation import decode_responses, sample
-from rlhfkit.training import sequence_logprobs
+from rlhfkit.training.logprobs import sequence_logprobs
 
 DTYPE = "float32"  # bf16 autocast is slower than fp32 on CPUs without AMX
 

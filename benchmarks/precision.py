@@ -11,9 +11,10 @@ import torch
 
 from rlhfkit.config import EMBEDDED_MODEL, GenerationConfig, LoRAConfig
 from rlhfkit.data import format_prompt
-from rlhfkit.models import autocast, load_causal_lm, load_tokenizer
+from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import apply_lora
 from rlhfkit.rollout.generation import sample
+from rlhfkit.runtime.precision import autocast
 
 
 def decoding(tokenizer) -> None:

@@ -1,6 +1,6 @@
 import pytest
 
-from rlhfkit.models.loading import cache_root
+from rlhfkit.runtime.precision import cache_root
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -62,6 +62,13 @@ def test_help_lists_the_global_options_without_loading_torch():
         assert f"\n  {option} " in shown
 
 
+def test_the_gym_command_does_not_import_the_language_model_stack():
+    """transformers and peft took several seconds of every `rlhfkit gym` start (RESULTS.md, session 7)."""
+    code = "import sys, rlhfkit.recipes.gym; print(sorted({'transformers', 'peft'} & set(sys.modules)))"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert shown == "[]\n"
+
+
 def test_the_command_process_waits_passively_and_takes_threads_before_torch_loads(tmp_path):
     probe = run_probe(tmp_path, "probe", "--threads", "3")
     reported = json.loads(probe.stdout.splitlines()[-1])

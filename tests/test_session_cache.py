@@ -14,7 +14,7 @@ USER_CACHE = Path.home() / ".cache" / "rlhfkit"
 
 
 def test_a_precision_probe_of_a_tiny_model_is_cached_in_the_session_directory(session_cache, tmp_path, monkeypatch):
-    assert loading.cache_root() == session_cache != USER_CACHE
+    assert precision.cache_root() == session_cache != USER_CACHE
     user_file = USER_CACHE / "precision.json"
     before = user_file.read_bytes() if user_file.is_file() else None
     monkeypatch.setattr(precision, "probe", lambda model: {"float32": 1.0, "bfloat16": 2.0})  # no timing in tests

@@ -17,10 +17,9 @@ from rlhfkit.training import (
     load_training_state,
     lr_multiplier,
     optimizer_step,
-    response_token_nll,
-    sequence_logprobs,
     training_state,
 )
+from rlhfkit.training.logprobs import response_token_nll, sequence_logprobs
 
 ITEMS = [
     {"input_ids": [1, 106, 92, 2, 1, 107, 31, 57, 2], "response_mask": [False] * 6 + [True] * 3},

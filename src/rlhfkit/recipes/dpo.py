@@ -40,7 +40,8 @@ from rlhfkit.models.lora import apply_lora
 from rlhfkit.rewards import build_reward, checked_scores
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.runtime import Runtime, Samples, StepOutput, check_micro_batches
-from rlhfkit.training import batch_indices, sequence_logprobs
+from rlhfkit.training import batch_indices
+from rlhfkit.training.logprobs import sequence_logprobs
 from rlhfkit.training.preferences import (
     LOSSES,
     STATISTICS,

@@ -31,7 +31,8 @@ from rlhfkit.models.loading import save_policy
 from rlhfkit.models.lora import apply_lora
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.runtime import Runtime, Samples, StepOutput, check_micro_batches
-from rlhfkit.training import batch_indices, response_token_logprobs, response_token_nll, split_records
+from rlhfkit.training import batch_indices, split_records
+from rlhfkit.training.logprobs import response_token_logprobs, response_token_nll
 from rlhfkit.training.trainer import OptimizerTrainer, backward_in_micro_batches, trainer_command
 
 # ---------------------------------------------------------------------------

@@ -24,8 +24,9 @@ from rlhfkit.config import RewardConfig
 from rlhfkit.data import read_rows
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.errors import UserError
-from rlhfkit.models import ScalarHeadModel, autocast, load_tokenizer
+from rlhfkit.models import ScalarHeadModel, load_tokenizer
 from rlhfkit.rewards.verifiable import reference_of, verifiable_reward
+from rlhfkit.runtime.precision import autocast
 
 RewardFn = Callable[[list[str], list[str], list[dict[str, Any]]], Sequence[float]]
 

@@ -36,7 +36,8 @@ from rlhfkit.config import field, load_yaml_mapping
 from rlhfkit.data.records import Record, format_prompt, prompt_text
 from rlhfkit.errors import UserError
 from rlhfkit.models.heads import position_ids_from_mask
-from rlhfkit.models.loading import autocast, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.runtime.precision import autocast
 
 PRINCIPLE_FIELDS = ("name", "critique", "revision", "preference")
 ANSWER_PREFIX = "Answer: ("

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
-from rlhfkit.models import autocast
 from rlhfkit.models.ensemble import EnsembleRewardModel
+from rlhfkit.runtime.precision import autocast
 
 
 def spread(head_scores: torch.Tensor) -> torch.Tensor:

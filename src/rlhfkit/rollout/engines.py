@@ -25,10 +25,9 @@ from torch import nn
 from rlhfkit.checkpoint import rng_state, set_rng_state
 from rlhfkit.config import GenerationConfig
 from rlhfkit.errors import UserError
-from rlhfkit.models.loading import cache_root
 from rlhfkit.rollout.generation import HF_ENGINE, GenerationEngine
 from rlhfkit.rollout.vllm_engine import VLLMEngine
-from rlhfkit.runtime.precision import machine_key
+from rlhfkit.runtime.precision import cache_root, machine_key
 from rlhfkit.tracking import write_json_atomic
 
 AUTO_MIN_PARAMETERS = 20_000_000

@@ -23,7 +23,7 @@ from transformers import GenerationConfig as HFGenerationConfig
 
 from rlhfkit.algorithms import logprobs_from_logits
 from rlhfkit.config import GenerationConfig
-from rlhfkit.models.loading import autocast
+from rlhfkit.runtime.precision import autocast
 
 
 @dataclass

@@ -27,8 +27,7 @@ from torch import nn
 
 from rlhfkit.checkpoint import rng_state, seed_everything, set_rng_state
 from rlhfkit.errors import UserError
-from rlhfkit.models import autocast
-from rlhfkit.runtime.precision import resolve_precision
+from rlhfkit.runtime.precision import autocast, resolve_precision
 
 T = TypeVar("T")
 

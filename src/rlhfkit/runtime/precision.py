@@ -12,7 +12,9 @@ bf16 wherever the GPU supports it (tensor cores make it the faster precision the
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -22,13 +24,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhfkit.models import autocast
-from rlhfkit.models.loading import cache_root
 from rlhfkit.tracking import write_json_atomic
 
 CANDIDATES = ("float32", "bfloat16")
 PROBE_ROUNDS = 3
 DECISIVE_RATIO = 3.0  # after one round, a precision this many times slower is not measured again
+
+
+def cache_root() -> Path:
+    """Where rlhfkit keeps what it measured of this machine and the models it converted: $RLHFKIT_CACHE."""
+    return Path(os.environ.get("RLHFKIT_CACHE", Path.home() / ".cache" / "rlhfkit"))
+
+
+def autocast(dtype: str):
+    """The forward-pass precision context: bf16 autocast over fp32 weights, or nothing for float32."""
+    if dtype == "bfloat16":
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def resolve_precision(value: str, model: nn.Module, device: torch.device) -> str:

@@ -1,9 +1,10 @@
-"""What SFT, reward-model and DPO training share: optimiser, schedule, response log-probs, exact resume.
+"""What SFT, reward-model, DPO, PPO and Gym training share: optimiser, schedule, data order, exact resume.
 
 - `OptimConfig` + `build_optimizer`: AdamW over the trainable parameters and a
   warmup-then-constant/linear/cosine learning-rate schedule.
-- `sequence_logprobs` / `response_token_nll`: the log-likelihood of response
-  tokens only (the SFT loss, DPO's policy terms, PPO-ptx).
+- `rlhfkit.training.logprobs` (not imported here): the log-likelihood of response tokens (the SFT
+  loss, DPO's policy terms, PPO-ptx). It needs the model helpers, and so transformers, which this
+  module, imported by Gym too, does not.
 - `batch_indices`: which records optimiser step k uses, a pure function of
   (k, seed), so the data position of a resumed run is just its step.
 - `training_state` / `load_training_state`: what a checkpoint holds of a trained
@@ -22,10 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhfkit.algorithms import logprobs_from_logits, masked_mean
 from rlhfkit.config import field
 from rlhfkit.errors import UserError
-from rlhfkit.models import autocast, position_ids_from_mask
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -101,47 +100,6 @@ def optimizer_step(
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
-
-
-# ---------------------------------------------------------------------------
-# Response log-likelihoods
-# ---------------------------------------------------------------------------
-
-
-def response_token_logprobs(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_mask: torch.Tensor,
-    dtype: str = "float32",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of every next token and where it is a response token.
-
-    input_ids, attention_mask, response_mask: (B, T). Logits at position t
-    predict token t + 1, so both outputs are (B, T - 1): logprobs[:, t] =
-    log p(input_ids[:, t + 1] | input_ids[:, :t + 1]) (fp32), and
-    mask[:, t] = response_mask[:, t + 1].
-    """
-    with autocast(dtype):
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-        ).logits
-    logprobs = logprobs_from_logits(logits[:, :-1], input_ids[:, 1:])  # (B, T-1)
-    return logprobs, response_mask[:, 1:].bool()
-
-
-def sequence_logprobs(model: nn.Module, *batch: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
-    """(input_ids, attention_mask, response_mask), each (B, T) -> (B,) summed log-probs of each row's response
-    tokens (EOS included), fp32."""
-    logprobs, mask = response_token_logprobs(model, *batch, dtype=dtype)
-    return torch.where(mask, logprobs, 0.0).sum(-1)
-
-
-def response_token_nll(model: nn.Module, *batch: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
-    """(input_ids, attention_mask, response_mask), each (B, T) -> 0-dim mean negative log-likelihood over all
-    response tokens of the batch (the SFT loss)."""
-    logprobs, mask = response_token_logprobs(model, *batch, dtype=dtype)
-    return -masked_mean(logprobs, mask)
 
 
 # ---------------------------------------------------------------------------

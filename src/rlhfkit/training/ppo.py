@@ -41,7 +41,8 @@ from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.data.records import demonstration_response
 from rlhfkit.rollout.experience import Experience
 from rlhfkit.runtime import Runtime
-from rlhfkit.training import optimizer_step, response_token_nll
+from rlhfkit.training import optimizer_step
+from rlhfkit.training.logprobs import response_token_nll
 
 
 @dataclasses.dataclass

@@ -40,7 +40,8 @@ from rlhfkit.models import load_causal_lm
 from rlhfkit.models.lora import is_lora
 from rlhfkit.rollout.generation import decode_responses, sample
 from rlhfkit.runtime import Runtime
-from rlhfkit.training import sequence_logprobs, split_records
+from rlhfkit.training import split_records
+from rlhfkit.training.logprobs import sequence_logprobs
 from rlhfkit.training.trainer import backward_in_micro_batches
 
 Pair = tuple[dict, dict]  # (chosen, rejected): each a tokenised prompt + response + EOS
