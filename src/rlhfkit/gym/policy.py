@@ -45,7 +45,7 @@ def _run(mlp: nn.Sequential, x: Tensor) -> Tensor:
     """mlp(x) by the same ops on the same weights (so the same numbers), without nn.Module's per-call dispatch.
 
     The updates call it once per minibatch on a few hundred rows, where that dispatch is a visible part of
-    the cost (benchmarks/RESULTS.md, session 6).
+    the cost (benchmarks/RESULTS.md, sessions 6 and 7).
     """
     for layer in mlp:
         x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.tanh(x)
