@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from dpo_vs_ppo import evaluate  # the held-out yardstick every benchmark shares
 from rlhfkit.assets import ARITHMETIC, EVAL_PROMPTS
@@ -148,6 +149,22 @@ def main() -> None:
         print(json.dumps({"variant": name, **results[name]}), flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print_table({name: results[name] for name in ("base", *chosen)})
+    plot_gold_against_kl({name: results[name] for name in ("base", *chosen)}, out / "gold_vs_kl.png")
+
+
+def plot_gold_against_kl(rows: dict[str, dict], path: Path) -> None:
+    """One point per variant: held-out gold (with its standard error) against KL to the base model."""
+    figure = Figure(figsize=(6, 4.5))
+    axes = figure.subplots()
+    for name, r in rows.items():
+        axes.errorbar(r["kl_mean"], r["gold_mean"], yerr=r["gold_stderr"], fmt="o", capsize=3, label=name)
+    axes.set_xlabel("KL(policy || base), nats per answer")
+    axes.set_ylabel("held-out gold score")
+    axes.set_title("the same sampled tokens, 15 iterations")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 def print_table(rows: dict[str, dict]) -> None:
