@@ -189,7 +189,10 @@ class PolicySnapshot:
         return torch.from_numpy(np.ascontiguousarray(self._forward(observations)[1]))
 
     def act(self, observations: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """As `ActorCritic.act`: (actions, log pi(a|s) (N,), V(s) (N,)); a categorical draw by inverse CDF."""
+        """Sample a ~ pi(.|s) (or take its mode) -> (actions, log pi(a|s) (N,), V(s) (N,)).
+
+        A categorical draw is by inverse CDF on one `torch.rand` per row; a Gaussian one adds sigma * `torch.randn`.
+        """
         out, values = self._forward(observations)
         if self.discrete:
             shifted = out - out.max(-1, keepdims=True)
