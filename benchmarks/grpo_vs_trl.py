@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/grpo_vs_trl.py --rounds 3 --iterations 4             # full fine-tuning
     .venv/bin/python benchmarks/grpo_vs_trl.py --rounds 3 --iterations 4 --lora
+    .venv/bin/python benchmarks/grpo_vs_trl.py --rounds 3 --iterations 4 --lora --lora-top-layers 8
     .venv/bin/python benchmarks/grpo_vs_trl.py --rounds 3 --epochs 1 --mini-batch 16   # TRL's default shape
     .venv/bin/python benchmarks/grpo_vs_trl.py --rounds 1 --iterations 2 --max-new-tokens 8   # a smoke check
 
@@ -29,7 +30,7 @@ GROUP_SIZE = 4  # `rlhfkit grpo`'s algorithm.group_size, K completions per promp
 
 
 def rlhfkit_command(args: argparse.Namespace) -> list[str]:
-    mode = "lora" if args.lora else "full"
+    mode = (f"lora-top{args.lora_top_layers}" if args.lora_top_layers else "lora") if args.lora else "full"
     return [
         sys.executable, str(HERE / "ppo_step.py"), "--child", mode, "--command", "grpo", "--reward", "sentiment",
         "--batch-size", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
@@ -43,6 +44,7 @@ def trl_command(args: argparse.Namespace) -> list[str]:
         args.trl_python, str(HERE / "trl_grpo_step.py"), "--iterations", str(args.iterations),
         "--prompts", str(args.prompts), "--generations", str(GROUP_SIZE), "--max-new-tokens", str(args.max_new_tokens),
         "--epochs", str(args.epochs), "--mini-batch", str(args.mini_batch), *(["--lora"] if args.lora else []),
+        "--lora-top-layers", str(args.lora_top_layers),
     ]  # fmt: skip
 
 
@@ -66,6 +68,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="passes over each iteration's completions")
     parser.add_argument("--mini-batch", type=int, default=4, help="completions per optimiser step")
     parser.add_argument("--lora", action="store_true", help="LoRA at rlhfkit's model.lora defaults on both sides")
+    parser.add_argument(
+        "--lora-top-layers", type=int, default=0, help="with --lora: adapters on the last N layers only (0: all)"
+    )
     parser.add_argument("--trl-python", default="/tmp/trl-venv/bin/python", help="the TRL venv's interpreter")
     args = parser.parse_args()
     sides = {"rlhfkit": rlhfkit_command(args), "trl": trl_command(args)}

@@ -10,6 +10,10 @@
     .venv/bin/python benchmarks/ppo_step.py --command grpo --batch-size 4 --max-new-tokens 32 --modes full,lora
         # `rlhfkit grpo`'s defaults on the workload of benchmarks/trl_grpo_step.py: the first 4 prompts,
         # 4 responses each (algorithm.group_size), 16 per iteration; benchmarks/grpo_vs_trl.py alternates both
+    .venv/bin/python benchmarks/ppo_step.py --responses 16 --max-new-tokens 32 --rounds 2 \
+        --modes ppo:full-separate,ppo:full,grpo:full,rloo:full
+        # a COMMAND: prefix runs that command's defaults; --responses 16 gives every configuration 16
+        # responses per iteration (16 prompts x 1 for ppo, 4 prompts x 4 for grpo and rloo)
 
 Each configuration runs in its own process (so peak memory is its own), the configurations
 alternate, and every figure is the median over the measured iterations after one warm-up
@@ -54,8 +58,12 @@ def one_configuration(
     command: str = "ppo",
     epochs: int = 4,
     mini_batch: int = 4,
+    responses: int = 0,
 ) -> dict:
-    """`command`=grpo: that command's defaults (COMMAND_DEFAULTS) on the first `batch_size` packaged prompts."""
+    """`command`=grpo: that command's defaults (COMMAND_DEFAULTS) on the first `batch_size` packaged prompts.
+
+    A mode `COMMAND:MODE` overrides `command`; `responses` > 0 sets the prompts to responses / group size.
+    """
     import torch
 
     from rlhfkit.assets import PROMPTS
@@ -64,8 +72,10 @@ def one_configuration(
     from rlhfkit.data import load_records
     from rlhfkit.recipes.ppo import PPOConfig, PPOTrainer
 
+    command, _, mode = mode.rpartition(":") if ":" in mode else (command, ":", mode)
     defaults = COMMAND_DEFAULTS.get(command, {})
     group_size = defaults.get("algorithm", {}).get("group_size", 1)
+    batch_size = responses // group_size if responses else batch_size
     reward_settings = (
         ["reward.kind=model", f"reward.model={reward_model_dir()}"] if reward == "model" else [f"reward.kind={reward}"]
     )
@@ -137,6 +147,9 @@ def main() -> None:
     )
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per iteration")
+    parser.add_argument(
+        "--responses", type=int, default=0, help="responses per iteration, every configuration (overrides --batch-size)"
+    )
     parser.add_argument("--command", choices=("ppo", "grpo", "rloo"), default="ppo", help="whose defaults")
     parser.add_argument("--epochs", type=int, default=4, help="train.ppo_epochs")
     parser.add_argument("--mini-batch", type=int, default=4, help="responses per optimiser step")
@@ -147,7 +160,7 @@ def main() -> None:
     if args.child:
         result = one_configuration(
             args.child, args.max_new_tokens, args.steps, args.dtype, args.reward, args.batch_size, args.engine,
-            args.command, args.epochs, args.mini_batch,
+            args.command, args.epochs, args.mini_batch, args.responses,
         )  # fmt: skip
         print(json.dumps(result))
         return
@@ -159,20 +172,23 @@ def main() -> None:
             child += ["--steps", str(args.steps), "--dtype", args.dtype, "--reward", args.reward]
             child += ["--batch-size", str(args.batch_size), "--engine", args.engine, "--command", args.command]
             child += ["--epochs", str(args.epochs), "--mini-batch", str(args.mini_batch)]
+            child += ["--responses", str(args.responses)]
             out = subprocess.run(child, check=True, capture_output=True, text=True)
             result = json.loads(out.stdout.strip().splitlines()[-1])
             result["process_wall_s"] = time.time() - started
             results.setdefault(mode, []).append(result)
     print(
-        f"{args.command} iteration: {args.batch_size} prompts x {args.max_new_tokens} new tokens, "
+        f"{args.command} iteration: "
+        f"{f'{args.responses} responses' if args.responses else f'{args.batch_size} prompts'} x "
+        f"{args.max_new_tokens} new tokens, "
         f"{args.epochs} epochs, minibatch {args.mini_batch}, "
         f"{args.dtype}, reward {args.reward}, engine {args.engine}; medians of {args.steps} iterations"
     )
-    print("mode            generate_s  score_s  update_s  step_s  new_tok/s  resp_len  peak_RSS_GiB")
+    print("mode                 generate_s  score_s  update_s  step_s  new_tok/s  resp_len  peak_RSS_GiB")
     for mode, runs in results.items():
         for r in runs:
             print(
-                f"{mode:<15} {r['time/generate_s']:>10.1f} {r['time/score_s']:>8.1f} {r['time/update_s']:>9.1f} "
+                f"{mode:<20} {r['time/generate_s']:>10.1f} {r['time/score_s']:>8.1f} {r['time/update_s']:>9.1f} "
                 f"{r['time/step_s']:>7.1f} {r['throughput/tokens_per_s']:>10.1f} {r['response/length_mean']:>9.1f} "
                 f"{r['peak_rss_gib']:>13.2f}"
             )

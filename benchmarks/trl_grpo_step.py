@@ -30,8 +30,9 @@ constant (TRL's default: 1e-6, linear decay), gradient norm clipped to 1, fp32 (
 defaults to bf16), CPU, no gradient checkpointing (GRPOConfig's default is on), no vLLM, no
 evaluation, no checkpoints. `--lora`: rlhfkit's model.lora defaults (r=16, alpha=32, dropout 0, all
 seven linear projections of every layer), the reference then being the base with the adapter off,
-as in rlhfkit. `--epochs 1 --mini-batch 16` is TRL's default shape: one optimiser step per
-generation batch.
+as in rlhfkit; `--lora --lora-top-layers 8` puts them on the last 8 layers only (peft's
+`layers_to_transform`, rlhfkit's model.lora.top_layers=8). `--epochs 1 --mini-batch 16` is TRL's
+default shape: one optimiser step per generation batch.
 
 What cannot match: with more than one step per generation TRL recomputes the old policy's
 log-probs in an extra forward pass over the 16 completions (rlhfkit keeps them from sampling);
@@ -143,6 +144,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="passes over each generation batch (num_iterations)")
     parser.add_argument("--mini-batch", type=int, default=4, help="completions per optimiser step")
     parser.add_argument("--lora", action="store_true", help="LoRA as rlhfkit's model.lora defaults")
+    parser.add_argument(
+        "--lora-top-layers", type=int, default=0, help="with --lora: adapters on the last N layers only (0: all)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -155,7 +159,12 @@ def main() -> None:
 
     policy = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32)
     policy.config.pad_token_id = policy.generation_config.pad_token_id = tokenizer.pad_token_id
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    layers = policy.config.num_hidden_layers
+    top = list(range(layers - args.lora_top_layers, layers)) if args.lora_top_layers else None
+    lora = LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM",
+        layers_to_transform=top,
+    )  # fmt: skip
     config = grpo_config(args, tempfile.mkdtemp(prefix="trl-grpo-bench-"))
     clock = IterationClock(config.steps_per_generation * config.num_iterations)
     trainer = GRPOTrainer(
@@ -170,7 +179,7 @@ def main() -> None:
     lengths = [row["completions/mean_length"] for row in trainer.state.log_history if "completions/mean_length" in row]
     result = {
         "program": f"TRL {trl.__version__} GRPOTrainer",
-        "mode": "lora" if args.lora else "full",
+        "mode": (f"lora-top{args.lora_top_layers}" if args.lora_top_layers else "lora") if args.lora else "full",
         "s_per_iteration": statistics.median(measured),
         "iterations_s": per_iteration,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
