@@ -16,6 +16,7 @@ reads V(s_t).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from transformers import GenerationConfig as HFGenerationConfig
 
 from rlhfkit.algorithms import logprobs_from_logits
 from rlhfkit.config import GenerationConfig
+from rlhfkit.models.hf_reward import position_ids_from_mask
 from rlhfkit.runtime.precision import autocast
 
 
@@ -172,7 +174,12 @@ def sample_tokens(
         output_hidden_states=keep_hidden,
     )
     with decoding_precision(dtype):
-        out = model.generate(input_ids=query_ids, attention_mask=query_mask.long(), generation_config=generation)
+        out = model.generate(
+            input_ids=query_ids,
+            attention_mask=query_mask.long(),
+            generation_config=generation,
+            **{cache_keyword(model): shared_prompt_cache(model, query_ids, query_mask)},
+        )
     samples = samples_from_responses(
         query_ids, query_mask, out.sequences[:, query_ids.shape[1] :], eos_token_id, pad_token_id
     )
@@ -184,6 +191,32 @@ def sample_tokens(
         # hidden_states[t][-1]: last layer at step t; step 0 covers the whole prompt, its last column precedes token 0
         samples.hidden = torch.cat([step[-1][:, -1:, :] for step in out.hidden_states], dim=1).float()
     return samples
+
+
+def shared_prompt_cache(model, query_ids: torch.Tensor, query_mask: torch.Tensor):
+    """The key/value cache of every prompt but its last token, each distinct prompt computed once; or None.
+
+    Group sampling (GRPO, RLOO: K responses per prompt) repeats each prompt K times, and `generate`
+    would read each copy's prompt again. Here each distinct row is read once and its cache copied to
+    its repeats; `generate` then reads only the last prompt token of each row (it needs at least one
+    new token to start from). None when every row is distinct: then there is nothing to share.
+    """
+    rows = torch.cat([query_ids, query_mask.long()], dim=1)
+    distinct, copy_of = torch.unique(rows, dim=0, return_inverse=True)
+    if distinct.shape[0] == rows.shape[0] or query_ids.shape[1] < 2:
+        return None
+    ids, mask = distinct[:, : query_ids.shape[1] - 1], distinct[:, query_ids.shape[1] : -1]
+    cache = model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True
+    ).past_key_values
+    cache.batch_select_indices(copy_of)
+    return cache
+
+
+def cache_keyword(model) -> str:
+    """What `generate` calls a key/value cache: `cache` in newer transformers (5.24), `past_key_values` in 5.19."""
+    forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward  # peft wraps
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def samples_from_responses(

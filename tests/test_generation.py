@@ -1,0 +1,64 @@
+"""The `hf` engine's sampling: a prompt repeated for group sampling is read once, and nothing else changes."""
+
+import pytest
+import torch
+
+from rlhfkit.config import GenerationConfig
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.models.actor_critic import response_logprobs
+from rlhfkit.models.hf_reward import position_ids_from_mask
+from rlhfkit.rollout import generation
+from rlhfkit.rollout.generation import shared_prompt_cache, tokenize_prompts
+
+PROMPTS = ["tell me a day", "write a book about the weather", "say"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    return load_causal_lm(tiny_model_dir, tokenizer).eval(), tokenizer
+
+
+def grouped_prompts(tokenizer, group_size):
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False) for p in PROMPTS]
+    return tokenize_prompts(tokenizer, [t for t in texts for _ in range(group_size)])
+
+
+def test_distinct_prompts_share_nothing(tiny):
+    model, tokenizer = tiny
+    ids, mask = grouped_prompts(tokenizer, 1)
+    assert shared_prompt_cache(model, ids, mask) is None
+
+
+@torch.no_grad()
+def test_each_repeat_gets_the_cache_its_own_prompt_would_have(tiny):
+    model, tokenizer = tiny
+    ids, mask = grouped_prompts(tokenizer, 3)
+    cache = shared_prompt_cache(model, ids, mask)
+    head = mask[:, :-1].long()
+    alone = model(
+        input_ids=ids[:, :-1], attention_mask=head, position_ids=position_ids_from_mask(head), use_cache=True
+    ).past_key_values
+    assert cache.get_seq_length() == ids.shape[1] - 1
+    for shared_layer, own_layer in zip(cache.layers, alone.layers):
+        real = mask[:, None, :-1, None]  # left padding's keys are masked out of attention, whatever they hold
+        torch.testing.assert_close(shared_layer.keys * real, own_layer.keys * real, rtol=0, atol=1e-5)
+        torch.testing.assert_close(shared_layer.values * real, own_layer.values * real, rtol=0, atol=1e-5)
+
+
+def test_group_sampling_draws_what_reading_every_prompt_draws(tiny, monkeypatch):
+    # the same seed gives the same responses with and without the shared prompt cache, and the kept
+    # log-probs are those of a fresh forward pass (PPO's first ratio is 1)
+    model, tokenizer = tiny
+    ids, mask = grouped_prompts(tokenizer, 4)
+    config = GenerationConfig(max_new_tokens=6)
+    args = (model, ids, mask, config, tokenizer.eos_token_id, tokenizer.pad_token_id, "float32", True, False)
+    torch.manual_seed(3)
+    shared = generation.sample_tokens(*args)
+    monkeypatch.setattr(generation, "shared_prompt_cache", lambda *_: None)
+    torch.manual_seed(3)
+    every_prompt = generation.sample_tokens(*args)
+    assert torch.equal(shared.response_ids, every_prompt.response_ids)
+    torch.testing.assert_close(shared.logprobs, every_prompt.logprobs, rtol=0, atol=1e-5)
+    fresh, _ = response_logprobs(model, shared.input_ids, shared.attention_mask, shared.response_ids, 1.0, "float32")
+    torch.testing.assert_close(shared.logprobs, fresh * shared.response_mask, rtol=0, atol=1e-5)
