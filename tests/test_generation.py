@@ -62,3 +62,23 @@ def test_group_sampling_draws_what_reading_every_prompt_draws(tiny, monkeypatch)
     torch.testing.assert_close(shared.logprobs, every_prompt.logprobs, rtol=0, atol=1e-5)
     fresh, _ = response_logprobs(model, shared.input_ids, shared.attention_mask, shared.response_ids, 1.0, "float32")
     torch.testing.assert_close(shared.logprobs, fresh * shared.response_mask, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_log_probs_are_the_tempered_policy_s_and_top_k_truncates_the_draw(tiny):
+    # the kept log-probs are log softmax(logits / T) before truncation, while the draw is truncated to top-k
+    model, tokenizer = tiny
+    ids, mask = grouped_prompts(tokenizer, 4)
+    config = GenerationConfig(max_new_tokens=6, temperature=0.7, top_k=3, top_p=0.95)
+    torch.manual_seed(0)
+    s = generation.sample_tokens(model, ids, mask, config, tokenizer.eos_token_id, tokenizer.pad_token_id, "float32",
+                                 True, False)  # fmt: skip
+    fresh, _ = response_logprobs(model, s.input_ids, s.attention_mask, s.response_ids, 0.7, "float32")
+    torch.testing.assert_close(s.logprobs, fresh * s.response_mask, rtol=0, atol=1e-5)
+    untempered, _ = response_logprobs(model, s.input_ids, s.attention_mask, s.response_ids, 1.0, "float32")
+    assert ((untempered - fresh).abs() * s.response_mask).max() > 1e-3  # the temperature is really in them
+    logits = model(input_ids=s.input_ids, attention_mask=s.attention_mask.long(),
+                   position_ids=position_ids_from_mask(s.attention_mask.long())).logits  # fmt: skip
+    third_best = logits[:, ids.shape[1] - 1 : -1].topk(3, dim=-1).values[..., -1]
+    drawn = logits[:, ids.shape[1] - 1 : -1].gather(-1, s.response_ids[..., None])[..., 0]
+    assert bool(((drawn >= third_best - 1e-4) | ~s.response_mask).all())

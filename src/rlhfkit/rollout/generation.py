@@ -21,6 +21,13 @@ from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig as HFGenerationConfig
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from rlhfkit.algorithms import logprobs_from_logits
 from rlhfkit.config import GenerationConfig
@@ -161,16 +168,16 @@ def sample_tokens(
     """
     keep_scores = keep_scores and decodes_in(dtype)
     keep_hidden = keep_hidden and keep_scores
+    recorder = SampledTokenLogprobs(config.temperature) if keep_scores else None
     generation = HFGenerationConfig(
         do_sample=True,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
+        temperature=1.0,  # the warpers are `sampling_processors`, after the recorder that must see raw logits
+        top_k=0,
+        top_p=1.0,
         max_new_tokens=config.max_new_tokens,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         return_dict_in_generate=True,
-        output_logits=keep_scores,
         output_hidden_states=keep_hidden,
     )
     with decoding_precision(dtype):
@@ -178,19 +185,65 @@ def sample_tokens(
             input_ids=query_ids,
             attention_mask=query_mask.long(),
             generation_config=generation,
+            logits_processor=sampling_processors(config, recorder),
             **{cache_keyword(model): shared_prompt_cache(model, query_ids, query_mask)},
         )
     samples = samples_from_responses(
         query_ids, query_mask, out.sequences[:, query_ids.shape[1] :], eos_token_id, pad_token_id
     )
     if keep_scores:
-        logits = torch.stack(out.logits, dim=1)  # (B, R, V) raw logits that each token was sampled from
-        logprobs = logprobs_from_logits(logits, samples.response_ids, config.temperature)
-        samples.logprobs = logprobs.masked_fill(~samples.response_mask, 0.0)
+        samples.logprobs = recorder.finish(out.sequences[:, -1]).masked_fill(~samples.response_mask, 0.0)
     if keep_hidden:
         # hidden_states[t][-1]: last layer at step t; step 0 covers the whole prompt, its last column precedes token 0
         samples.hidden = torch.cat([step[-1][:, -1:, :] for step in out.hidden_states], dim=1).float()
     return samples
+
+
+class SampledTokenLogprobs(LogitsProcessor):
+    """log π(token) of each sampled token under the temperature, kept while `generate` runs.
+
+    `generate` calls its logits processors with the ids so far and the next token's raw logits; the
+    ids of step t + 1 end with the token drawn at step t, so its log-prob is read then from the logits
+    kept of step t, which are dropped. One step's (B, V) logits are held at a time, where
+    `output_logits` would hold all R of them (batch 64 x 128 tokens x 49k vocabulary: 1.6 GB).
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.previous_logits: torch.Tensor | None = None
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids[:, -1])
+        self.previous_logits = scores
+        return scores
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self.previous_logits is not None:
+            self.logprobs.append(logprobs_from_logits(self.previous_logits, tokens, self.temperature))
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, R) fp32, given the last step's tokens (the last column of the sequences)."""
+        self._take(last_tokens)
+        self.previous_logits = None
+        return torch.stack(self.logprobs, dim=1)
+
+
+def sampling_processors(config: GenerationConfig, recorder: SampledTokenLogprobs | None) -> LogitsProcessorList:
+    """The recorder on the raw logits, then temperature, top-k and top-p in the order `generate` applies them.
+
+    The log-probs PPO takes are those of the temperature-scaled policy before truncation (top-k and
+    top-p are a sampling device, as in TRL), so the recorder must come before the warpers, and
+    `generate` puts processors passed to it after its own.
+    """
+    processors = LogitsProcessorList([recorder] if recorder is not None else [])
+    if config.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(config.temperature))
+    if config.top_k:
+        processors.append(TopKLogitsWarper(config.top_k))
+    if config.top_p < 1.0:
+        processors.append(TopPLogitsWarper(config.top_p))
+    return processors
 
 
 def shared_prompt_cache(model, query_ids: torch.Tensor, query_mask: torch.Tensor):
