@@ -14,6 +14,7 @@ from rlhfkit.cli import main
 from rlhfkit.config import load_config
 from rlhfkit.recipes.ppo import PPOConfig, PPOTrainer
 from rlhfkit.rollout.experience import whiten_across
+from rlhfkit.rollout.scoring import score_responses
 from rlhfkit.tracking import read_jsonl
 
 POSITIVE = {"good", "great", "happy", "love", "wonderful", "nice", "best", "joy"}
@@ -131,6 +132,25 @@ def test_rollout_log_probs_equal_a_fresh_forward_in_float32(tiny_model_dir, tmp_
     torch.testing.assert_close(values * mask, experience.values, rtol=0, atol=1e-5)
     # before any update the policy is the reference: KL is zero
     torch.testing.assert_close(experience.ref_logprobs, experience.logprobs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra", [["critic.kind=separate"], ["model.lora.enabled=true", "model.lora.r=4", "model.lora.top_layers=1"]]
+)
+def test_scoring_a_few_rows_per_pass_gives_what_one_pass_gives(tiny_model_dir, tmp_path, extra):
+    # scoring in passes of 3 rows (the last pass shorter) bounds its memory and changes none of its outputs:
+    # log-probs, reference log-probs, a separate critic's values, and the frozen layers' output for LoRA
+    trainer = PPOTrainer(tiny_config(tiny_model_dir, tmp_path, "train.steps=1", *extra), reward=fraction_positive,
+                         prompts=PROMPTS)  # fmt: skip
+    samples = trainer.generate(PROMPTS * 4)
+    model, reference = trainer.unwrapped.eval(), trainer.reference
+    whole = score_responses(model, reference, samples, 1.0, "float32")
+    in_passes = score_responses(model, reference, samples, 1.0, "float32", rows_per_pass=3)
+    assert [t is None for t in whole] == [t is None for t in in_passes]
+    assert whole[2] is not None or whole[3] is not None  # the critic's values or the frozen layers' output
+    for one, several in zip(whole, in_passes):
+        if one is not None:
+            torch.testing.assert_close(several, one, rtol=0, atol=1e-5)
 
 
 def test_under_bf16_on_a_cpu_the_rollout_log_probs_are_the_updates_own(tiny_model_dir, tmp_path):

@@ -170,8 +170,9 @@ class PPOTrainer:
         prompts = [prompt_text(r) for r in records]
         raw_scores = checked_scores(self.reward, prompts, responses, records, runtime.device)
         logprobs, ref_logprobs, values, frozen_states = score_responses(
-            self.unwrapped, self.reference, samples, config.generation.temperature, runtime.precision
-        )
+            self.unwrapped, self.reference, samples, config.generation.temperature, runtime.precision,
+            config.micro_batch_size,
+        )  # fmt: skip
         scores = shape_scores(
             raw_scores, samples.ended, config.score.no_eos_penalty, self.score_moments, config.score.clip,
             runtime.gather,

@@ -111,8 +111,9 @@ class HeldOutMonitor:
         spread = getattr(trainer.reward, "last_spread", None)
         gold = checked_scores(self.gold, prompts, responses, records, runtime.device) if self.gold else None
         logprobs, ref_logprobs, _, _ = score_responses(
-            trainer.unwrapped, trainer.reference, samples, trainer.config.generation.temperature, runtime.precision
-        )
+            trainer.unwrapped, trainer.reference, samples, trainer.config.generation.temperature, runtime.precision,
+            trainer.config.micro_batch_size,
+        )  # fmt: skip
         kl = sequence_kl(logprobs, ref_logprobs, samples.response_mask)
         ids, mask = runtime.gather(samples.response_ids).cpu(), runtime.gather(samples.response_mask.long()).cpu() > 0
         return Evaluation(

@@ -20,7 +20,12 @@ from rlhfkit.rollout.generation import Samples
 
 @torch.no_grad()
 def score_responses(
-    model: ActorCritic, reference: nn.Module | None, samples: Samples, temperature: float, dtype: str
+    model: ActorCritic,
+    reference: nn.Module | None,
+    samples: Samples,
+    temperature: float,
+    dtype: str,
+    rows_per_pass: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(logprobs, ref_logprobs, values, frozen_states): (B, R) each, log-probs zero past the response.
 
@@ -28,7 +33,19 @@ def score_responses(
 
     `reference` None: the policy with its adapter disabled (LoRA); frozen_states is then the (B, P + R, H)
     output of the layers below the adapters (None without LoRA on the top layers only).
+
+    rows_per_pass > 0 scores at most that many responses per forward pass: a pass holds (rows, R, V)
+    logits and, with LoRA on the top layers, every layer's hidden states, so scoring the whole batch
+    at once would need more memory than the update, which runs a micro-batch at a time.
     """
+    rows = samples.query_ids.shape[0]
+    if 0 < rows_per_pass < rows:
+        parts = [
+            score_responses(model, reference, samples.select(torch.arange(start, min(start + rows_per_pass, rows))),
+                            temperature, dtype)
+            for start in range(0, rows, rows_per_pass)
+        ]  # fmt: skip
+        return tuple(None if field[0] is None else torch.cat(field) for field in zip(*parts))
     ids, mask, response_ids = samples.input_ids, samples.attention_mask, samples.response_ids
     if reference is None:
         with model.reference_context():
