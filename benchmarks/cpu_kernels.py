@@ -1,14 +1,21 @@
-"""The two kernel figures behind rlhfkit's CPU choices: matmul speed by precision, and one AdamW step.
+"""The kernel figures behind rlhfkit's CPU choices: matmul speed by precision, one AdamW step, decoding's products.
 
-    .venv/bin/python benchmarks/kernels.py
+    .venv/bin/python benchmarks/cpu_kernels.py
+    .venv/bin/python benchmarks/cpu_kernels.py --decode-only
 
 1. fp32 vs bf16 matmul in the layouts a forward and a backward pass use, at a PPO minibatch's
    shape (4 x 91 tokens = 364 rows, hidden 576, MLP 1536). Without AVX-512 (this VM's CPU
    flags show only avx2) bf16 has no native kernel and falls far behind fp32.
 2. One AdamW step over all of SmolLM2-135M's parameters: the default per-parameter loop, the
    foreach variant and the fused kernel (what `rlhfkit.training.build_optimizer` uses).
+3. The fp32 products of one decoding step of a batch of 16 (16 rows: the MLP's two shapes and the LM
+   head over SmolLM2's 49,152 tokens) with MKL's own choice of code path and with MKL_CBWR=AVX2, each
+   in a fresh process, since MKL reads the variable when it loads.
 """
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -59,8 +66,28 @@ def adamw_step() -> None:
         print(f"AdamW step, {millions:.1f}M parameters, {variant or 'default'}: {seconds(optimizer.step, 3):.3f} s")
 
 
+def decode_products() -> None:
+    for rows, inner, outer in ((16, 576, 1536), (16, 1536, 576), (16, 576, 49152)):
+        x, w = torch.randn(rows, inner), torch.randn(outer, inner)
+        took = seconds(lambda x=x, w=w: torch.nn.functional.linear(x, w), 20)
+        path = os.environ.get("MKL_CBWR", "MKL's choice")
+        print(f"decode product {rows}x{inner} @ {inner}x{outer}, {path}: {took * 1e3:.2f} ms")
+
+
+def decode_products_by_code_path() -> None:
+    for path in (None, "AVX2"):
+        env = {key: value for key, value in os.environ.items() if key != "MKL_CBWR"}
+        env.update({"MKL_CBWR": path} if path else {})
+        subprocess.run([sys.executable, __file__, "--decode-child"], env=env, check=True)
+
+
 if __name__ == "__main__":
+    if "--decode-child" in sys.argv:
+        decode_products()
+        sys.exit()
     print("CPU flags:", cpu_flags())
     print("torch threads:", torch.get_num_threads())
-    matmul()
-    adamw_step()
+    if "--decode-only" not in sys.argv:
+        matmul()
+        adamw_step()
+    decode_products_by_code_path()
