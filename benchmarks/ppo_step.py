@@ -72,7 +72,8 @@ def one_configuration(
     from rlhfkit.data import load_records
     from rlhfkit.recipes.ppo import PPOConfig, PPOTrainer
 
-    command, _, mode = mode.rpartition(":") if ":" in mode else (command, ":", mode)
+    if ":" in mode:
+        command, mode = mode.split(":", 1)
     defaults = COMMAND_DEFAULTS.get(command, {})
     group_size = defaults.get("algorithm", {}).get("group_size", 1)
     batch_size = responses // group_size if responses else batch_size
