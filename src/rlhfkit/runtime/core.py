@@ -12,11 +12,15 @@ What it adds to Accelerate:
   length per process);
 - `rng_state()` / `set_rng_state()`: Python, NumPy, torch CPU and every CUDA device, so a
   resumed run continues the same random streams on a GPU too;
-- `autocast()`: the run's forward-pass precision on the run's device.
+- `autocast()`: the run's forward-pass precision on the run's device;
+- the process group is destroyed when the interpreter exits: a gloo group left to the interpreter's
+  own teardown can abort a process that has finished its work (SIGABRT, "terminate called without
+  an active exception"), which fails a launch that succeeded.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
@@ -41,6 +45,8 @@ class Runtime:
 
     def __init__(self, precision: str = "float32", seed: int | None = None):
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        if torch.distributed.is_initialized():
+            atexit.register(self.accelerator.state.destroy_process_group)
         self.precision = precision
         if seed is not None:
             seed_everything(seed)
