@@ -39,19 +39,24 @@ def response_logits(
 
     Returns (logits (B, R, V), last hidden states (B, R, H) or None, frozen_states or None).
     Computing the LM head only on the last R + 1 columns (`logits_to_keep`) skips the
-    vocabulary projection of the prompt, which is most of a chat prompt's columns.
+    vocabulary projection of the prompt, which is most of a chat prompt's columns. The columns
+    are given as indices, not as a count: indexing copies them into one contiguous (B, R + 1, H)
+    block, which the projection multiplies as one matrix; a count slices a strided view, which
+    torch multiplies batch by batch against the broadcast weight (1.3x slower forward here).
 
     `frozen_states` is the (B, P + R, H) output of the first `frozen_layers` layers. With
     keep_frozen_states it is returned; given as `frozen_states`, the forward starts from it and runs
     only the layers above, which is exact when those below are frozen.
     """
     inputs = {"input_ids": input_ids} if frozen_states is None else {"inputs_embeds": frozen_states}
+    length = attention_mask.shape[1]
+    kept_columns = torch.arange(length - response_length - 1, length, device=attention_mask.device)
     with decoder_from_layer(model, frozen_layers) if frozen_states is not None else contextlib.nullcontext():
         out = model(
             **inputs,
             attention_mask=attention_mask.long(),
             position_ids=position_ids_from_mask(attention_mask),
-            logits_to_keep=response_length + 1,
+            logits_to_keep=kept_columns,
             output_hidden_states=output_hidden_states or keep_frozen_states,
             use_cache=False,
         )

@@ -13,6 +13,7 @@ What it adds to Accelerate:
 - `rng_state()` / `set_rng_state()`: Python, NumPy, torch CPU and every CUDA device, so a
   resumed run continues the same random streams on a GPU too;
 - `autocast()`: the run's forward-pass precision on the run's device;
+- MKL's code path for CPU matrix products, measured on first use (`runtime.kernels`);
 - the process group is destroyed when the interpreter exits: a gloo group left to the interpreter's
   own teardown can abort a process that has finished its work (SIGABRT, "terminate called without
   an active exception"), which fails a launch that succeeded.
@@ -31,6 +32,7 @@ from torch import nn
 
 from rlhfkit.checkpoint import rng_state, seed_everything, set_rng_state
 from rlhfkit.errors import UserError
+from rlhfkit.runtime.kernels import choose_mkl_code_path
 from rlhfkit.runtime.precision import autocast, resolve_precision
 
 T = TypeVar("T")
@@ -47,6 +49,11 @@ class Runtime:
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         if torch.distributed.is_initialized():
             atexit.register(self.accelerator.state.destroy_process_group)
+        # before any model loads: MKL reads its code path at the first product. One process measures it.
+        if self.is_main:
+            choose_mkl_code_path()
+        self.wait()
+        choose_mkl_code_path()
         self.precision = precision
         if seed is not None:
             seed_everything(seed)

@@ -1,0 +1,107 @@
+"""MKL's code path for torch's CPU matrix products, chosen by measurement (`MKL_CBWR`).
+
+torch's x86 CPU build multiplies fp32 matrices with Intel MKL, and MKL picks its code path from
+the CPU it finds. On the AVX2-only AMD EPYC VMs of this project it picked a slower one than its
+AVX2 path: a decoding step's LM-head product (16 x 576 @ 576 x 49152) took 53 ms against 34 ms
+with `MKL_CBWR=AVX2`, and a whole GRPO iteration about 8 % less (benchmarks/RESULTS.md). On a CPU
+with AVX-512 the same setting would hold MKL back to AVX2. So neither value is right everywhere, and
+which one is faster cannot be read off the flags: `choose_mkl_code_path` times a few products of
+the shapes rlhfkit's models multiply, in two child processes (MKL reads the variable once, at its
+first product), with and without `MKL_CBWR=AVX2`, alternately, and keeps the faster. The answer is
+cached under `$RLHFKIT_CACHE/mkl_code_path.json`, keyed by CPU model and torch version.
+
+A `MKL_CBWR` the user set is kept as it is. The choice only takes effect in a process that has not
+multiplied a matrix yet: the `Runtime` makes it before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import MutableMapping
+
+import torch
+
+VARIABLE = "MKL_CBWR"
+CANDIDATE = "AVX2"
+CLEAR_WIN = 0.9  # the candidate's products must take at most this share of the time of MKL's own choice's
+ROUNDS = 2
+# (rows, inner, columns) on SmolLM2-135M's widths: a decoding step's LM head and MLP for a batch of 16,
+# and a minibatch's MLP and LM head (4 sequences of ~73 tokens, 33 of them scored)
+SHAPES = ((16, 576, 49152), (16, 576, 1536), (292, 576, 1536), (132, 576, 49152))
+
+
+def choose_mkl_code_path(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """Set MKL_CBWR=AVX2 where it measured clearly faster here (cached); returns the value in effect."""
+    if VARIABLE in environ or not mkl_is_used():
+        return environ.get(VARIABLE)
+    # lazy: the child process that times the products runs this file alone, with torch only
+    from rlhfkit.runtime.precision import cache_root, cpu_model  # noqa: PLC0415
+    from rlhfkit.tracking import write_json_atomic  # noqa: PLC0415
+
+    key = f"{cpu_model()} | torch {torch.__version__}"
+    path = cache_root() / "mkl_code_path.json"
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    if key not in cache:
+        seconds = measure(environ)
+        ratio = time_ratio(seconds[CANDIDATE], seconds["default"])
+        cache[key] = {VARIABLE: CANDIDATE if ratio <= CLEAR_WIN else None, "time_ratio": ratio, "seconds": seconds}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, cache)
+        chosen = f"{VARIABLE}={CANDIDATE}" if ratio <= CLEAR_WIN else "MKL's own"
+        print(
+            f"rlhfkit: MKL code path probe: {VARIABLE}={CANDIDATE} takes {ratio:.2f}x the time of MKL's own choice "
+            f"-> {chosen} (cached in {path})",
+            file=sys.stderr,
+        )
+    if cache[key][VARIABLE] is not None:
+        environ[VARIABLE] = cache[key][VARIABLE]
+    return environ.get(VARIABLE)
+
+
+def time_ratio(candidate: list[float], default: list[float]) -> float:
+    """The geometric mean over SHAPES of candidate / default seconds: each kind of product counts alike."""
+    return statistics.geometric_mean(c / d for c, d in zip(candidate, default, strict=True))
+
+
+def mkl_is_used() -> bool:
+    """torch multiplies CPU matrices with MKL (x86 builds; not ARM or macOS)."""
+    return torch.backends.mkl.is_available()
+
+
+def measure(environ: MutableMapping[str, str]) -> dict[str, list[float]]:
+    """Per shape, the median seconds with MKL's own choice and with MKL_CBWR=AVX2, child processes alternated."""
+    base = {**environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    settings = {"default": base, CANDIDATE: {**base, VARIABLE: CANDIDATE}}
+    times: dict[str, list[list[float]]] = {name: [] for name in settings}
+    for _ in range(ROUNDS):
+        for name, env in settings.items():
+            # -P: the child's sys.path does not start with this directory (whose modules would shadow others)
+            child = subprocess.run(
+                [sys.executable, "-P", __file__], env=env, capture_output=True, text=True, check=True
+            )
+            times[name].append(json.loads(child.stdout))
+    return {name: [statistics.median(shape) for shape in zip(*rounds)] for name, rounds in times.items()}
+
+
+def time_products(repeats: int = 3) -> list[float]:
+    """Per shape of SHAPES, the median seconds of one product (run in the child process)."""
+    seconds = []
+    for rows, inner, columns in SHAPES:
+        a, b = torch.randn(rows, inner), torch.randn(inner, columns)
+        torch.mm(a, b)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - started)
+        seconds.append(statistics.median(times))
+    return seconds
+
+
+if __name__ == "__main__":
+    print(json.dumps(time_products()))
