@@ -1,14 +1,16 @@
-"""The `hf` engine's sampling: a prompt repeated for group sampling is read once, and nothing else changes."""
+"""A prompt repeated for group sampling is read once, by the `hf` engine's sampling and by scoring; all else holds."""
 
 import pytest
 import torch
 
+from rlhfkit.algorithms import logprobs_from_logits
 from rlhfkit.config import GenerationConfig
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.models.actor_critic import response_logprobs
+from rlhfkit.models.actor_critic import response_logits, response_logprobs
 from rlhfkit.models.hf_reward import position_ids_from_mask
+from rlhfkit.models.shared_prompts import shared_prompt_cache, shared_prompt_response_logits
 from rlhfkit.rollout import generation
-from rlhfkit.rollout.generation import shared_prompt_cache, tokenize_prompts
+from rlhfkit.rollout.generation import tokenize_prompts
 
 PROMPTS = ["tell me a day", "write a book about the weather", "say"]
 
@@ -82,3 +84,38 @@ def test_log_probs_are_the_tempered_policy_s_and_top_k_truncates_the_draw(tiny):
     third_best = logits[:, ids.shape[1] - 1 : -1].topk(3, dim=-1).values[..., -1]
     drawn = logits[:, ids.shape[1] - 1 : -1].gather(-1, s.response_ids[..., None])[..., 0]
     assert bool(((drawn >= third_best - 1e-4) | ~s.response_mask).all())
+
+
+@torch.no_grad()
+def test_scoring_reads_a_repeated_prompt_once_and_gets_what_a_whole_forward_gets(tiny):
+    # the reference's log-probs and the frozen layers' output (LoRA on the top layers) from two passes,
+    # the distinct prompts then the responses on their copied cache, equal those of one forward of every row
+    model, tokenizer = tiny
+    ids, mask = grouped_prompts(tokenizer, 3)
+    config = GenerationConfig(max_new_tokens=5)
+    torch.manual_seed(0)
+    samples = generation.sample_tokens(model, ids, mask, config, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    samples.response_mask[1, 2:] = False  # a response that ended early: padding after its EOS
+    samples.response_ids[1, 2:] = tokenizer.pad_token_id
+    input_ids, attention_mask, response_ids = samples.input_ids, samples.attention_mask, samples.response_ids
+    kept_layer = 1
+    shared = shared_prompt_response_logits(model, input_ids, attention_mask, response_ids.shape[1], kept_layer)
+    assert shared is not None
+    logits, states = shared
+    whole, _, whole_states = response_logits(
+        model, input_ids, attention_mask, response_ids.shape[1], frozen_layers=kept_layer, keep_frozen_states=True
+    )
+    response = samples.response_mask[..., None]
+    torch.testing.assert_close(logits * response, whole * response, rtol=0, atol=1e-5)
+    real = attention_mask[..., None].bool()
+    torch.testing.assert_close(states * real, whole_states * real, rtol=0, atol=1e-5)
+    # and response_logprobs takes this path without gradients
+    kept, _ = response_logprobs(model, input_ids, attention_mask, response_ids, 1.0, "float32", kept_layer)
+    torch.testing.assert_close(
+        kept * samples.response_mask,
+        logprobs_from_logits(whole, response_ids, 1.0) * samples.response_mask,
+        rtol=0,
+        atol=1e-5,
+    )
+    distinct_ids, distinct_mask = grouped_prompts(tokenizer, 1)
+    assert shared_prompt_response_logits(model, distinct_ids, distinct_mask, 1) is None

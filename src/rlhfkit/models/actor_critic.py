@@ -22,6 +22,7 @@ from rlhfkit.config import LoRAConfig
 from rlhfkit.models.heads import ScalarHeadModel, ValueHead, position_ids_from_mask
 from rlhfkit.models.loading import load_backbone, load_causal_lm
 from rlhfkit.models.lora import apply_lora, decoder_from_layer, frozen_layer_count
+from rlhfkit.models.shared_prompts import shared_prompt_response_logits
 from rlhfkit.runtime.precision import autocast
 
 
@@ -142,17 +143,22 @@ def response_logprobs(
 
     With frozen_layers > 0 (the reference is the policy with its adapter disabled, and the
     adapters start at that layer), also the (B, P + R, H) output of the layers below it,
-    which the policy shares; else None.
+    which the policy shares; else None. Without gradients, a prompt that repeats (group sampling)
+    is read once (`shared_prompt_response_logits`).
     """
+    response_length = response_ids.shape[1]
     with autocast(dtype):
-        logits, _, frozen_states = response_logits(
-            model,
-            input_ids,
-            attention_mask,
-            response_ids.shape[1],
-            frozen_layers=frozen_layers,
-            keep_frozen_states=frozen_layers > 0,
-        )
+        shared = None
+        if not torch.is_grad_enabled():
+            kept_layer = frozen_layers if frozen_layers > 0 else None
+            shared = shared_prompt_response_logits(model, input_ids, attention_mask, response_length, kept_layer)
+        if shared is not None:
+            logits, frozen_states = shared
+        else:
+            logits, _, frozen_states = response_logits(
+                model, input_ids, attention_mask, response_length,
+                frozen_layers=frozen_layers, keep_frozen_states=frozen_layers > 0,
+            )  # fmt: skip
     return logprobs_from_logits(logits, response_ids, temperature), frozen_states
 
 

@@ -16,7 +16,6 @@ reads V(s_t).
 from __future__ import annotations
 
 import contextlib
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +30,7 @@ from transformers import (
 
 from rlhfkit.algorithms import logprobs_from_logits
 from rlhfkit.config import GenerationConfig
-from rlhfkit.models.hf_reward import position_ids_from_mask
+from rlhfkit.models.shared_prompts import cache_keyword, shared_prompt_cache
 from rlhfkit.runtime.precision import autocast
 
 
@@ -244,32 +243,6 @@ def sampling_processors(config: GenerationConfig, recorder: SampledTokenLogprobs
     if config.top_p < 1.0:
         processors.append(TopPLogitsWarper(config.top_p))
     return processors
-
-
-def shared_prompt_cache(model, query_ids: torch.Tensor, query_mask: torch.Tensor):
-    """The key/value cache of every prompt but its last token, each distinct prompt computed once; or None.
-
-    Group sampling (GRPO, RLOO: K responses per prompt) repeats each prompt K times, and `generate`
-    would read each copy's prompt again. Here each distinct row is read once and its cache copied to
-    its repeats; `generate` then reads only the last prompt token of each row (it needs at least one
-    new token to start from). None when every row is distinct: then there is nothing to share.
-    """
-    rows = torch.cat([query_ids, query_mask.long()], dim=1)
-    distinct, copy_of = torch.unique(rows, dim=0, return_inverse=True)
-    if distinct.shape[0] == rows.shape[0] or query_ids.shape[1] < 2:
-        return None
-    ids, mask = distinct[:, : query_ids.shape[1] - 1], distinct[:, query_ids.shape[1] : -1]
-    cache = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True
-    ).past_key_values
-    cache.batch_select_indices(copy_of)
-    return cache
-
-
-def cache_keyword(model) -> str:
-    """What `generate` calls a key/value cache: `cache` in newer transformers (5.24), `past_key_values` in 5.19."""
-    forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward  # peft wraps
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def samples_from_responses(

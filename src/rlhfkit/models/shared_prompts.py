@@ -1,0 +1,82 @@
+"""Group sampling's repeated prompts read once: by `generate` (a shared key/value cache) and by scoring.
+
+GRPO, RLOO and REINFORCE++ sample K responses per prompt, so a batch holds each prompt K times.
+Every forward pass over such a batch can read each distinct prompt once and copy its key/value
+cache to the K rows that repeat it; only the responses are then read row by row. The results equal
+those of reading every row whole (to float rounding: tested).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from rlhfkit.models.heads import position_ids_from_mask
+
+
+def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(distinct ids, their mask, copy_of) with ids[i] == distinct ids[copy_of[i]]; None when no row repeats."""
+    rows = torch.cat([ids, mask.long()], dim=1)
+    distinct, copy_of = torch.unique(rows, dim=0, return_inverse=True)
+    if distinct.shape[0] == rows.shape[0]:
+        return None
+    return distinct[:, : ids.shape[1]], distinct[:, ids.shape[1] :], copy_of
+
+
+def cache_keyword(model) -> str:
+    """The key/value cache keyword of forward and `generate`: `cache` (transformers 5.24), else `past_key_values`."""
+    forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward  # peft wraps
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def shared_prompt_cache(model, query_ids: torch.Tensor, query_mask: torch.Tensor):
+    """The key/value cache of every prompt but its last token, each distinct prompt computed once; or None.
+
+    `generate` then reads only the last prompt token of each row (it needs at least one new token to
+    start from). None when every row is distinct: then there is nothing to share.
+    """
+    shared = distinct_prompts(query_ids[:, :-1], query_mask[:, :-1]) if query_ids.shape[1] >= 2 else None
+    if shared is None:
+        return None
+    ids, mask, copy_of = shared
+    cache = model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True
+    ).past_key_values
+    cache.batch_select_indices(copy_of)
+    return cache
+
+
+def shared_prompt_response_logits(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, kept_layer: int | None = None
+):
+    """What `actor_critic.response_logits` returns of a forward over (B, P + R), each distinct prompt read once.
+
+    Returns (logits (B, R, V) predicting the R response tokens, the (B, P + R, H) output of the first
+    `kept_layer` layers or None), or None when no prompt repeats. Two passes: the distinct prompts,
+    whose cache is then copied to their repeats, and the responses on that cache.
+    """
+    prompt_length = input_ids.shape[1] - response_length
+    shared = distinct_prompts(input_ids[:, :prompt_length], attention_mask[:, :prompt_length])
+    if shared is None or response_length < 1:
+        return None
+    ids, mask, copy_of = shared
+    keep_states = kept_layer is not None
+    prompts = model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
+        logits_to_keep=1, output_hidden_states=keep_states,
+    )  # fmt: skip
+    cache = prompts.past_key_values
+    cache.batch_select_indices(copy_of)
+    # column t of the responses predicts response token t + 1; the prompt's last column predicts token 0
+    responses = model(
+        input_ids=input_ids[:, prompt_length:], attention_mask=attention_mask.long(),
+        position_ids=position_ids_from_mask(attention_mask)[:, prompt_length:], use_cache=True,
+        logits_to_keep=torch.arange(response_length - 1, device=input_ids.device), output_hidden_states=keep_states,
+        **{cache_keyword(model): cache},
+    )  # fmt: skip
+    logits = torch.cat([prompts.logits[copy_of], responses.logits], dim=1)
+    if not keep_states:
+        return logits, None
+    states = torch.cat([prompts.hidden_states[kept_layer][copy_of], responses.hidden_states[kept_layer]], dim=1)
+    return logits, states
