@@ -5,6 +5,11 @@
     .venv/bin/python benchmarks/grpo_vs_trl.py --rounds 3 --iterations 4 --lora --lora-top-layers 8
     .venv/bin/python benchmarks/grpo_vs_trl.py --rounds 3 --epochs 1 --mini-batch 16   # TRL's default shape
     .venv/bin/python benchmarks/grpo_vs_trl.py --rounds 1 --iterations 2 --max-new-tokens 8   # a smoke check
+    .venv/bin/python benchmarks/grpo_vs_trl.py --lora --lora-top-layers 8 --trl-also-with MKL_CBWR=AVX2
+
+`--trl-also-with KEY=VALUE` adds a third side: TRL with that environment variable set (rlhfkit sets
+MKL_CBWR=AVX2 itself where it measures faster: runtime/kernels.py), so that a kernel choice rlhfkit
+makes is not mistaken for a difference of the implementations.
 
 Each round runs rlhfkit's side (benchmarks/ppo_step.py, `rlhfkit grpo`'s defaults, in rlhfkit's
 .venv) and TRL's (benchmarks/trl_grpo_step.py, in the TRL venv its docstring makes, which also
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -48,9 +54,9 @@ def trl_command(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
-def measure(command: list[str]) -> dict:
+def measure(command: list[str], env: dict[str, str] | None = None) -> dict:
     """Run one side in its own process: (median seconds per iteration, its iterations, peak RSS in GiB)."""
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=None if env is None else {**os.environ, **env})
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-4000:])
         raise SystemExit(f"{' '.join(command[:2])} exited {done.returncode}")
@@ -72,13 +78,18 @@ def main() -> None:
         "--lora-top-layers", type=int, default=0, help="with --lora: adapters on the last N layers only (0: all)"
     )
     parser.add_argument("--trl-python", default="/tmp/trl-venv/bin/python", help="the TRL venv's interpreter")
+    parser.add_argument("--trl-also-with", metavar="KEY=VALUE", help="a third side: TRL with this variable set")
     args = parser.parse_args()
     sides = {"rlhfkit": rlhfkit_command(args), "trl": trl_command(args)}
+    environments: dict[str, dict[str, str] | None] = {"rlhfkit": None, "trl": None}
+    if args.trl_also_with:
+        key, _, value = args.trl_also_with.partition("=")
+        sides[f"trl {key}={value}"], environments[f"trl {key}={value}"] = trl_command(args), {key: value}
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for round_index in range(args.rounds):
         order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
         for name in order:
-            run = measure(sides[name])
+            run = measure(sides[name], environments[name])
             runs[name].append(run)
             iterations = ", ".join(f"{s:.2f}" for s in run["iterations_s"])
             print(
@@ -100,6 +111,9 @@ def main() -> None:
     for name, m in medians.items():
         print(f"{name:<8} {m['s_per_iteration']:8.2f} s/iteration  peak RSS {m['peak_rss_gib']:.2f} GiB")
     print(f"TRL / rlhfkit seconds per iteration: {speedup:.2f}x (goal >= 2)")
+    for name in [name for name in medians if name.startswith("trl ")]:
+        ratio = medians[name]["s_per_iteration"] / medians["rlhfkit"]["s_per_iteration"]
+        print(f"{name} / rlhfkit seconds per iteration: {ratio:.2f}x")
     print(f"rlhfkit / TRL peak RSS: {memory:.2f} (goal <= 1)")
     print(json.dumps({"settings": vars(args), "medians": medians, "speedup": speedup, "memory_ratio": memory}))
 

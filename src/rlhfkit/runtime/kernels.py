@@ -5,10 +5,11 @@ the CPU it finds. On the AVX2-only AMD EPYC VMs of this project it picked a slow
 AVX2 path: a decoding step's LM-head product (16 x 576 @ 576 x 49152) took 53 ms against 34 ms
 with `MKL_CBWR=AVX2`, and a whole GRPO iteration about 8 % less (benchmarks/RESULTS.md). On a CPU
 with AVX-512 the same setting would hold MKL back to AVX2. So neither value is right everywhere, and
-which one is faster cannot be read off the flags: `choose_mkl_code_path` times a few products of
-the shapes rlhfkit's models multiply, in two child processes (MKL reads the variable once, at its
-first product), with and without `MKL_CBWR=AVX2`, alternately, and keeps the faster. The answer is
-cached under `$RLHFKIT_CACHE/mkl_code_path.json`, keyed by CPU model and torch version.
+which one is faster cannot be read off the flags: `choose_mkl_code_path` times linear layers of the
+shapes decoding and a minibatch multiply (x W^T, as models compute them: a plain x @ W measured
+otherwise here), in child processes (MKL reads the variable once, at its first product), with and
+without `MKL_CBWR=AVX2`, alternately, and keeps AVX2 where it is clearly faster. The answer is cached
+under `$RLHFKIT_CACHE/mkl_code_path.json`, keyed by CPU model and torch version.
 
 A `MKL_CBWR` the user set is kept as it is. The choice only takes effect in a process that has not
 multiplied a matrix yet: the `Runtime` makes it before any model loads.
@@ -30,9 +31,9 @@ VARIABLE = "MKL_CBWR"
 CANDIDATE = "AVX2"
 CLEAR_WIN = 0.9  # the candidate's products must take at most this share of the time of MKL's own choice's
 ROUNDS = 2
-# (rows, inner, columns) on SmolLM2-135M's widths: a decoding step's LM head and MLP for a batch of 16,
-# and a minibatch's MLP and LM head (4 sequences of ~73 tokens, 33 of them scored)
-SHAPES = ((16, 576, 49152), (16, 576, 1536), (292, 576, 1536), (132, 576, 49152))
+# (rows, inputs, outputs) of a linear layer on SmolLM2-135M's widths: a decoding step's LM head and MLP
+# (up, down) for a batch of 16, and a minibatch's MLP and LM head (4 sequences of ~73 tokens, 33 scored)
+SHAPES = ((16, 576, 49152), (16, 576, 1536), (16, 1536, 576), (292, 576, 1536), (292, 1536, 576), (132, 576, 49152))
 
 
 def choose_mkl_code_path(environ: MutableMapping[str, str] = os.environ) -> str | None:
@@ -88,16 +89,16 @@ def measure(environ: MutableMapping[str, str]) -> dict[str, list[float]]:
     return {name: [statistics.median(shape) for shape in zip(*rounds)] for name, rounds in times.items()}
 
 
-def time_products(repeats: int = 3) -> list[float]:
-    """Per shape of SHAPES, the median seconds of one product (run in the child process)."""
+def time_products(repeats: int = 5) -> list[float]:
+    """Per shape of SHAPES, the median seconds of one product x W^T as a linear layer computes it (in the child)."""
     seconds = []
-    for rows, inner, columns in SHAPES:
-        a, b = torch.randn(rows, inner), torch.randn(inner, columns)
-        torch.mm(a, b)
+    for rows, inputs, outputs in SHAPES:
+        x, weight = torch.randn(rows, inputs), torch.randn(outputs, inputs)
+        torch.nn.functional.linear(x, weight)
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
-            torch.mm(a, b)
+            torch.nn.functional.linear(x, weight)
             times.append(time.perf_counter() - started)
         seconds.append(statistics.median(times))
     return seconds
