@@ -24,6 +24,7 @@ from rlhfkit.rollout import engines
 from rlhfkit.rollout.engines import build_engine, measured_engine
 from rlhfkit.rollout.generation import HF_ENGINE, sample
 from rlhfkit.rollout.vllm_engine import VLLMEngine
+from rlhfkit.training import OptimConfig, build_optimizer
 
 PROMPTS = [
     "<|im_start|>user tell me about the cat<|im_end|><|im_start|>assistant ",
@@ -50,10 +51,10 @@ def tokenizer(vllm_model_dir):
 
 
 def one_update(model, tokenizer) -> None:
-    """One AdamW step (a real optimiser's in-place writes) on a loss that moves every weight."""
+    """One step of the trainers' own optimiser (fused AdamW, which writes weights without bumping their
+    version counters) on a loss that moves every weight."""
     ids = tokenizer(PROMPTS[0], return_tensors="pt").input_ids
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=0.05)
+    optimizer, _ = build_optimizer(model.parameters(), OptimConfig(learning_rate=0.05, warmup_steps=0), 1)
     model(ids).logits.square().mean().backward()
     optimizer.step()
 

@@ -47,7 +47,7 @@ class Runtime:
 
     def __init__(self, precision: str = "float32", seed: int | None = None):
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        if torch.distributed.is_initialized():
+        if self.num_processes > 1:  # our group (vLLM's in-process world of one is vLLM's to destroy)
             atexit.register(self.accelerator.state.destroy_process_group)
         # before any model loads: MKL reads its code path at the first product. One process measures it.
         if self.is_main:
