@@ -49,3 +49,13 @@ def test_the_child_process_times_every_shape():
     child = subprocess.run([sys.executable, "-P", kernels.__file__], capture_output=True, text=True, check=True)
     seconds = json.loads(child.stdout)
     assert len(seconds) == len(kernels.SHAPES) and all(s > 0 for s in seconds)
+
+
+def test_a_damaged_cache_file_is_measured_again_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "mkl_is_used", lambda: True)
+    monkeypatch.setattr(kernels, "measure", lambda environ: {"default": [2.0], "AVX2": [1.0]})
+    (tmp_path / "mkl_code_path.json").write_bytes(b"\xff{not json")
+    environ: dict[str, str] = {}
+    assert kernels.choose_mkl_code_path(environ) == "AVX2"
+    assert json.loads((tmp_path / "mkl_code_path.json").read_text())  # rewritten whole

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from rlhfkit.config import GenerationConfig
 from rlhfkit.errors import UserError
 from rlhfkit.rollout.generation import HF_ENGINE, GenerationEngine
 from rlhfkit.rollout.vllm_engine import VLLMEngine
-from rlhfkit.runtime.precision import cache_root, machine_key
+from rlhfkit.runtime.precision import cache_root, machine_key, read_measurements
 from rlhfkit.tracking import write_json_atomic
 
 AUTO_MIN_PARAMETERS = 20_000_000
@@ -63,7 +62,7 @@ def measured_engine(model_name: str, policy: nn.Module, precision: str) -> Gener
     """The faster engine for this model here: cached, or measured now."""
     key = f"{machine_key(policy)} | vllm {vllm_version()} | {precision}"
     path = cache_root() / "generation_engine.json"
-    cache = json.loads(path.read_text()) if path.is_file() else {}
+    cache = read_measurements(path)
     if key not in cache:
         cache[key] = measurement(model_name, policy, precision)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,12 +41,12 @@ def choose_mkl_code_path(environ: MutableMapping[str, str] = os.environ) -> str 
     if VARIABLE in environ or not mkl_is_used():
         return environ.get(VARIABLE)
     # lazy: the child process that times the products runs this file alone, with torch only
-    from rlhfkit.runtime.precision import cache_root, cpu_model  # noqa: PLC0415
+    from rlhfkit.runtime.precision import cache_root, cpu_model, read_measurements  # noqa: PLC0415
     from rlhfkit.tracking import write_json_atomic  # noqa: PLC0415
 
     key = f"{cpu_model()} | torch {torch.__version__}"
     path = cache_root() / "mkl_code_path.json"
-    cache = json.loads(path.read_text()) if path.is_file() else {}
+    cache = read_measurements(path)
     if key not in cache:
         seconds = measure(environ)
         ratio = time_ratio(seconds[CANDIDATE], seconds["default"])

@@ -36,6 +36,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("RLHFKIT_CACHE", Path.home() / ".cache" / "rlhfkit"))
 
 
+def read_measurements(path: Path) -> dict:
+    """A cache file of machine measurements ($RLHFKIT_CACHE/*.json); empty when missing or damaged (measured again)."""
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
 def autocast(dtype: str):
     """The forward-pass precision context: bf16 autocast over fp32 weights, or nothing for float32."""
     if dtype == "bfloat16":
@@ -52,7 +61,7 @@ def resolve_precision(value: str, model: nn.Module, device: torch.device) -> str
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     key = machine_key(model)
     path = cache_root() / "precision.json"
-    cache = json.loads(path.read_text()) if path.is_file() else {}
+    cache = read_measurements(path)
     if key not in cache:
         seconds = probe(model)
         cache[key] = {"precision": min(seconds, key=seconds.get), "seconds": seconds}
