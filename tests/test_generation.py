@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from rlhfkit.algorithms import logprobs_from_logits
-from rlhfkit.config import GenerationConfig
-from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.config import GenerationConfig, LoRAConfig
+from rlhfkit.models import actor_critic, load_causal_lm, load_tokenizer
 from rlhfkit.models.actor_critic import response_logits, response_logprobs
 from rlhfkit.models.hf_reward import position_ids_from_mask
+from rlhfkit.models.lora import apply_lora
 from rlhfkit.models.shared_prompts import shared_prompt_cache, shared_prompt_response_logits
 from rlhfkit.rollout import generation
 from rlhfkit.rollout.generation import tokenize_prompts
@@ -87,7 +88,7 @@ def test_log_probs_are_the_tempered_policy_s_and_top_k_truncates_the_draw(tiny):
 
 
 @torch.no_grad()
-def test_scoring_reads_a_repeated_prompt_once_and_gets_what_a_whole_forward_gets(tiny):
+def test_scoring_reads_a_repeated_prompt_once_and_gets_what_a_whole_forward_gets(tiny, monkeypatch):
     # the reference's log-probs and the frozen layers' output (LoRA on the top layers) from two passes,
     # the distinct prompts then the responses on their copied cache, equal those of one forward of every row
     model, tokenizer = tiny
@@ -101,7 +102,9 @@ def test_scoring_reads_a_repeated_prompt_once_and_gets_what_a_whole_forward_gets
     kept_layer = 1
     shared = shared_prompt_response_logits(model, input_ids, attention_mask, response_ids.shape[1], kept_layer)
     assert shared is not None
-    logits, states = shared
+    logits, _, states = shared
+    kept, _ = response_logprobs(model, input_ids, attention_mask, response_ids, 1.0, "float32", kept_layer)
+    monkeypatch.setattr(actor_critic, "shared_prompt_response_logits", lambda *_: None)  # every row read whole
     whole, _, whole_states = response_logits(
         model, input_ids, attention_mask, response_ids.shape[1], frozen_layers=kept_layer, keep_frozen_states=True
     )
@@ -109,8 +112,7 @@ def test_scoring_reads_a_repeated_prompt_once_and_gets_what_a_whole_forward_gets
     torch.testing.assert_close(logits * response, whole * response, rtol=0, atol=1e-5)
     real = attention_mask[..., None].bool()
     torch.testing.assert_close(states * real, whole_states * real, rtol=0, atol=1e-5)
-    # and response_logprobs takes this path without gradients
-    kept, _ = response_logprobs(model, input_ids, attention_mask, response_ids, 1.0, "float32", kept_layer)
+    # and response_logprobs takes this path
     torch.testing.assert_close(
         kept * samples.response_mask,
         logprobs_from_logits(whole, response_ids, 1.0) * samples.response_mask,
@@ -119,3 +121,62 @@ def test_scoring_reads_a_repeated_prompt_once_and_gets_what_a_whole_forward_gets
     )
     distinct_ids, distinct_mask = grouped_prompts(tokenizer, 1)
     assert shared_prompt_response_logits(model, distinct_ids, distinct_mask, 1) is None
+
+
+def test_the_inverse_cdf_draw_has_the_row_s_distribution_and_never_a_token_of_probability_zero():
+    probs = torch.tensor([[0.0, 0.1, 0.2, 0.0, 0.7], [0.5, 0.0, 0.0, 0.5, 0.0]])
+    torch.manual_seed(0)
+    draws = torch.cat([generation.draw_by_inverse_cdf(probs) for _ in range(20000)], dim=1)  # (2, 20000)
+    frequencies = torch.stack([torch.bincount(row, minlength=5) for row in draws]).double() / draws.shape[1]
+    # 20,000 draws: a frequency's standard error is at most 0.0036, so 0.015 is over four of them
+    torch.testing.assert_close(frequencies, probs.double(), rtol=0, atol=0.015)
+    assert frequencies[probs == 0].sum() == 0
+    torch.manual_seed(0)
+    assert torch.equal(generation.draw_by_inverse_cdf(probs), draws[:, :1])  # the global generator: seeded runs repeat
+
+
+def test_the_draw_leaves_generate_only_the_drawn_token():
+    scores = torch.tensor([[1.0, 2.0, float("-inf")], [0.0, 0.0, 0.0]])
+    torch.manual_seed(1)
+    kept = generation.DrawByInverseCDF()(torch.zeros(2, 1, dtype=torch.long), scores)
+    assert (kept == 0).sum(dim=1).tolist() == [1, 1] and bool((kept[kept != 0] == float("-inf")).all())
+    assert kept[0, 2] == float("-inf")
+
+
+def test_a_training_minibatch_reads_a_repeated_prompt_once_with_the_gradients_of_a_whole_forward(tiny, monkeypatch):
+    # LoRA on the top layer, the pass starting from the frozen layers' output: logits, last hidden states
+    # and every adapter's gradient equal those of one forward over every row
+    model, tokenizer = tiny
+    ids, mask = grouped_prompts(tokenizer, 2)
+    torch.manual_seed(0)
+    samples = generation.sample_tokens(model, ids, mask, GenerationConfig(max_new_tokens=5), tokenizer.eos_token_id,
+                                       tokenizer.pad_token_id)  # fmt: skip
+    samples.response_mask[1, 3:] = False
+    samples.response_ids[1, 3:] = tokenizer.pad_token_id
+    input_ids, attention_mask, length = samples.input_ids, samples.attention_mask, samples.response_ids.shape[1]
+    layers = model.config.num_hidden_layers
+    policy = apply_lora(load_causal_lm(model.name_or_path, tokenizer), LoRAConfig(enabled=True, top_layers=1))
+    for name, parameter in policy.named_parameters():
+        if "lora_B" in name:  # a trained adapter, so that its gradients reach the prompt through the cache
+            torch.nn.init.normal_(parameter, std=0.1)
+    with torch.no_grad(), policy.disable_adapter():
+        _, frozen = response_logprobs(policy, input_ids, attention_mask, samples.response_ids, 1.0, "float32",
+                                      layers - 1)  # fmt: skip
+
+    def forward_and_gradients():
+        policy.zero_grad()
+        logits, hidden, _ = response_logits(policy, input_ids, attention_mask, length, output_hidden_states=True,
+                                            frozen_states=frozen, frozen_layers=layers - 1)  # fmt: skip
+        response = samples.response_mask[..., None]
+        ((logits * response).square().mean() + (hidden * response).mean()).backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+        return logits * response, hidden * response, grads
+
+    shared_logits, shared_hidden, shared_grads = forward_and_gradients()
+    monkeypatch.setattr(actor_critic, "shared_prompt_response_logits", lambda *_: None)
+    whole_logits, whole_hidden, whole_grads = forward_and_gradients()
+    torch.testing.assert_close(shared_logits, whole_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(shared_hidden, whole_hidden, rtol=0, atol=1e-5)
+    assert shared_grads.keys() == whole_grads.keys() and shared_grads
+    for name in whole_grads:
+        torch.testing.assert_close(shared_grads[name], whole_grads[name], rtol=1e-4, atol=1e-6)

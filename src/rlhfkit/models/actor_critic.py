@@ -48,7 +48,22 @@ def response_logits(
     `frozen_states` is the (B, P + R, H) output of the first `frozen_layers` layers. With
     keep_frozen_states it is returned; given as `frozen_states`, the forward starts from it and runs
     only the layers above, which is exact when those below are frozen.
+
+    A prompt that repeats in the batch (group sampling) is read once: `shared_prompt_response_logits`.
     """
+    kept_layer = frozen_layers if keep_frozen_states else None
+    shared = shared_prompt_response_logits(
+        model,
+        input_ids,
+        attention_mask,
+        response_length,
+        kept_layer,
+        frozen_states,
+        frozen_layers,
+        output_hidden_states,
+    )
+    if shared is not None:
+        return shared
     inputs = {"input_ids": input_ids} if frozen_states is None else {"inputs_embeds": frozen_states}
     length = attention_mask.shape[1]
     kept_columns = torch.arange(length - response_length - 1, length, device=attention_mask.device)
@@ -143,22 +158,14 @@ def response_logprobs(
 
     With frozen_layers > 0 (the reference is the policy with its adapter disabled, and the
     adapters start at that layer), also the (B, P + R, H) output of the layers below it,
-    which the policy shares; else None. Without gradients, a prompt that repeats (group sampling)
-    is read once (`shared_prompt_response_logits`).
+    which the policy shares; else None.
     """
     response_length = response_ids.shape[1]
     with autocast(dtype):
-        shared = None
-        if not torch.is_grad_enabled():
-            kept_layer = frozen_layers if frozen_layers > 0 else None
-            shared = shared_prompt_response_logits(model, input_ids, attention_mask, response_length, kept_layer)
-        if shared is not None:
-            logits, frozen_states = shared
-        else:
-            logits, _, frozen_states = response_logits(
-                model, input_ids, attention_mask, response_length,
-                frozen_layers=frozen_layers, keep_frozen_states=frozen_layers > 0,
-            )  # fmt: skip
+        logits, _, frozen_states = response_logits(
+            model, input_ids, attention_mask, response_length,
+            frozen_layers=frozen_layers, keep_frozen_states=frozen_layers > 0,
+        )  # fmt: skip
     return logprobs_from_logits(logits, response_ids, temperature), frozen_states
 
 

@@ -66,16 +66,26 @@ def decoder_from_layer(model: nn.Module, first: int):
     """Within the block, `model(inputs_embeds=h)` runs only the decoder layers from `first` up.
 
     `h` must be the hidden states entering layer `first` (the output of the layers below it);
-    everything else of the forward (mask, rotary positions, final norm, head) is unchanged.
+    everything else of the forward (mask, rotary positions, final norm, head) is unchanged. The kept
+    layers' attentions are numbered from 0 within the block, so that a key/value cache built there
+    holds them from its layer 0, the layer whose length the forward reads for the cache's length
+    and the causal mask.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
     all_layers = decoder.layers
-    decoder.layers = nn.ModuleList(list(all_layers)[first:])
+    kept = list(all_layers)[first:]
+    attentions = [layer.self_attn for layer in kept if hasattr(getattr(layer, "self_attn", None), "layer_idx")]
+    numbers = [attention.layer_idx for attention in attentions]
+    decoder.layers = nn.ModuleList(kept)
+    for index, attention in enumerate(attentions):
+        attention.layer_idx = index
     try:
         yield
     finally:
         decoder.layers = all_layers
+        for attention, number in zip(attentions, numbers):
+            attention.layer_idx = number
 
 
 def merged(model: nn.Module) -> nn.Module:

@@ -8,11 +8,13 @@ those of reading every row whole (to float rounding: tested).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
 
 from rlhfkit.models.heads import position_ids_from_mask
+from rlhfkit.models.lora import decoder_from_layer
 
 
 def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -48,35 +50,64 @@ def shared_prompt_cache(model, query_ids: torch.Tensor, query_mask: torch.Tensor
 
 
 def shared_prompt_response_logits(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, kept_layer: int | None = None
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_length: int,
+    kept_layer: int | None = None,
+    frozen_states: torch.Tensor | None = None,
+    frozen_layers: int = 0,
+    output_hidden_states: bool = False,
 ):
     """What `actor_critic.response_logits` returns of a forward over (B, P + R), each distinct prompt read once.
 
-    Returns (logits (B, R, V) predicting the R response tokens, the (B, P + R, H) output of the first
-    `kept_layer` layers or None), or None when no prompt repeats. Two passes: the distinct prompts,
-    whose cache is then copied to their repeats, and the responses on that cache.
+    Returns (logits (B, R, V) predicting the R response tokens, the (B, R, H) last hidden state before
+    each response token or None, the (B, P + R, H) output of the first `kept_layer` layers or None),
+    or None when no prompt repeats. Two passes: the distinct prompts, whose cache is then copied to
+    their repeats, and the responses on that cache. Gradients flow back through the copies to each
+    prompt's one pass, so a training minibatch that holds a prompt twice reads it once too.
+    `frozen_states`, the output of the first `frozen_layers` layers, starts both passes above them.
     """
     prompt_length = input_ids.shape[1] - response_length
     shared = distinct_prompts(input_ids[:, :prompt_length], attention_mask[:, :prompt_length])
-    if shared is None or response_length < 1:
+    if shared is None or response_length < 1 or (frozen_states is not None and not uniform_layers(model)):
         return None
     ids, mask, copy_of = shared
-    keep_states = kept_layer is not None
-    prompts = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
-        logits_to_keep=1, output_hidden_states=keep_states,
-    )  # fmt: skip
-    cache = prompts.past_key_values
-    cache.batch_select_indices(copy_of)
-    # column t of the responses predicts response token t + 1; the prompt's last column predicts token 0
-    responses = model(
-        input_ids=input_ids[:, prompt_length:], attention_mask=attention_mask.long(),
-        position_ids=position_ids_from_mask(attention_mask)[:, prompt_length:], use_cache=True,
-        logits_to_keep=torch.arange(response_length - 1, device=input_ids.device), output_hidden_states=keep_states,
-        **{cache_keyword(model): cache},
-    )  # fmt: skip
+    if frozen_states is None:
+        prompt_inputs, response_inputs = {"input_ids": ids}, {"input_ids": input_ids[:, prompt_length:]}
+    else:
+        rows = torch.arange(len(copy_of), device=copy_of.device)
+        first_row = torch.full((ids.shape[0],), len(copy_of), device=copy_of.device).scatter_reduce(
+            0, copy_of, rows, reduce="amin"
+        )
+        prompt_inputs = {"inputs_embeds": frozen_states[first_row, :prompt_length]}
+        response_inputs = {"inputs_embeds": frozen_states[:, prompt_length:]}
+    hidden = kept_layer is not None or output_hidden_states
+    with decoder_from_layer(model, frozen_layers) if frozen_states is not None else contextlib.nullcontext():
+        prompts = model(
+            **prompt_inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
+            logits_to_keep=1, output_hidden_states=hidden,
+        )  # fmt: skip
+        cache = prompts.past_key_values
+        cache.batch_select_indices(copy_of)
+        # column t of the responses predicts response token t + 1; the prompt's last column predicts token 0
+        responses = model(
+            **response_inputs, attention_mask=attention_mask.long(),
+            position_ids=position_ids_from_mask(attention_mask)[:, prompt_length:], use_cache=True,
+            logits_to_keep=torch.arange(response_length - 1, device=input_ids.device), output_hidden_states=hidden,
+            **{cache_keyword(model): cache},
+        )  # fmt: skip
     logits = torch.cat([prompts.logits[copy_of], responses.logits], dim=1)
-    if not keep_states:
-        return logits, None
-    states = torch.cat([prompts.hidden_states[kept_layer][copy_of], responses.hidden_states[kept_layer]], dim=1)
-    return logits, states
+    last = None
+    if output_hidden_states:
+        last = torch.cat([prompts.hidden_states[-1][copy_of, -1:], responses.hidden_states[-1][:, :-1]], dim=1)
+    kept = None
+    if kept_layer is not None:
+        kept = torch.cat([prompts.hidden_states[kept_layer][copy_of], responses.hidden_states[kept_layer]], dim=1)
+    return logits, last, kept
+
+
+def uniform_layers(model) -> bool:
+    """Whether every layer attends alike: a cache built above the frozen layers numbers its layers from 0
+    (`decoder_from_layer`), which is only right when layer 0's kind of cache is every layer's."""
+    return len(set(getattr(model.config, "layer_types", None) or ["full_attention"])) == 1
