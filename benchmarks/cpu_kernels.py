@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/cpu_kernels.py
     .venv/bin/python benchmarks/cpu_kernels.py --decode-only
+    .venv/bin/python benchmarks/cpu_kernels.py --draw-only
 
 1. fp32 vs bf16 matmul in the layouts a forward and a backward pass use, at a PPO minibatch's
    shape (4 x 91 tokens = 364 rows, hidden 576, MLP 1536). Without AVX-512 (this VM's CPU
@@ -11,6 +12,8 @@
 3. The fp32 products of one decoding step of a batch of 16 (16 rows: the MLP's two shapes and the LM
    head over SmolLM2's 49,152 tokens) with MKL's own choice of code path and with MKL_CBWR=AVX2, each
    in a fresh process, since MKL reads the variable when it loads.
+4. One decoding step's draw of a token for 16 rows of SmolLM2's 49,152: `torch.multinomial` (what
+   `generate` samples with) against the inverse-CDF draw the `hf` engine uses (`DrawByInverseCDF`).
 """
 
 import os
@@ -21,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from rlhfkit.rollout.generation import draw_by_inverse_cdf
 from rlhfkit.runtime.precision import cpu_flags
 
 
@@ -74,6 +78,12 @@ def decode_products() -> None:
         print(f"decode product {rows}x{inner} @ {inner}x{outer}, {path}: {took * 1e3:.2f} ms")
 
 
+def token_draws() -> None:
+    probs = torch.softmax(torch.randn(16, 49152), dim=-1)
+    print(f"draw 16 x 49152, torch.multinomial: {seconds(lambda: torch.multinomial(probs, 1), 20) * 1e3:.2f} ms")
+    print(f"draw 16 x 49152, inverse CDF: {seconds(lambda: draw_by_inverse_cdf(probs), 20) * 1e3:.2f} ms")
+
+
 def decode_products_by_code_path() -> None:
     for path in (None, "AVX2"):
         env = {key: value for key, value in os.environ.items() if key != "MKL_CBWR"}
@@ -87,7 +97,11 @@ if __name__ == "__main__":
         sys.exit()
     print("CPU flags:", cpu_flags())
     print("torch threads:", torch.get_num_threads())
+    if "--draw-only" in sys.argv:
+        token_draws()
+        sys.exit()
     if "--decode-only" not in sys.argv:
         matmul()
         adamw_step()
     decode_products_by_code_path()
+    token_draws()

@@ -76,11 +76,9 @@ def shared_prompt_response_logits(
     if frozen_states is None:
         prompt_inputs, response_inputs = {"input_ids": ids}, {"input_ids": input_ids[:, prompt_length:]}
     else:
-        rows = torch.arange(len(copy_of), device=copy_of.device)
-        first_row = torch.full((ids.shape[0],), len(copy_of), device=copy_of.device).scatter_reduce(
-            0, copy_of, rows, reduce="amin"
-        )
-        prompt_inputs = {"inputs_embeds": frozen_states[first_row, :prompt_length]}
+        # a row holding each distinct prompt (its repeats' frozen states are the same)
+        holder = copy_of.new_empty(ids.shape[0]).scatter_(0, copy_of, torch.arange(len(copy_of), device=copy_of.device))
+        prompt_inputs = {"inputs_embeds": frozen_states[holder, :prompt_length]}
         response_inputs = {"inputs_embeds": frozen_states[:, prompt_length:]}
     hidden = kept_layer is not None or output_hidden_states
     with decoder_from_layer(model, frozen_layers) if frozen_states is not None else contextlib.nullcontext():

@@ -229,8 +229,9 @@ class DrawByInverseCDF(LogitsProcessor):
     """Draw each row's token from softmax(scores) and leave only it possible: `generate`'s argmax then takes it.
 
     `generate`'s own sampling is `torch.multinomial`, which on a CPU draws an exponential variate for
-    every vocabulary entry: 27.6 ms for 16 rows of SmolLM2's 49,152 against 0.86 ms for a cumulative
-    sum and a binary search (benchmarks/RESULTS.md, session 10), a tenth of a decoding step here.
+    every vocabulary entry: 28-33 ms for 16 rows of SmolLM2's 49,152 against 2.3-4.8 ms for a
+    cumulative sum and a binary search (`benchmarks/cpu_kernels.py --draw-only`, RESULTS.md session 10),
+    where a whole decoding step of 16 rows takes 230-300 ms.
     The draw is the same distribution: one uniform u per row, the first token whose cumulative
     probability exceeds u; a token of probability 0 (cut by top-k or top-p) is never drawn.
     """
