@@ -169,3 +169,20 @@ def test_a_reward_directory_of_the_earlier_layout_still_loads_and_scores_the_sam
         before, after = (score_items(m, items, tokenizer.pad_token_id, "float32").tolist() for m in (model, back))
     assert after == before
     assert rlhfkit_scores(tmp_path) == pytest.approx(before, abs=1e-6)
+
+
+def test_a_reward_model_scores_in_the_precision_auto_resolves_to(final, monkeypatch):
+    """`rlhfkit label`'s and the demo's judges pass dtype=auto: it is measured (or cached) like a run's, not fp32."""
+    from rlhfkit import rewards
+    from rlhfkit.runtime import precision
+
+    monkeypatch.setattr(precision, "probe", lambda model: {"float32": 2.0, "bfloat16": 1.0})  # no timing in tests
+    precision_file = precision.cache_root() / "precision.json"
+    monkeypatch.setattr(precision, "cache_root", lambda: precision_file.parent / "auto-reward-test")
+    used = []
+    monkeypatch.setattr(
+        rewards, "score_items", lambda model, items, pad, dtype: used.append(dtype) or torch.zeros(len(items))
+    )
+    reward = model_reward(str(final), batch_size=4, dtype="auto")
+    reward([r["prompt"] for r in RECORDS], RESPONSES, RECORDS)
+    assert used == ["bfloat16"]

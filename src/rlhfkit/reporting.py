@@ -28,6 +28,7 @@ from rlhfkit.rewards import RewardFn, checked_scores
 from rlhfkit.rollout.engines import build_engine
 from rlhfkit.rollout.experience import sequence_kl
 from rlhfkit.rollout.generation import HF_ENGINE, GenerationEngine, decode_responses
+from rlhfkit.runtime.precision import resolve_precision
 from rlhfkit.tracking import new_figure, read_jsonl, write_json_atomic
 
 # ---------------------------------------------------------------------------
@@ -73,6 +74,7 @@ def evaluate_policies(
     prompts = [prompt_text(r) for r in records]
     tokenizer = load_tokenizer(reference_name)
     reference = load_causal_lm(reference_name, tokenizer).eval()
+    dtype = resolve_precision(dtype, reference, next(reference.parameters()).device)
     texts = [format_prompt(tokenizer, r) for r in records]
     engine = build_engine(generation, reference_name, reference, dtype)
     results: dict[str, dict[str, Any]] = {}

@@ -26,7 +26,7 @@ from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
 from rlhfkit.errors import UserError
 from rlhfkit.models import ScalarHeadModel, load_tokenizer
 from rlhfkit.rewards.verifiable import reference_of, verifiable_reward
-from rlhfkit.runtime.precision import autocast
+from rlhfkit.runtime.precision import autocast, resolve_precision
 
 RewardFn = Callable[[list[str], list[str], list[dict[str, Any]]], Sequence[float]]
 
@@ -102,6 +102,7 @@ def model_reward(directory: str, batch_size: int, dtype: str, device: torch.devi
     """
 
     model = ScalarHeadModel.load(directory).eval().to(device)
+    dtype = resolve_precision(dtype, model.backbone, torch.device(device))
     tokenizer = load_tokenizer(directory)
     max_length = model.backbone.config.max_position_embeddings
 
