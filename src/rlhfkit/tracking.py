@@ -26,7 +26,6 @@ from typing import Any
 
 from accelerate import PartialState
 from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracker, TrackioTracker, WandBTracker
-from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from rlhfkit.report_to import parse_report_to, requested_trackers
@@ -310,6 +309,8 @@ def write_jsonl_atomic(path: str | Path, records: list[dict[str, Any]]) -> None:
 
 def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (5.5, 3.6), squeeze: bool = True):
     """(figure, axes) on matplotlib's object API: no pyplot, so no GUI backend and no global figure state."""
+    from matplotlib.figure import Figure  # noqa: PLC0415 (lazy: ~26 MB of memory that only a plot needs)
+
     figure = Figure(figsize=figsize)
     return figure, figure.subplots(nrows, ncols, squeeze=squeeze)
 

@@ -19,9 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from rlhfkit.errors import UserError, read_text, summarize
 
 Numbered = list[tuple[int, Any]]  # (line or row number, raw record)
@@ -83,6 +80,9 @@ def _read_csv(path: Path) -> Numbered:
 
 
 def _read_parquet(path: Path) -> Numbered:
+    import pyarrow as pa  # noqa: PLC0415 (lazy: ~24 MB of memory that only Parquet input needs)
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as error:

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from rouge_score import rouge_scorer
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from rlhfkit.config import RewardConfig
@@ -44,6 +43,7 @@ def sentiment_reward() -> RewardFn:
 
 def rouge_reward() -> RewardFn:
     """ROUGE-L F1 of the response against the prompt record's `reference` field."""
+    from rouge_score import rouge_scorer  # noqa: PLC0415 (lazy: it loads nltk, scipy and scikit-learn)
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
