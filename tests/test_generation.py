@@ -5,7 +5,7 @@ import torch
 
 from rlhfkit.algorithms import logprobs_from_logits
 from rlhfkit.config import GenerationConfig, LoRAConfig
-from rlhfkit.models import actor_critic, load_causal_lm, load_tokenizer
+from rlhfkit.models import actor_critic, load_causal_lm, load_tokenizer, shared_prompts
 from rlhfkit.models.actor_critic import response_logits, response_logprobs
 from rlhfkit.models.hf_reward import position_ids_from_mask
 from rlhfkit.models.lora import apply_lora
@@ -180,3 +180,45 @@ def test_a_training_minibatch_reads_a_repeated_prompt_once_with_the_gradients_of
     assert shared_grads.keys() == whole_grads.keys() and shared_grads
     for name in whole_grads:
         torch.testing.assert_close(shared_grads[name], whole_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_reward_model_reads_a_ranking_s_prompt_once_with_the_scores_and_gradients_of_whole_rows(
+    tiny_model_dir, monkeypatch
+):
+    # a ranking's three responses to one prompt and a pair to a shorter one: the scores and LoRA gradients of
+    # the shared-prompt passes equal those of reading every row whole, for both poolings
+    from rlhfkit.data.collate import pad_batch, tokenize_prompt_response
+    from rlhfkit.models import heads
+    from rlhfkit.models.heads import ScalarHeadModel
+    from rlhfkit.models.loading import load_backbone
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    records = [("write a book about the weather", ["a day", "the sun is good", "no"]), ("say", ["yes", "a book"])]
+    items = [tokenize_prompt_response(tokenizer, {"prompt": p}, r, 64) for p, responses in records for r in responses]
+    batch = pad_batch(items, tokenizer.pad_token_id)
+    for pooling in ("mean", "last"):
+        torch.manual_seed(0)
+        backbone = apply_lora(load_backbone(tiny_model_dir, tokenizer), LoRAConfig(enabled=True))
+        model = ScalarHeadModel(backbone, gain=2.0, bias=0.5, pooling=pooling)
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.1)
+
+        def scores_and_gradients(model=model):
+            model.zero_grad()
+            scores = model(*batch)
+            (scores * torch.arange(1.0, len(items) + 1)).sum().backward()
+            return scores.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+        assert shared_prompts.shared_prompt_response_states(model.backbone, *batch) is not None
+        shared_scores, shared_grads = scores_and_gradients()
+        with monkeypatch.context() as whole_rows:
+            whole_rows.setattr(heads, "shared_prompt_response_states", lambda *_: None)
+            whole_scores, whole_grads = scores_and_gradients()
+        torch.testing.assert_close(shared_scores, whole_scores, rtol=0, atol=1e-5)
+        assert shared_grads.keys() == whole_grads.keys() and len(whole_grads) > 2
+        for name in whole_grads:  # sums taken in another order: gradients of up to ~0.1 differ by float rounding
+            torch.testing.assert_close(shared_grads[name], whole_grads[name], rtol=1e-4, atol=1e-5)
+    # one response per prompt: nothing to share
+    alone = pad_batch([items[0], items[3]], tokenizer.pad_token_id)
+    assert shared_prompts.shared_prompt_response_states(model.backbone, *alone) is None

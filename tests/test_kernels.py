@@ -9,6 +9,12 @@ import pytest
 from rlhfkit.runtime import kernels
 
 
+@pytest.fixture(autouse=True)
+def cpu_machine(monkeypatch):
+    """Every test but the GPU one runs as on a machine without a GPU, where the probe measures."""
+    monkeypatch.setattr(kernels.torch.cuda, "is_available", lambda: False)
+
+
 def test_time_ratio_is_the_geometric_mean_of_the_per_shape_ratios():
     assert kernels.time_ratio([1.0, 4.0], [2.0, 2.0]) == pytest.approx(1.0)  # sqrt(0.5 * 2)
     assert kernels.time_ratio([1.0, 1.0], [2.0, 8.0]) == pytest.approx(0.25)  # sqrt(0.5 * 0.125)
@@ -59,3 +65,31 @@ def test_a_damaged_cache_file_is_measured_again_not_a_crash(tmp_path, monkeypatc
     environ: dict[str, str] = {}
     assert kernels.choose_mkl_code_path(environ) == "AVX2"
     assert json.loads((tmp_path / "mkl_code_path.json").read_text())  # rewritten whole
+
+
+@pytest.mark.parametrize(
+    "returncode, stdout, stderr",
+    [(-11, "", "Fatal Python error: Segmentation fault"), (0, "not json", ""), (0, "[1.0]", "")],
+)
+def test_a_failing_timing_child_is_one_warning_and_mkls_own_path_not_a_crash(
+    tmp_path, monkeypatch, capsys, returncode, stdout, stderr
+):
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "mkl_is_used", lambda: True)
+    failed = subprocess.CompletedProcess([], returncode, stdout=stdout, stderr=stderr)
+    monkeypatch.setattr(kernels.subprocess, "run", lambda *args, **kwargs: failed)
+    environ: dict[str, str] = {}
+    assert kernels.choose_mkl_code_path(environ) is None and environ == {}
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("rlhfkit: warning: MKL code path probe failed") and len(warning.splitlines()) == 1
+    assert f"exit status {returncode}" in warning and (stderr or "no error output") in warning
+    assert not (tmp_path / "mkl_code_path.json").exists()  # measured again next time
+
+
+def test_nothing_is_measured_where_a_gpu_runs_the_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "mkl_is_used", lambda: True)
+    monkeypatch.setattr(kernels.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(kernels, "measure", lambda environ: pytest.fail("measured on a GPU machine"))
+    environ: dict[str, str] = {}
+    assert kernels.choose_mkl_code_path(environ) is None and environ == {}

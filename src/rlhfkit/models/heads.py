@@ -38,6 +38,7 @@ from rlhfkit.models.hf_reward import STANDARD_IMPORT, RlhfkitRewardModel, pooled
 from rlhfkit.models.hf_reward import last_token_index as last_token_index
 from rlhfkit.models.hf_reward import position_ids_from_mask as position_ids_from_mask
 from rlhfkit.models.loading import load_backbone
+from rlhfkit.models.shared_prompts import shared_prompt_response_states
 
 HEAD_FILE = "scalar_head.safetensors"  # the earlier layout's raw head, still read
 REWARD_FILE = "reward.json"
@@ -97,6 +98,15 @@ class ScalarHeadModel(nn.Module):
         word contributes (a sentiment lexicon, say) is then linear in the features; read at the last
         token, the backbone must first learn to carry that sum there.
         """
+        shared = None
+        if response_mask is not None:
+            shared = shared_prompt_response_states(
+                self.backbone, input_ids, attention_mask.bool(), response_mask.bool()
+            )
+        if shared is not None:  # e.g. a ranking's K responses to one prompt: the prompt read once
+            hidden, mask = shared
+            values = self.head(hidden.float()).squeeze(-1)
+            return self.gain * pooled_scores(values, mask, mask, self.pooling) + self.bias
         values = self.token_values(input_ids, attention_mask)
         return self.gain * pooled_scores(values, attention_mask, response_mask, self.pooling) + self.bias
 

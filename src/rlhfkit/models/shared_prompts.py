@@ -1,9 +1,10 @@
-"""Group sampling's repeated prompts read once: by `generate` (a shared key/value cache) and by scoring.
+"""Repeated prompts read once: by `generate` (a shared key/value cache), by scoring, training and reward models.
 
-GRPO, RLOO and REINFORCE++ sample K responses per prompt, so a batch holds each prompt K times.
-Every forward pass over such a batch can read each distinct prompt once and copy its key/value
-cache to the K rows that repeat it; only the responses are then read row by row. The results equal
-those of reading every row whole (to float rounding: tested).
+GRPO, RLOO and REINFORCE++ sample K responses per prompt, so a batch holds each prompt K times; a
+reward model learns from rankings of K responses to one prompt. Every forward pass over such a
+batch can read each distinct prompt once and copy its key/value cache to the K rows that repeat it;
+only the responses are then read row by row. The results, and the gradients, equal those of reading
+every row whole (to float rounding: tested).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import inspect
 
 import torch
 
-from rlhfkit.models.heads import position_ids_from_mask
+from rlhfkit.models.hf_reward import position_ids_from_mask
 from rlhfkit.models.lora import decoder_from_layer
 
 
@@ -109,3 +110,47 @@ def uniform_layers(model) -> bool:
     """Whether every layer attends alike: a cache built above the frozen layers numbers its layers from 0
     (`decoder_from_layer`), which is only right when layer 0's kind of cache is every layer's."""
     return len(set(getattr(model.config, "layer_types", None) or ["full_attention"])) == 1
+
+
+def shared_prompt_response_states(
+    backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+):
+    """A backbone's (no LM head) last hidden states over right-padded prompt + response rows, on the responses.
+
+    A reward model's batch: a ranking's K responses to one prompt, a comparison's two. Returns ((B, R, H)
+    states of each row's response tokens, left-aligned, and their (B, R) mask), each distinct prompt read
+    once; None when no prompt repeats or a row is not its prompt, its response, then padding.
+    """
+    prompt_lengths = (attention_mask & ~response_mask).sum(dim=1)
+    response_lengths = response_mask.sum(dim=1)
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+    ends = (prompt_lengths + response_lengths)[:, None]
+    laid_out = torch.equal(columns < prompt_lengths[:, None], attention_mask & ~response_mask) and torch.equal(
+        attention_mask, columns < ends
+    )  # each row: its prompt, its response, then padding
+    if not laid_out or not response_lengths.all():
+        return None
+    prompt_width = int(prompt_lengths.max())
+    # the prompts left-padded to prompt_width columns, as the distinct-prompt pass reads them
+    shift = (columns[:prompt_width] - prompt_width + prompt_lengths[:, None]).clamp(min=0)
+    prompt_mask = columns[:prompt_width] >= prompt_width - prompt_lengths[:, None]
+    prompt_ids = input_ids.gather(1, shift).masked_fill(~prompt_mask, 0)
+    shared = distinct_prompts(prompt_ids, prompt_mask)
+    if shared is None:
+        return None
+    ids, mask, copy_of = shared
+    response_width = int(response_lengths.max())
+    taken = (columns[:response_width] + prompt_lengths[:, None]).clamp(max=input_ids.shape[1] - 1)
+    response_ids_mask = columns[:response_width] < response_lengths[:, None]
+    response_ids = input_ids.gather(1, taken).masked_fill(~response_ids_mask, 0)
+    prompts = backbone(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
+                       use_cache=True)  # fmt: skip
+    cache = prompts.past_key_values
+    cache.batch_select_indices(copy_of)
+    whole_mask = torch.cat([prompt_mask, response_ids_mask], dim=1)
+    responses = backbone(
+        input_ids=response_ids, attention_mask=whole_mask.long(),
+        position_ids=position_ids_from_mask(whole_mask)[:, prompt_width:], use_cache=True,
+        **{cache_keyword(backbone): cache},
+    )  # fmt: skip
+    return responses.last_hidden_state, response_ids_mask

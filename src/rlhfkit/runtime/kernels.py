@@ -37,8 +37,13 @@ SHAPES = ((16, 576, 49152), (16, 576, 1536), (16, 1536, 576), (292, 576, 1536), 
 
 
 def choose_mkl_code_path(environ: MutableMapping[str, str] = os.environ) -> str | None:
-    """Set MKL_CBWR=AVX2 where it measured clearly faster here (cached); returns the value in effect."""
-    if VARIABLE in environ or not mkl_is_used():
+    """Set MKL_CBWR=AVX2 where it measured clearly faster here (cached); returns the value in effect.
+
+    Nothing is measured where a GPU runs the models (the CPU's products do not matter there). Where the
+    timing child fails, the run goes on with MKL's own choice and says so; nothing is cached, so the
+    next run measures again.
+    """
+    if VARIABLE in environ or not mkl_is_used() or torch.cuda.is_available():
         return environ.get(VARIABLE)
     # lazy: the child process that times the products runs this file alone, with torch only
     from rlhfkit.runtime.precision import cache_root, cpu_model, read_measurements  # noqa: PLC0415
@@ -48,7 +53,11 @@ def choose_mkl_code_path(environ: MutableMapping[str, str] = os.environ) -> str 
     path = cache_root() / "mkl_code_path.json"
     cache = read_measurements(path)
     if key not in cache:
-        seconds = measure(environ)
+        try:
+            seconds = measure(environ)
+        except ProbeFailed as failure:
+            print(f"rlhfkit: warning: MKL code path probe failed ({failure}); keeping MKL's own", file=sys.stderr)
+            return environ.get(VARIABLE)
         ratio = time_ratio(seconds[CANDIDATE], seconds["default"])
         cache[key] = {VARIABLE: CANDIDATE if ratio <= CLEAR_WIN else None, "time_ratio": ratio, "seconds": seconds}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +83,10 @@ def mkl_is_used() -> bool:
     return torch.backends.mkl.is_available()
 
 
+class ProbeFailed(Exception):
+    """A timing child exited with an error or printed no timings."""
+
+
 def measure(environ: MutableMapping[str, str]) -> dict[str, list[float]]:
     """Per shape, the median seconds with MKL's own choice and with MKL_CBWR=AVX2, child processes alternated."""
     base = {**environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
@@ -82,11 +95,21 @@ def measure(environ: MutableMapping[str, str]) -> dict[str, list[float]]:
     for _ in range(ROUNDS):
         for name, env in settings.items():
             # -P: the child's sys.path does not start with this directory (whose modules would shadow others)
-            child = subprocess.run(
-                [sys.executable, "-P", __file__], env=env, capture_output=True, text=True, check=True
-            )
-            times[name].append(json.loads(child.stdout))
+            child = subprocess.run([sys.executable, "-P", __file__], env=env, capture_output=True, text=True)
+            times[name].append(child_timings(child))
     return {name: [statistics.median(shape) for shape in zip(*rounds)] for name, rounds in times.items()}
+
+
+def child_timings(child: subprocess.CompletedProcess) -> list[float]:
+    """The timing child's seconds per shape, or ProbeFailed naming its exit status and last error line."""
+    try:
+        seconds = json.loads(child.stdout) if child.returncode == 0 else None
+    except ValueError:
+        seconds = None
+    if not isinstance(seconds, list) or len(seconds) != len(SHAPES):
+        last_line = (child.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise ProbeFailed(f"timing process exit status {child.returncode}: {last_line}")
+    return seconds
 
 
 def time_products(repeats: int = 5) -> list[float]:
