@@ -9,6 +9,7 @@ from rlhfkit.algorithms import (
     clipped_value_loss,
     entropy_from_logits,
     kl_penalty_policy_loss,
+    logprobs_and_entropy,
     logprobs_from_logits,
     policy,
     update_kl_penalty_beta,
@@ -132,6 +133,42 @@ def test_logprobs_from_logits_matches_log_softmax_gather(temperature, monkeypatc
         torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
         (grad,) = torch.autograd.grad(out.sum(), logits)
         torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_logprobs_and_entropy_by_hand():
+    # logits (0, ln 3) over two tokens: p = (1/4, 3/4); token 1 drawn
+    #   log p(1) = ln 3/4 = -0.2876821 ; H = -(1/4 ln 1/4 + 3/4 ln 3/4) = 0.5623351
+    #   d log p(1)/dl = onehot - p = (-1/4, 1/4) ; dH/dl = -p (log p + H):
+    #   -1/4 (-1.3862944 + 0.5623351) = 0.2059898 ; -3/4 (-0.2876821 + 0.5623351) = -0.2059898
+    logits = torch.tensor([[0.0, math.log(3.0)]], requires_grad=True)
+    logprobs, entropy = logprobs_and_entropy(logits, torch.tensor([1]))
+    assert logprobs.item() == pytest.approx(-0.2876821, abs=1e-6)
+    assert entropy.item() == pytest.approx(0.5623351, abs=1e-6)
+    (grad,) = torch.autograd.grad(logprobs.sum(), logits, retain_graph=True)
+    torch.testing.assert_close(grad, torch.tensor([[-0.25, 0.25]]))
+    (grad,) = torch.autograd.grad(entropy.sum(), logits)
+    torch.testing.assert_close(grad, torch.tensor([[0.2059898, -0.2059898]]))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_logprobs_and_entropy_equal_the_separate_functions_values_and_gradients(temperature, entropy_grad, monkeypatch):
+    g = torch.Generator().manual_seed(7)
+    logits = (torch.randn(3, 5, 17, generator=g) * 3.0).requires_grad_(True)
+    tokens = torch.randint(0, 17, (3, 5), generator=g)
+    weights = torch.randn(2, 3, 5, generator=g)
+    expected = logprobs_from_logits(logits, tokens, temperature), entropy_from_logits(logits / temperature)
+    expected_loss = (weights[0] * expected[0]).sum() + (weights[1] * expected[1]).sum() * entropy_grad
+    (expected_grad,) = torch.autograd.grad(expected_loss, logits)
+    for chunk_elements in (policy._CHUNK_ELEMENTS, 20):  # one slice, and one batch row per slice
+        monkeypatch.setattr(policy, "_CHUNK_ELEMENTS", chunk_elements)
+        logprobs, entropy = logprobs_and_entropy(logits, tokens, temperature, entropy_grad)
+        torch.testing.assert_close(logprobs, expected[0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(entropy, expected[1], rtol=1e-5, atol=1e-5)
+        assert entropy.requires_grad is entropy_grad  # a statistic only: no graph through the vocabulary
+        loss = (weights[0] * logprobs).sum() + ((weights[1] * entropy).sum() if entropy_grad else 0.0)
+        (grad,) = torch.autograd.grad(loss, logits)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
 
 
 def test_logprobs_from_bf16_logits_are_float32_of_the_same_values():

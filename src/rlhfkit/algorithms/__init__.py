@@ -38,6 +38,7 @@ from rlhfkit.algorithms.policy import (
     clipped_value_loss,
     entropy_from_logits,
     kl_penalty_policy_loss,
+    logprobs_and_entropy,
     logprobs_from_logits,
     update_kl_penalty_beta,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "kl_loss",
     "kl_penalty_policy_loss",
     "kl_shaped_rewards",
+    "logprobs_and_entropy",
     "logprobs_from_logits",
     "masked_gae",
     "masked_mean",

@@ -141,10 +141,7 @@ def clipped_value_loss(
 
 def _map_chunks(fn: Callable[[Tensor], Tensor], logits: Tensor) -> Tensor:
     """fn applied to slices of `logits` along its first dimension, concatenated; bounds temporary memory."""
-    if logits.dim() < 2 or logits.numel() <= _CHUNK_ELEMENTS:
-        return fn(logits)  # one slice: no split and copy (a Gym policy's few logits per step)
-    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, logits[0].numel()))
-    return torch.cat([fn(chunk) for chunk in logits.split(rows_per_chunk)])
+    return _joined([fn(chunk) for (chunk,) in _row_slices(logits)])
 
 
 def _entropy(logits: Tensor) -> Tensor:
@@ -163,6 +160,76 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     a large logit, so it is stable for logits of any scale.
     """
     return _map_chunks(_entropy, logits)
+
+
+def logprobs_and_entropy(
+    logits: Tensor, tokens: Tensor, temperature: float = 1.0, entropy_grad: bool = True
+) -> tuple[Tensor, Tensor]:
+    """`logprobs_from_logits` and the entropy of softmax(logits / temperature), sharing one normaliser.
+
+        log p(x_t) = l_t,x_t - logsumexp_v l_t,v,   H_t = logsumexp_v l_t,v - sum_v p_v l_t,v   (l = logits / temp)
+
+    The PPO update needs both at every response token, each a pass over the whole vocabulary: here the
+    normaliser is computed once, and the backward pass recomputes the softmax once from it,
+        d log p(x) / dl = onehot(x) - p,   dH / dl = -p (log p + H),
+    where separate logsumexps and their autograd would make several (B, T, V) passes more. The
+    entropy gets no gradient with entropy_grad=False (an entropy bonus of 0: it is a statistic then).
+    """
+    return _LogprobsAndEntropy.apply(logits, tokens.long(), temperature, entropy_grad)
+
+
+class _LogprobsAndEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, tokens: Tensor, temperature: float, entropy_grad: bool):
+        normalisers, entropies = [], []
+        for (chunk,) in _row_slices(logits):
+            scaled = _scaled(chunk, temperature)
+            normaliser = torch.logsumexp(scaled, dim=-1, keepdim=True)
+            normalisers.append(normaliser)
+            entropies.append(normaliser[..., 0] - torch.linalg.vecdot(torch.exp(scaled - normaliser), scaled))
+        normaliser, entropy = _joined(normalisers), _joined(entropies)
+        chosen = _scaled(logits.gather(-1, tokens[..., None]), temperature)
+        ctx.save_for_backward(logits, tokens, normaliser, entropy)
+        ctx.temperature = temperature
+        ctx.set_materialize_grads(False)
+        if not entropy_grad:
+            ctx.mark_non_differentiable(entropy)
+        return (chosen - normaliser)[..., 0], entropy
+
+    @staticmethod
+    def backward(ctx, logprobs_grad: Tensor | None, entropy_grad: Tensor | None):
+        logits, tokens, normaliser, entropy = ctx.saved_tensors
+        if logprobs_grad is None:
+            logprobs_grad = torch.zeros_like(entropy)
+        per_row = (normaliser, logprobs_grad[..., None], entropy[..., None])
+        if entropy_grad is not None:
+            per_row += (entropy_grad[..., None],)
+        grads = []
+        for chunk, chunk_normaliser, g_logp, chunk_entropy, *g_entropy in _row_slices(logits, *per_row):
+            log_probs = _scaled(chunk, ctx.temperature) - chunk_normaliser
+            # d/dl: -p (g_logp + g_H (log p + H)), and g_logp more at the sampled token (added below)
+            weight = g_logp + g_entropy[0] * (log_probs + chunk_entropy) if g_entropy else g_logp
+            grads.append(log_probs.exp_().mul_(weight).neg_())
+        grad = _joined(grads).scatter_add_(-1, tokens[..., None], logprobs_grad[..., None].float())
+        return (grad / ctx.temperature if ctx.temperature != 1.0 else grad).to(logits.dtype), None, None, None
+
+
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    return logits.float() / temperature if temperature != 1.0 else logits.float()
+
+
+def _row_slices(logits: Tensor, *per_row: Tensor) -> list[tuple[Tensor, ...]]:
+    """`logits` in slices of at most _CHUNK_ELEMENTS elements along its first dimension, each with the same
+    rows of the `per_row` tensors; one slice, unsplit, when it is small (a Gym policy's few logits per step)."""
+    if logits.dim() < 2 or logits.numel() <= _CHUNK_ELEMENTS:
+        return [(logits, *per_row)]
+    rows = logits.split(max(1, _CHUNK_ELEMENTS // max(1, logits[0].numel())))
+    sizes = [chunk.shape[0] for chunk in rows]
+    return list(zip(rows, *(tensor.split(sizes) for tensor in per_row)))
+
+
+def _joined(pieces: list[Tensor]) -> Tensor:
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def logprobs_from_logits(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhfkit.algorithms import entropy_from_logits, logprobs_from_logits
+from rlhfkit.algorithms import logprobs_and_entropy, logprobs_from_logits
 from rlhfkit.config import LoRAConfig
 from rlhfkit.models.heads import ScalarHeadModel, ValueHead, position_ids_from_mask
 from rlhfkit.models.loading import load_backbone, load_causal_lm
@@ -133,9 +133,7 @@ class ActorCritic(nn.Module):
                 values = self.critic(hidden).float()
             else:
                 values = self.critic.token_values(input_ids, attention_mask)[:, -response_length - 1 : -1].float()
-        logprobs = logprobs_from_logits(logits, response_ids, temperature)
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = entropy_from_logits(logits if temperature == 1.0 else logits / temperature)
+        logprobs, entropy = logprobs_and_entropy(logits, response_ids, temperature, entropy_grad)
         return logprobs, entropy, values
 
     def reference_context(self):

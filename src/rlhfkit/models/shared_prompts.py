@@ -17,6 +17,8 @@ import torch
 from rlhfkit.models.hf_reward import position_ids_from_mask
 from rlhfkit.models.lora import decoder_from_layer
 
+NO_LOGITS = torch.zeros(0, dtype=torch.long)  # logits_to_keep for a pass that only fills the cache
+
 
 def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(distinct ids, their mask, copy_of) with ids[i] == distinct ids[copy_of[i]]; None when no row repeats."""
@@ -44,8 +46,9 @@ def shared_prompt_cache(model, query_ids: torch.Tensor, query_mask: torch.Tensor
         return None
     ids, mask, copy_of = shared
     cache = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True
-    ).past_key_values
+        input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
+        logits_to_keep=NO_LOGITS.to(ids.device),
+    ).past_key_values  # fmt: skip
     cache.batch_select_indices(copy_of)
     return cache
 
@@ -64,46 +67,48 @@ def shared_prompt_response_logits(
 
     Returns (logits (B, R, V) predicting the R response tokens, the (B, R, H) last hidden state before
     each response token or None, the (B, P + R, H) output of the first `kept_layer` layers or None),
-    or None when no prompt repeats. Two passes: the distinct prompts, whose cache is then copied to
-    their repeats, and the responses on that cache. Gradients flow back through the copies to each
-    prompt's one pass, so a training minibatch that holds a prompt twice reads it once too.
-    `frozen_states`, the output of the first `frozen_layers` layers, starts both passes above them.
+    or None when no prompt repeats. Two passes: the distinct prompts but their last token, whose cache
+    is then copied to their repeats, and each row's last prompt token and response on that cache, so
+    that the LM head multiplies all the logits' rows in one product (the head's weight is the largest
+    matrix: a second product for the prompts' last columns read it once more per distinct prompt).
+    Gradients flow back through the copies to each prompt's one pass, so a training minibatch that
+    holds a prompt twice reads it once too. `frozen_states`, the output of the first `frozen_layers`
+    layers, starts both passes above them.
     """
-    prompt_length = input_ids.shape[1] - response_length
-    shared = distinct_prompts(input_ids[:, :prompt_length], attention_mask[:, :prompt_length])
-    if shared is None or response_length < 1 or (frozen_states is not None and not uniform_layers(model)):
+    head_length = input_ids.shape[1] - response_length - 1  # the prompt but its last token
+    if response_length < 1 or head_length < 1 or (frozen_states is not None and not uniform_layers(model)):
+        return None
+    shared = distinct_prompts(input_ids[:, :head_length], attention_mask[:, :head_length])
+    if shared is None:
         return None
     ids, mask, copy_of = shared
     if frozen_states is None:
-        prompt_inputs, response_inputs = {"input_ids": ids}, {"input_ids": input_ids[:, prompt_length:]}
+        prompt_inputs, response_inputs = {"input_ids": ids}, {"input_ids": input_ids[:, head_length:]}
     else:
         # a row holding each distinct prompt (its repeats' frozen states are the same)
         holder = copy_of.new_empty(ids.shape[0]).scatter_(0, copy_of, torch.arange(len(copy_of), device=copy_of.device))
-        prompt_inputs = {"inputs_embeds": frozen_states[holder, :prompt_length]}
-        response_inputs = {"inputs_embeds": frozen_states[:, prompt_length:]}
+        prompt_inputs = {"inputs_embeds": frozen_states[holder, :head_length]}
+        response_inputs = {"inputs_embeds": frozen_states[:, head_length:]}
     hidden = kept_layer is not None or output_hidden_states
     with decoder_from_layer(model, frozen_layers) if frozen_states is not None else contextlib.nullcontext():
         prompts = model(
             **prompt_inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
-            logits_to_keep=1, output_hidden_states=hidden,
+            logits_to_keep=NO_LOGITS.to(ids.device), output_hidden_states=hidden,
         )  # fmt: skip
         cache = prompts.past_key_values
         cache.batch_select_indices(copy_of)
-        # column t of the responses predicts response token t + 1; the prompt's last column predicts token 0
+        # column t (the last prompt token, then the responses) predicts response token t
         responses = model(
             **response_inputs, attention_mask=attention_mask.long(),
-            position_ids=position_ids_from_mask(attention_mask)[:, prompt_length:], use_cache=True,
-            logits_to_keep=torch.arange(response_length - 1, device=input_ids.device), output_hidden_states=hidden,
+            position_ids=position_ids_from_mask(attention_mask)[:, head_length:], use_cache=True,
+            logits_to_keep=torch.arange(response_length, device=input_ids.device), output_hidden_states=hidden,
             **{cache_keyword(model): cache},
         )  # fmt: skip
-    logits = torch.cat([prompts.logits[copy_of], responses.logits], dim=1)
-    last = None
-    if output_hidden_states:
-        last = torch.cat([prompts.hidden_states[-1][copy_of, -1:], responses.hidden_states[-1][:, :-1]], dim=1)
+    last = responses.hidden_states[-1][:, :-1] if output_hidden_states else None
     kept = None
     if kept_layer is not None:
         kept = torch.cat([prompts.hidden_states[kept_layer][copy_of], responses.hidden_states[kept_layer]], dim=1)
-    return logits, last, kept
+    return responses.logits, last, kept
 
 
 def uniform_layers(model) -> bool:
