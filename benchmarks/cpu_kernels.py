@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/cpu_kernels.py
     .venv/bin/python benchmarks/cpu_kernels.py --decode-only
     .venv/bin/python benchmarks/cpu_kernels.py --draw-only
+    MKL_CBWR=AVX2 .venv/bin/python benchmarks/cpu_kernels.py --head-only
 
 1. fp32 vs bf16 matmul in the layouts a forward and a backward pass use, at a PPO minibatch's
    shape (4 x 91 tokens = 364 rows, hidden 576, MLP 1536). Without AVX-512 (this VM's CPU
@@ -14,6 +15,10 @@
    in a fresh process, since MKL reads the variable when it loads.
 4. One decoding step's draw of a token for 16 rows of SmolLM2's 49,152: `torch.multinomial` (what
    `generate` samples with) against the inverse-CDF draw the `hf` engine uses (`DrawByInverseCDF`).
+5. (`--head-only`) The LM head's product, x W^T with W the 49,152 x 576 head, at a decoding step's 16
+   rows, a minibatch's 132 and a scoring pass's 528: torch's `F.linear` (MKL) against oneDNN's linear
+   on the same, unreordered weight (`torch.ops.mkldnn._linear_pointwise`, what torch.compile's CPU
+   backend calls), and the backward's g W (MKL); the variants alternated, medians of 7 rounds.
 """
 
 import os
@@ -84,6 +89,23 @@ def token_draws() -> None:
     print(f"draw 16 x 49152, inverse CDF: {seconds(lambda: draw_by_inverse_cdf(probs), 20) * 1e3:.2f} ms")
 
 
+def head_products() -> None:
+    weight = torch.randn(49152, 576) * 0.02
+    for rows in (16, 132, 528):
+        x, grad = torch.randn(rows, 576), torch.randn(rows, 49152)
+        variants = {
+            "F.linear (MKL)": lambda x=x: torch.nn.functional.linear(x, weight),
+            "oneDNN linear": lambda x=x: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""),
+            "backward g W (MKL)": lambda grad=grad: grad @ weight,
+        }
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(7):
+            for name, product in variants.items():
+                times[name].append(seconds(product))
+        medians = ", ".join(f"{name} {sorted(t)[3] * 1e3:.1f} ms" for name, t in times.items())
+        print(f"LM head, {rows} rows: {medians}")
+
+
 def decode_products_by_code_path() -> None:
     for path in (None, "AVX2"):
         env = {key: value for key, value in os.environ.items() if key != "MKL_CBWR"}
@@ -99,6 +121,10 @@ if __name__ == "__main__":
     print("torch threads:", torch.get_num_threads())
     if "--draw-only" in sys.argv:
         token_draws()
+        sys.exit()
+    if "--head-only" in sys.argv:
+        print("MKL_CBWR:", os.environ.get("MKL_CBWR", "unset"))
+        head_products()
         sys.exit()
     if "--decode-only" not in sys.argv:
         matmul()
