@@ -67,7 +67,7 @@ def main() -> None:
         draws = torch.Generator().manual_seed(0)  # the same minibatches in every tree
         seconds = []
         for _ in range(args.timed):
-            rows = experience.select(torch.randperm(len(records) * group_size, generator=draws)[:4])
+            rows = experience.select(torch.randperm(experience.samples.input_ids.shape[0], generator=draws)[:4])
             started = time.perf_counter()
             trainer.update.minibatch_step(rows)
             seconds.append(time.perf_counter() - started)

@@ -197,20 +197,20 @@ class _LogprobsAndEntropy(torch.autograd.Function):
         return (chosen - normaliser)[..., 0], entropy
 
     @staticmethod
-    def backward(ctx, logprobs_grad: Tensor | None, entropy_grad: Tensor | None):
+    def backward(ctx, grad_logprobs: Tensor | None, grad_entropy: Tensor | None):
         logits, tokens, normaliser, entropy = ctx.saved_tensors
-        if logprobs_grad is None:
-            logprobs_grad = torch.zeros_like(entropy)
-        per_row = (normaliser, logprobs_grad[..., None], entropy[..., None])
-        if entropy_grad is not None:
-            per_row += (entropy_grad[..., None],)
+        if grad_logprobs is None:
+            grad_logprobs = torch.zeros_like(entropy)
+        per_row = (normaliser, grad_logprobs[..., None], entropy[..., None])
+        if grad_entropy is not None:
+            per_row += (grad_entropy[..., None],)
         grads = []
         for chunk, chunk_normaliser, g_logp, chunk_entropy, *g_entropy in _row_slices(logits, *per_row):
             log_probs = _scaled(chunk, ctx.temperature) - chunk_normaliser
             # d/dl: -p (g_logp + g_H (log p + H)), and g_logp more at the sampled token (added below)
             weight = g_logp + g_entropy[0] * (log_probs + chunk_entropy) if g_entropy else g_logp
             grads.append(log_probs.exp_().mul_(weight).neg_())
-        grad = _joined(grads).scatter_add_(-1, tokens[..., None], logprobs_grad[..., None].float())
+        grad = _joined(grads).scatter_add_(-1, tokens[..., None], grad_logprobs[..., None].float())
         return (grad / ctx.temperature if ctx.temperature != 1.0 else grad).to(logits.dtype), None, None, None
 
 

@@ -17,8 +17,6 @@ import torch
 from rlhfkit.models.hf_reward import position_ids_from_mask
 from rlhfkit.models.lora import decoder_from_layer
 
-NO_LOGITS = torch.zeros(0, dtype=torch.long)  # logits_to_keep for a pass that only fills the cache
-
 
 def distinct_prompts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(distinct ids, their mask, copy_of) with ids[i] == distinct ids[copy_of[i]]; None when no row repeats."""
@@ -45,9 +43,10 @@ def shared_prompt_cache(model, query_ids: torch.Tensor, query_mask: torch.Tensor
     if shared is None:
         return None
     ids, mask, copy_of = shared
+    # logits_to_keep: no column (a pass that only fills the cache)
     cache = model(
         input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
-        logits_to_keep=NO_LOGITS.to(ids.device),
+        logits_to_keep=ids.new_zeros(0),
     ).past_key_values  # fmt: skip
     cache.batch_select_indices(copy_of)
     return cache
@@ -93,7 +92,7 @@ def shared_prompt_response_logits(
     with decoder_from_layer(model, frozen_layers) if frozen_states is not None else contextlib.nullcontext():
         prompts = model(
             **prompt_inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
-            logits_to_keep=NO_LOGITS.to(ids.device), output_hidden_states=hidden,
+            logits_to_keep=ids.new_zeros(0), output_hidden_states=hidden,
         )  # fmt: skip
         cache = prompts.past_key_values
         cache.batch_select_indices(copy_of)
