@@ -73,8 +73,9 @@ def test_split_keeps_a_prompt_on_each_side(tmp_path):
 
 
 def test_stage_configs_carry_the_demo_settings_and_derive_the_ppo_minibatch(tmp_path):
-    configs = stage_configs(DemoConfig(dtype="float32", ppo_batch_size=12, rm_steps=10), tmp_path)
+    configs = stage_configs(DemoConfig(dtype="float32", ppo_batch_size=12, rm_steps=10, rm_top_layers=6), tmp_path)
     rm, ppo = configs["3-rm"], configs["4-ppo"]
+    assert rm.model.lora.top_layers == 6 and ppo.model.lora.top_layers == DemoConfig.ppo_top_layers
     assert rm.data.train == str(tmp_path / "2-label" / "rankings.jsonl") and rm.out == str(tmp_path / "3-rm")
     assert rm.train.steps == 10 and rm.train.checkpoint_every == 5 and rm.model.lora.enabled
     assert ppo.reward.model == str(tmp_path / "3-rm" / "final") and ppo.train.batch_size == 12
@@ -87,6 +88,14 @@ def test_a_stage_setting_out_of_range_exits_2_naming_the_stage_before_anything_i
     assert main(["demo", "--out", str(out), "--set", "max_new_tokens=0"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "stage 1-generate: generation.max_new_tokens must be positive" in error
+    assert not out.exists()
+
+
+def test_a_negative_top_layers_count_exits_2_naming_the_key(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--set", "rm_top_layers=-1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "rm_top_layers must be >= 0" in error
     assert not out.exists()
 
 

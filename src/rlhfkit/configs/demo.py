@@ -53,6 +53,11 @@ class DemoConfig(RunConfig):
         "mean",
         "where the reward head reads: mean (over the response tokens; learns the sentiment judge faster) or last",
     )
+    rm_top_layers: int = field(
+        8,
+        "LoRA on the reward model's last N layers (0: all); the layers below then run forward only "
+        "(half the stage's time; held-out accuracy 71.0 % against 71.4 % with every layer, RESULTS session 13)",
+    )
     rm_heldout_fraction: float = field(
         0.2, "share of the prompts whose candidates are held out, labelled without noise, to measure the reward model"
     )
@@ -83,8 +88,9 @@ class DemoConfig(RunConfig):
         if self.num_candidates < 2:
             raise UserError(f"num_candidates must be at least 2 to form pairs, got {self.num_candidates}")
         check_pooling(self.rm_pooling, "rm_pooling")
-        if self.ppo_top_layers < 0:
-            raise UserError(f"ppo_top_layers must be >= 0 (0: LoRA on every layer), got {self.ppo_top_layers}")
+        for key in ("rm_top_layers", "ppo_top_layers"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{key} must be >= 0 (0: LoRA on every layer), got {getattr(self, key)}")
 
     @property
     def gold_judge(self) -> RewardConfig:
@@ -94,7 +100,7 @@ class DemoConfig(RunConfig):
 
 # A tiny random model and small stages: the same pipeline in well under two minutes (what the tests run).
 QUICK = {
-    "num_prompts": 16, "num_candidates": 3, "max_new_tokens": 8, "rm_steps": 12, "rm_batch_size": 4,
+    "num_prompts": 16, "num_candidates": 3, "max_new_tokens": 8, "rm_steps": 12, "rm_batch_size": 4, "rm_top_layers": 1,
     "ppo_steps": 3, "ppo_batch_size": 8, "ppo_epochs": 1, "ppo_top_layers": 1, "num_eval_prompts": 8,
 }  # fmt: skip
 
@@ -147,13 +153,14 @@ def label_config(config: DemoConfig, candidates: Path, fmt: str, noise: float, o
 def rm_config(config: DemoConfig, rankings: Path, heldout: Path, out: Path) -> RMConfig:
     """A LoRA reward model on the rankings, evaluated at the end on the held-out prompts' comparisons."""
     schedule = ScheduleConfig(steps=config.rm_steps, batch_size=config.rm_batch_size, eval_every=config.rm_steps)
+    lora = LoRAConfig(enabled=True, top_layers=config.rm_top_layers)
     return RMConfig(
         data=RMDataConfig(train=str(rankings), eval=str(heldout)),
         pooling=config.rm_pooling,
         normalize=NormalizeConfig(
             num_prompts=config.ppo_batch_size, generation=GenerationConfig(max_new_tokens=config.max_new_tokens)
         ),
-        **trained_keys(config, out, LoRAConfig(enabled=True), schedule, config.rm_learning_rate, checkpoints=2),
+        **trained_keys(config, out, lora, schedule, config.rm_learning_rate, checkpoints=2),
     )
 
 
