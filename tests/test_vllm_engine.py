@@ -6,6 +6,7 @@ these tests build one with 32-wide heads, and the tiny model itself is the "mode
 
 import copy
 import json
+import subprocess
 import sys
 
 import pytest
@@ -193,3 +194,26 @@ def test_vllm_on_a_model_it_cannot_run_is_one_line_before_any_output(engine, tin
 def test_vllm_with_several_processes_is_refused():
     with pytest.raises(UserError, match="set generation.engine=hf for a multi-process run"):
         build_engine(GenerationConfig(engine="vllm"), "unused", None, "float32", num_processes=2)
+
+
+UNLOAD_AND_COLLECT = """
+import gc, sys, weakref
+from rlhfkit.rollout.vllm_engine import VLLMEngine
+def build_and_unload():
+    engine = VLLMEngine.load(sys.argv[1], "float32")
+    llm = weakref.ref(engine.llm)
+    engine.unload()
+    return llm
+llm = build_and_unload()
+gc.collect()
+print("freed" if llm() is None else "kept")
+"""
+
+
+def test_an_unloaded_engine_is_freed_in_a_process_that_first_imported_vllm_to_build_it(vllm_model_dir):
+    """The probe unloads the engine it loses with; vLLM's import-time tracebacks had kept it (and 1.4 GiB)."""
+    pytest.importorskip("vllm")
+    child = subprocess.run(
+        [sys.executable, "-c", UNLOAD_AND_COLLECT, vllm_model_dir], capture_output=True, text=True, check=True
+    )
+    assert child.stdout.strip().splitlines()[-1] == "freed"

@@ -29,8 +29,10 @@ On a GPU the same engine runs the CUDA build of vLLM with a share of the GPU's m
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +75,22 @@ def import_vllm():
         ) from None
 
 
+def drop_kept_tracebacks(package: str = "vllm") -> None:
+    """Let go of the call stacks that imported `package`'s modules, so that what they built can be freed.
+
+    vLLM keeps the exceptions of some optional imports as module globals (torchcodec's, where it is
+    missing). An exception's traceback holds the frames of the whole call stack that ran the import,
+    and a frame keeps its locals after it returns: the engine built in that stack (weights, KV cache)
+    stayed reachable for the life of the process. Measured: after the probe's engine was unloaded the
+    process kept 2.38 GiB; with these tracebacks dropped, 1.03 GiB.
+    """
+    for name, module in list(sys.modules.items()):
+        if module is not None and (name == package or name.startswith(f"{package}.")):
+            for value in list(getattr(module, "__dict__", {}).values()):
+                if isinstance(value, BaseException):
+                    value.__traceback__ = None
+
+
 def plain_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of `model` as a plain transformers checkpoint: LoRA deltas merged in, adapter tensors left out."""
     if not isinstance(model, PeftModel):
@@ -105,7 +123,9 @@ def base_model_directory(model_name: str) -> str:
 @contextlib.contextmanager
 def colocated() -> Iterator[None]:
     """Build vLLM without it changing the training process: it reseeds the global RNGs, sets torch's
-    thread count and replaces `torch.set_num_threads` with a no-op; all three are put back."""
+    thread count, replaces `torch.set_num_threads` with a no-op and freezes the garbage collector's
+    objects (a server's start-up; here the trainer's garbage would never be collected); all four are
+    put back, and the import-time tracebacks that would keep the builder's frames are dropped."""
     state, threads, set_threads = rng_state(), torch.get_num_threads(), torch.set_num_threads
     try:
         yield
@@ -113,6 +133,8 @@ def colocated() -> Iterator[None]:
         torch.set_num_threads = set_threads
         torch.set_num_threads(threads)
         set_rng_state(state)
+        gc.unfreeze()
+        drop_kept_tracebacks()
 
 
 class VLLMEngine(GenerationEngine):
