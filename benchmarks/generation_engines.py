@@ -52,7 +52,7 @@ def new_tokens_per_second(engine, model, tokenizer, texts, config, precision) ->
 @torch.no_grad()
 def plain_generate_per_second(model, tokenizer, texts, config) -> float:
     """New tokens/s of transformers' own sampling loop, nothing of rlhfkit's around it."""
-    query_ids, query_mask = tokenize_prompts(tokenizer, texts, torch.device("cpu"))
+    query_ids, query_mask = tokenize_prompts(tokenizer, texts)
     started = time.perf_counter()
     out = model.generate(
         input_ids=query_ids, attention_mask=query_mask.long(), do_sample=True, temperature=config.temperature,

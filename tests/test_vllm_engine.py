@@ -211,7 +211,7 @@ print("freed" if llm() is None else "kept")
 
 
 def test_an_unloaded_engine_is_freed_in_a_process_that_first_imported_vllm_to_build_it(vllm_model_dir):
-    """The probe unloads the engine it loses with; vLLM's import-time tracebacks had kept it (and 1.4 GiB)."""
+    """The probe unloads the engine it loses with; vLLM's import-time tracebacks had kept it alive."""
     pytest.importorskip("vllm")
     child = subprocess.run(
         [sys.executable, "-c", UNLOAD_AND_COLLECT, vllm_model_dir], capture_output=True, text=True, check=True

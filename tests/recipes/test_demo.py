@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from rlhfkit.cli import main
@@ -83,19 +84,18 @@ def test_stage_configs_carry_the_demo_settings_and_derive_the_ppo_minibatch(tmp_
     assert configs["2-label-heldout"].noise.temperature == 0 and configs["2-label"].format == "rankings"
 
 
-def test_a_stage_setting_out_of_range_exits_2_naming_the_stage_before_anything_is_written(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("max_new_tokens=0", "stage 1-generate: generation.max_new_tokens must be positive"),  # a stage's check
+        ("rm_top_layers=-1", "rm_top_layers must be >= 0"),  # the demo's own
+    ],
+)
+def test_a_setting_out_of_range_exits_2_naming_it_before_anything_is_written(tmp_path, capsys, setting, message):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--set", "max_new_tokens=0"]) == 2
+    assert main(["demo", "--out", str(out), "--set", setting]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "stage 1-generate: generation.max_new_tokens must be positive" in error
-    assert not out.exists()
-
-
-def test_a_negative_top_layers_count_exits_2_naming_the_key(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--set", "rm_top_layers=-1"]) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "rm_top_layers must be >= 0" in error
+    assert error.count("\n") == 1 and message in error
     assert not out.exists()
 
 
