@@ -39,15 +39,15 @@ def value_of(settings: list[str], key: str, default: int) -> int:
     return int(found[-1]) if found else default
 
 
-def variants(rounds: int, labels: int, iterations: int) -> dict[str, list[str]]:
-    """Each loop's settings: the same label budget and PPO iterations, spent online or at once."""
+def variants(rounds: int, labels: int, candidates: int, iterations: int) -> dict[str, list[str]]:
+    """Each loop's settings: the same label budget, candidate pairs and PPO iterations, spent online or at once."""
     return {
         "online": [f"loop.rounds={rounds}", "loop.selection=ensemble"],
         "online-random": [f"loop.rounds={rounds}", "loop.selection=random"],
         "offline": [
             "loop.rounds=1",
             f"loop.labels_per_round={rounds * labels}",
-            f"loop.candidates_per_round={4 * rounds * labels}",
+            f"loop.candidates_per_round={rounds * candidates}",
             f"loop.ppo_iterations={rounds * iterations}",
         ],
     }
@@ -106,9 +106,10 @@ def main_benchmark() -> None:
         common = [f"model.name={tiny}", *QUICK, *common]
     rounds = value_of(common, "loop.rounds", 3)
     labels = value_of(common, "loop.labels_per_round", 16)
+    candidates = value_of(common, "loop.candidates_per_round", 0) or 4 * labels
     iterations = value_of(common, "loop.ppo_iterations", 4)
     results: dict[str, list[dict]] = {}
-    for name, settings in variants(rounds, labels, iterations).items():
+    for name, settings in variants(rounds, labels, candidates, iterations).items():
         for seed in args.seeds:
             out = args.out / f"{name}-seed{seed}"
             results.setdefault(name, []).append(run_loop(out, [*common, *settings, f"seed={seed}"]))
