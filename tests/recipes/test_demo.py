@@ -99,6 +99,17 @@ def test_a_setting_out_of_range_exits_2_naming_it_before_anything_is_written(tmp
     assert not out.exists()
 
 
+def test_lora_above_the_models_depth_exits_2_before_anything_is_written(tmp_path, capsys, tiny_model_dir):
+    out = tmp_path / "demo"
+    assert (
+        main(["demo", "--out", str(out), "--set", f"model={tiny_model_dir}", "rm_top_layers=1", "ppo_top_layers=3"])
+        == 2
+    )
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "ppo_top_layers 3 exceeds the 2 layers of model" in error
+    assert not out.exists()
+
+
 def test_a_failing_stage_names_itself_and_how_to_continue(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--set", f"prompts={tmp_path / 'missing.jsonl'}"]) == 2

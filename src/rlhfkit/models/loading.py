@@ -143,6 +143,15 @@ def _from_files(name: str, what: str, path: str, load: Callable[[str], T]) -> T:
         raise UserError(f"model.name {name}: cannot load the {what}{source} ({summarize(error)})") from None
 
 
+def load_model_config(name: str):
+    """The model's transformers config (an adapter directory's: its base's), read without loading the weights."""
+    path = resolve_model_path(name)
+    base = adapter_base(name, path)
+    if base is not None:
+        return load_model_config(base)
+    return _from_files(name, "config", path, AutoConfig.from_pretrained)
+
+
 def load_tokenizer(name: str):
     """The model's tokenizer with a pad token that is not EOS, so EOS is never masked as padding."""
 

@@ -44,6 +44,7 @@ from rlhfkit.config import (
 from rlhfkit.configs.demo import QUICK, DemoConfig, generate_config, label_config, ppo_config, rm_config
 from rlhfkit.data import load_records
 from rlhfkit.errors import UserError
+from rlhfkit.models.loading import load_model_config
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.recipes.generate import generate
 from rlhfkit.recipes.label import label
@@ -123,6 +124,17 @@ def stage_configs(config: DemoConfig, out: Path) -> dict[str, Any]:
     return configs
 
 
+def check_lora_depth(config: DemoConfig) -> None:
+    """rm_top_layers and ppo_top_layers within the model's depth, refused before stage 1 writes anything.
+
+    LoRA refuses them when it is applied, but that is stage 3, after minutes of generating and labelling.
+    """
+    depth = load_model_config(config.model).num_hidden_layers
+    for key in ("rm_top_layers", "ppo_top_layers"):
+        if getattr(config, key) > depth:
+            raise UserError(f"{key} {getattr(config, key)} exceeds the {depth} layers of model {config.model}")
+
+
 def run_pipeline(config: DemoConfig, configs: dict[str, Any], out: Path) -> dict[str, Path]:
     """Stages 1-4 with their `stage_configs`; returns each stage's directory."""
     rm, ppo = configs["3-rm"], configs["4-ppo"]
@@ -195,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quick and config.model == EMBEDDED_MODEL:
         config = dataclasses.replace(config, model=str(tiny))
     configs = stage_configs(config, out)  # before anything is written
+    if config.model != str(tiny):  # --quick's tiny model is built below, with more layers than QUICK's LoRA needs
+        check_lora_depth(config)
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
     if config.model == str(tiny) and not (tiny / "config.json").exists():
