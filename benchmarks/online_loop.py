@@ -109,8 +109,8 @@ def main_benchmark() -> None:
     candidates = value_of(common, "loop.candidates_per_round", 0) or 4 * labels
     iterations = value_of(common, "loop.ppo_iterations", 4)
     results: dict[str, list[dict]] = {}
-    for name, settings in variants(rounds, labels, candidates, iterations).items():
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed, so that a benchmark stopped early has whole comparisons
+        for name, settings in variants(rounds, labels, candidates, iterations).items():
             out = args.out / f"{name}-seed{seed}"
             results.setdefault(name, []).append(run_loop(out, [*common, *settings, f"seed={seed}"]))
     report(results)
