@@ -7,7 +7,10 @@ lengths, or a batch that splits unevenly (2 + 1) between the processes.
 import json
 
 import pytest
+import torch
 from two_process import METRIC, assert_same_update, run_alone_and_in_two
+
+from rlhfkit.runtime import Runtime
 
 
 def write_jsonl(path, rows):
@@ -77,3 +80,20 @@ def test_two_processes_give_the_same_ppo_update_as_one(tiny_model_dir, tmp_path,
     # LoRA's A matrices get no gradient at the first step (B starts at zero)
     unmoved = ("value", "lora_A", METRIC)
     assert_same_update(one, two, zero_allowed=lambda name: any(part in name for part in unmoved))
+
+
+def test_each_process_has_its_own_random_streams_and_gets_them_back(tmp_path):
+    one, two = run_alone_and_in_two(tmp_path, 29561, "rng")
+    (alone,), (first, second) = one["draws"], two["draws"]  # each (2 draws, before and after the restore, 2 values)
+    assert torch.equal(first, alone)  # process 0 draws what one process draws from the same seed
+    assert not torch.equal(second[0], first[0])  # the other process samples with other draws
+    assert torch.equal(first[0], first[1]) and torch.equal(second[0], second[1])  # each got its own streams back
+
+
+def test_a_checkpoint_of_one_stream_set_restores_every_process():
+    runtime = Runtime(seed=5)
+    saved = runtime.rng_states()
+    assert len(saved) == 1
+    first = torch.rand(3)
+    runtime.set_rng_states(saved[0])  # a checkpoint written before each process had its own: one dict
+    assert torch.equal(torch.rand(3), first)

@@ -2,6 +2,7 @@
 
     two_process_worker.py OUT_FILE sft|rm|dpo MODEL_DIR DATA [KEY=VALUE ...]   one optimiser step
     two_process_worker.py OUT_FILE ppo MODEL_DIR GROUP_SIZE [KEY=VALUE ...]   one PPO update
+    two_process_worker.py OUT_FILE rng                                         random streams, saved and restored
 
 Every process draws the same global batch and keeps its share; rank 0 saves the gradients of the
 step (as DDP averaged them over processes) and the step's metrics.
@@ -21,6 +22,7 @@ from rlhfkit.recipes.dpo import DPOTrainer
 from rlhfkit.recipes.ppo import PPOTrainer
 from rlhfkit.recipes.reward import RewardModelTrainer
 from rlhfkit.recipes.sft import SFTTrainer
+from rlhfkit.runtime import Runtime
 
 TRAINERS = {"sft": (SFTConfig, SFTTrainer), "rm": (RMConfig, RewardModelTrainer), "dpo": (DPOConfig, DPOTrainer)}
 PROMPTS = ["tell me a day", "write a book", "how is the weather", "say what you think"]
@@ -62,6 +64,20 @@ def ppo_update(out_file: str, model_dir: str, group_size: str, *overrides: str) 
     save_on_main(runtime, out_file, gradients, trainer.update(experience))
 
 
+def random_streams(out_file: str) -> None:
+    """Each process's first two draws after seeding, and the same two draws again after restoring the streams
+    that `rng_states` gathered before them: rows (process, [first, again]) of "draws"."""
+    runtime = Runtime(seed=3)
+    states = runtime.rng_states()
+    first = torch.rand(2)
+    runtime.set_rng_states(states)
+    again = torch.rand(2)
+    save_on_main(runtime, out_file, {"draws": runtime.gather(torch.stack([first, again])[None])}, {})
+
+
 if __name__ == "__main__":
     out, command, *rest = sys.argv[1:]
-    ppo_update(out, *rest) if command == "ppo" else one_step(out, command, *rest)
+    if command == "rng":
+        random_streams(out)
+    else:
+        ppo_update(out, *rest) if command == "ppo" else one_step(out, command, *rest)

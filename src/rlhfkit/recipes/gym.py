@@ -149,7 +149,7 @@ class GymTrainer:
     def resume_point(self) -> ResumePoint:
         """The checkpoint `fit` would write now, before this step (people's segments are replayed from it)."""
         tensors, state = self.checkpoint_state()
-        return tensors, {**state, "step": self.step, "rng": self.runtime.rng_state()}
+        return tensors, {**state, "step": self.step, "rng": self.runtime.rng_states()}
 
     def load_checkpoint_state(self, tensors: dict, state: dict[str, Any]) -> None:
         trained = state.get("algorithm", "ppo")  # checkpoints from before the algorithm key hold PPO

@@ -10,8 +10,10 @@ What it adds to Accelerate:
   process draws the same global batch from the same seed and keeps its share;
 - `gather(tensor)` pads (B, T) tensors across processes before gathering (responses differ in
   length per process);
-- `rng_state()` / `set_rng_state()`: Python, NumPy, torch CPU and every CUDA device, so a
-  resumed run continues the same random streams on a GPU too;
+- random streams of its own for each process (seed + process index, as Accelerate's
+  `set_seed(device_specific=True)`: the same streams would sample the processes' prompts with the
+  same draws), and `rng_states()` / `set_rng_states()`: Python, NumPy, torch CPU and every CUDA
+  device of every process, so a resumed run continues each process's streams, on a GPU too;
 - `autocast()`: the run's forward-pass precision on the run's device;
 - MKL's code path for CPU matrix products, measured on first use (`runtime.kernels`);
 - the process group is destroyed when the interpreter exits: a gloo group left to the interpreter's
@@ -28,6 +30,7 @@ from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from torch import nn
 
 from rlhfkit.checkpoint import rng_state, seed_everything, set_rng_state
@@ -56,7 +59,7 @@ class Runtime:
         choose_mkl_code_path()
         self.precision = precision
         if seed is not None:
-            seed_everything(seed)
+            seed_everything(seed + self.process_index)
 
     # -- where --------------------------------------------------------------------------
 
@@ -155,11 +158,19 @@ class Runtime:
 
     # -- randomness ---------------------------------------------------------------------------
 
-    def rng_state(self) -> dict[str, Any]:
-        return rng_state()
+    def rng_states(self) -> list[dict[str, Any]]:
+        """Every process's random streams, in process order. Every process must call it (it gathers)."""
+        return gather_object([rng_state()])
 
-    def set_rng_state(self, state: dict[str, Any]) -> None:
-        set_rng_state(state)
+    def set_rng_states(self, states: list[dict[str, Any]] | dict[str, Any]) -> None:
+        """This process's streams from `rng_states()`.
+
+        A checkpoint written before each process had its own streams holds one dict, which every
+        process takes. A run resumed on more processes than wrote the checkpoint gives process i the
+        streams saved by process i mod (their number).
+        """
+        states = [states] if isinstance(states, dict) else states
+        set_rng_state(states[self.process_index % len(states)])
 
     @contextlib.contextmanager
     def forked_rng(self, seed: int) -> Iterator[None]:

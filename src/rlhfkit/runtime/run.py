@@ -188,9 +188,11 @@ def _train(trainer: Trainer, out: Path) -> dict[str, Any]:
                 metrics, samples = {**metrics, **eval_metrics}, eval_samples or samples
             log(tracker, trainer.step, metrics, samples)
             stopping = stop_reason(trainer) is not None
-            if (stopping or due(trainer.step, trainer.checkpoint_every, trainer.total_steps)) and runtime.is_main:
-                tensors, state = trainer.checkpoint_state()
-                save_checkpoint(out, trainer.step, tensors, {**state, "step": trainer.step, "rng": runtime.rng_state()})
+            if stopping or due(trainer.step, trainer.checkpoint_every, trainer.total_steps):
+                rng = runtime.rng_states()  # gathered from every process, so every process asks
+                if runtime.is_main:
+                    tensors, state = trainer.checkpoint_state()
+                    save_checkpoint(out, trainer.step, tensors, {**state, "step": trainer.step, "rng": rng})
     finally:
         if tracker is not None:
             tracker.close()
@@ -211,7 +213,7 @@ def restore(trainer: Trainer, checkpoint: Path) -> None:
     tensors, state = load_checkpoint(checkpoint)
     trainer.load_checkpoint_state(tensors, state)
     trainer.step = state["step"]
-    trainer.runtime.set_rng_state(state["rng"])
+    trainer.runtime.set_rng_states(state["rng"])
     if state.get(MOMENTS_DROPPED) and trainer.step < trainer.total_steps:
         print(
             f"rlhfkit {trainer.command}: warning: extending a completed run from step {trainer.step}: its checkpoint "
