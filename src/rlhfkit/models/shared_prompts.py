@@ -90,18 +90,12 @@ def shared_prompt_response_logits(
         response_inputs = {"inputs_embeds": frozen_states[:, head_length:]}
     hidden = kept_layer is not None or output_hidden_states
     with decoder_from_layer(model, frozen_layers) if frozen_states is not None else contextlib.nullcontext():
-        prompts = model(
-            **prompt_inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
-            logits_to_keep=ids.new_zeros(0), output_hidden_states=hidden,
-        )  # fmt: skip
-        cache = prompts.past_key_values
-        cache.batch_select_indices(copy_of)
-        # column t (the last prompt token, then the responses) predicts response token t
-        responses = model(
-            **response_inputs, attention_mask=attention_mask.long(),
-            position_ids=position_ids_from_mask(attention_mask)[:, head_length:], use_cache=True,
-            logits_to_keep=torch.arange(response_length, device=input_ids.device), output_hidden_states=hidden,
-            **{cache_keyword(model): cache},
+        prompts, responses = prompts_then_rest(
+            model, prompt_inputs, mask, copy_of, response_inputs, attention_mask,
+            prompt_options={"logits_to_keep": ids.new_zeros(0), "output_hidden_states": hidden},
+            # column t (the last prompt token, then the responses) predicts response token t
+            rest_options={"logits_to_keep": torch.arange(response_length, device=input_ids.device),
+                          "output_hidden_states": hidden},
         )  # fmt: skip
     last = responses.hidden_states[-1][:, :-1] if output_hidden_states else None
     kept = None
@@ -147,14 +141,39 @@ def shared_prompt_response_states(
     taken = (columns[:response_width] + prompt_lengths[:, None]).clamp(max=input_ids.shape[1] - 1)
     response_ids_mask = columns[:response_width] < response_lengths[:, None]
     response_ids = input_ids.gather(1, taken).masked_fill(~response_ids_mask, 0)
-    prompts = backbone(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
-                       use_cache=True)  # fmt: skip
+    whole_mask = torch.cat([prompt_mask, response_ids_mask], dim=1)
+    _, responses = prompts_then_rest(
+        backbone, {"input_ids": ids}, mask, copy_of, {"input_ids": response_ids}, whole_mask
+    )
+    return responses.last_hidden_state, response_ids_mask
+
+
+def prompts_then_rest(
+    model,
+    prompt_inputs: dict[str, torch.Tensor],
+    prompt_mask: torch.Tensor,
+    copy_of: torch.Tensor,
+    rest_inputs: dict[str, torch.Tensor],
+    whole_mask: torch.Tensor,
+    prompt_options: dict | None = None,
+    rest_options: dict | None = None,
+):
+    """The two passes of a batch whose prompts repeat: (the distinct prompts' output, every row's rest's output).
+
+    The first reads the distinct prompts (`distinct_prompts`: ids or states, and their mask); their
+    key/value cache is copied to the rows `copy_of` names, and the second reads each row's rest
+    (`rest_inputs`, the columns of `whole_mask` after the prompts') on it, at the positions that
+    `whole_mask` gives them.
+    """
+    prompts = model(
+        **prompt_inputs, attention_mask=prompt_mask.long(), position_ids=position_ids_from_mask(prompt_mask),
+        use_cache=True, **(prompt_options or {}),
+    )  # fmt: skip
     cache = prompts.past_key_values
     cache.batch_select_indices(copy_of)
-    whole_mask = torch.cat([prompt_mask, response_ids_mask], dim=1)
-    responses = backbone(
-        input_ids=response_ids, attention_mask=whole_mask.long(),
-        position_ids=position_ids_from_mask(whole_mask)[:, prompt_width:], use_cache=True,
-        **{cache_keyword(backbone): cache},
+    rest = model(
+        **rest_inputs, attention_mask=whole_mask.long(),
+        position_ids=position_ids_from_mask(whole_mask)[:, prompt_mask.shape[1]:], use_cache=True,
+        **{cache_keyword(model): cache}, **(rest_options or {}),
     )  # fmt: skip
-    return responses.last_hidden_state, response_ids_mask
+    return prompts, rest
