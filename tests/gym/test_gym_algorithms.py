@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import yaml
+from gym_runs import interrupt_at_call, run_gym, without_timing
 
 from rlhfkit.checkpoint import load_checkpoint
 from rlhfkit.cli import main
@@ -38,23 +39,8 @@ def _train(algorithm: str, env_id: str, out, interrupt_at_update: int | None = N
     num_envs, steps = (int(s.split("=")[1]) for s in settings if s.startswith(("env.num_envs", "ppo.rollout_steps")))
     settings.append(f"train.total_timesteps={UPDATES * num_envs * steps}")
     if interrupt_at_update is not None:
-        real_collect, calls = EnvRunner.collect, []
-
-        def interrupted_collect(self, *args, **kwargs):
-            calls.append(1)
-            if len(calls) == interrupt_at_update:
-                raise KeyboardInterrupt
-            return real_collect(self, *args, **kwargs)
-
-        monkeypatch.setattr(EnvRunner, "collect", interrupted_collect)
-    argv = ["gym", "--env", env_id, "--out", str(out)]
-    for setting in settings:
-        argv += ["--set", setting]
-    return main(argv)
-
-
-def _without_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+        interrupt_at_call(monkeypatch, EnvRunner, "collect", interrupt_at_update)
+    return run_gym(env_id, out, settings)
 
 
 @pytest.mark.parametrize("algorithm, env_id", list(CASES))
@@ -71,7 +57,7 @@ def test_each_algorithm_runs_and_an_interrupted_run_resumes_bitwise(algorithm, e
     config = yaml.safe_load((resumed / "config.yaml").read_text())
     assert config["algorithm"] == algorithm
     straight_records = read_jsonl(straight / "metrics.jsonl")
-    assert _without_timing(straight_records) == _without_timing(read_jsonl(resumed / "metrics.jsonl"))
+    assert without_timing(straight_records) == without_timing(read_jsonl(resumed / "metrics.jsonl"))
     assert (straight / "final/policy.safetensors").read_bytes() == (resumed / "final/policy.safetensors").read_bytes()
     _, straight_state = load_checkpoint(straight / f"checkpoints/step-{UPDATES}")
     _, resumed_state = load_checkpoint(resumed / f"checkpoints/step-{UPDATES}")

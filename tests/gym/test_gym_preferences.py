@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from gym_runs import interrupt_at_call, run_gym, without_timing
 from safetensors.torch import load_file
 
 import rlhfkit.gym.preferences as preferences_module
@@ -208,10 +209,7 @@ LEARNING = [*TINY, "reward.comparisons=100", "reward.train_steps=80", "reward.ba
 
 
 def _gym(out, settings: list[str], *extra: str) -> int:
-    argv = ["gym", "--env", "Pendulum-v1", "--out", str(out), *extra]
-    for setting in settings:
-        argv += ["--set", setting]
-    return main(argv)
+    return run_gym("Pendulum-v1", out, settings, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -265,21 +263,13 @@ def test_bad_preference_settings_exit_2_with_one_line_and_write_nothing(settings
 def test_an_interrupted_preference_run_resumes_bitwise_with_its_comparisons_and_reward_model(tmp_path, monkeypatch):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert _gym(straight, TINY) == 0
-    real_fit, calls = preferences_module.fit_reward_model, []
-
-    def interrupted_fit(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # while fitting for update 3: the last checkpoint is step-2
-            raise KeyboardInterrupt
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(preferences_module, "fit_reward_model", interrupted_fit)
+    interrupt_at_call(monkeypatch, preferences_module, "fit_reward_model", 3)  # fitting for update 3: after step-2
     assert _gym(resumed, TINY) == 130
     monkeypatch.undo()
     assert main(["gym", "--resume", "--out", str(resumed), "--set", "reward.kind=environment"]) == 2
     assert main(["gym", "--resume", "--out", str(resumed)]) == 0
 
-    assert _without_timing(read_jsonl(straight / "metrics.jsonl")) == _without_timing(
+    assert without_timing(read_jsonl(straight / "metrics.jsonl")) == without_timing(
         read_jsonl(resumed / "metrics.jsonl")
     )
     for name in ("policy", "reward_model"):
@@ -295,7 +285,3 @@ def test_an_interrupted_preference_run_resumes_bitwise_with_its_comparisons_and_
         for name, tensor in moments.items():
             assert torch.equal(tensor, resumed_state["reward_optimizer"]["state"][key][name]), (key, name)
     assert json.loads((resumed / "summary.json").read_text())["comparisons"] == 20
-
-
-def _without_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]

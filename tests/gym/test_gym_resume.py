@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import yaml
+from gym_runs import interrupt_at_call, run_gym, without_timing
 
 import rlhfkit.gym.updates as updates
 import rlhfkit.recipes.gym as recipe
@@ -39,23 +40,8 @@ def _train(env_id: str, out, interrupt_at_update: int | None = None, monkeypatch
     batch = 2 * int(settings[1].split("=")[1])
     settings.append(f"train.total_timesteps={UPDATES * batch}")
     if interrupt_at_update is not None:
-        real_update, calls = updates.ppo_epochs, []
-
-        def interrupted_update(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == interrupt_at_update:
-                raise KeyboardInterrupt
-            return real_update(*args, **kwargs)
-
-        monkeypatch.setattr(updates, "ppo_epochs", interrupted_update)
-    argv = ["gym", "--env", env_id, "--out", str(out)]
-    for setting in settings:
-        argv += ["--set", setting]
-    return main(argv)
-
-
-def _without_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+        interrupt_at_call(monkeypatch, updates, "ppo_epochs", interrupt_at_update)
+    return run_gym(env_id, out, settings)
 
 
 @pytest.mark.parametrize("env_id", list(CASES))
@@ -74,7 +60,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(env_id, tmp_path, 
     assert {**resumed_config, "out": ""} == {**straight_config, "out": ""}  # the run's own keys, not the defaults
     assert resumed_config["ppo"]["lam"] == 0.9 and resumed_config["train"]["ppo_epochs"] == 2
     assert (straight / "final/policy.safetensors").read_bytes() == (resumed / "final/policy.safetensors").read_bytes()
-    assert _without_timing(read_jsonl(straight / "metrics.jsonl")) == _without_timing(
+    assert without_timing(read_jsonl(straight / "metrics.jsonl")) == without_timing(
         read_jsonl(resumed / "metrics.jsonl")
     )
     _, straight_state = load_checkpoint(straight / f"checkpoints/step-{UPDATES}")
