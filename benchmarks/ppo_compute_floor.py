@@ -1,0 +1,108 @@
+"""The least time a PPO iteration on TRL's workload can take on this machine with full fine-tuning in fp32.
+
+TRL's workload (`benchmarks/trl_ppo_step.py`): 16 prompts x 32 sampled tokens, then 4 epochs of 4
+minibatches of 4 rows: 16 optimiser steps, each a forward and a backward pass over 4 prompt + response
+rows. This script counts the FLOPs of the matrix products of that work for SmolLM2-135M's shapes, on
+the prompts' real token counts without padding:
+- a forward pass: 2 x (the decoder's weights) per token, the causal attention's two products, and the LM
+  head (49,152 x 576) on the response tokens only, as rlhfkit computes it;
+- a backward pass: twice its forward (the inputs' gradients and the weights');
+- scoring: one forward of the 16 rows each by the policy, the reference and the reward model.
+It divides them by the fastest fp32 product this machine gives at a minibatch's shapes (measured here,
+as `benchmarks/cpu_kernels.py` does) and adds 16 fused AdamW steps (measured). Sampling is left out,
+and so is everything else that is not a product, so the result is a floor: no implementation of this
+PPO iteration in fp32 can go under it on this machine. Issue 13's goal is the iteration in a quarter
+of TRL's time; `--trl-seconds` (TRL's measured iteration) prints that target beside the floor.
+
+    .venv/bin/python benchmarks/ppo_compute_floor.py --trl-seconds 55.67
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from cpu_kernels import matmul_layouts, seconds
+from rlhfkit.config import EMBEDDED_MODEL
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import load_model_config
+from rlhfkit.runtime.precision import cpu_flags
+
+PROMPTS = Path(__file__).resolve().parent.parent / "src/rlhfkit/assets/prompts.jsonl"
+BATCH, MINIBATCH, NEW_TOKENS, EPOCHS = 16, 4, 32, 4
+
+
+def prompt_lengths(tokenizer) -> list[int]:
+    """Tokens of the workload's 16 prompts in the chat template (as trl_ppo_step.py builds them)."""
+    records = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()][:BATCH]
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True
+        )
+        for r in records
+    ]
+    return [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+
+
+def forward_flops(config, lengths: list[int]) -> float:
+    """FLOPs of the products of one forward pass over rows of `lengths` prompt tokens + NEW_TOKENS each."""
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    queries, keys = heads * head_dim, config.num_key_value_heads * head_dim
+    per_layer = hidden * queries + 2 * hidden * keys + queries * hidden + 3 * hidden * config.intermediate_size
+    flops = 0.0
+    for prompt in lengths:
+        tokens = prompt + NEW_TOKENS
+        flops += 2 * config.num_hidden_layers * per_layer * tokens
+        # scores and the weighted sum: each token attends to itself and the tokens before it
+        flops += config.num_hidden_layers * 2 * 2 * queries * tokens * (tokens + 1) / 2
+        flops += 2 * config.vocab_size * hidden * NEW_TOKENS
+    return flops
+
+
+def fastest_product(rows: int, hidden: int, mlp: int) -> float:
+    """FLOP/s of the fastest fp32 product layout at a minibatch's shape, the median of 5 rounds."""
+    rates = {name: [] for name in matmul_layouts(rows, hidden, mlp, torch.float32)}
+    for _ in range(5):
+        for name, product in matmul_layouts(rows, hidden, mlp, torch.float32).items():
+            rates[name].append(2 * rows * hidden * mlp / seconds(product))
+    return max(statistics.median(values) for values in rates.values())
+
+
+def adamw_seconds() -> float:
+    """One fused AdamW step over all the model's parameters (what rlhfkit's optimiser runs)."""
+    params = list(load_causal_lm(EMBEDDED_MODEL, load_tokenizer(EMBEDDED_MODEL)).parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    return seconds(torch.optim.AdamW(params, lr=1e-5, fused=True).step, 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trl-seconds", type=float, help="TRL's measured seconds per iteration, for the 4x target")
+    args = parser.parse_args()
+    print("CPU flags:", cpu_flags())
+    print("torch threads:", torch.get_num_threads())
+    config = load_model_config(EMBEDDED_MODEL)
+    lengths = prompt_lengths(load_tokenizer(EMBEDDED_MODEL))
+    rows_per_minibatch = round(MINIBATCH * (statistics.fmean(lengths) + NEW_TOKENS))
+    forward = forward_flops(config, lengths)
+    update = EPOCHS * 3 * forward  # each row: a forward and a backward (2x) per epoch
+    scoring = 3 * forward  # policy (with its value head), reference and reward model
+    rate = fastest_product(rows_per_minibatch, config.hidden_size, config.intermediate_size)
+    optimizer = EPOCHS * (BATCH // MINIBATCH) * adamw_seconds()
+    floor = (update + scoring) / rate + optimizer
+    print(f"prompt tokens: mean {statistics.fmean(lengths):.1f} ({min(lengths)}-{max(lengths)}); {NEW_TOKENS} new")
+    print(f"products: update {update / 1e12:.2f} TFLOP, scoring {scoring / 1e12:.2f} TFLOP")
+    print(f"fastest fp32 product at {rows_per_minibatch} x {config.hidden_size} x {config.intermediate_size}: "
+          f"{rate / 1e9:.1f} GFLOP/s")  # fmt: skip
+    print(f"16 fused AdamW steps: {optimizer:.2f} s")
+    print(f"floor of the iteration (sampling not counted): {floor:.1f} s")
+    if args.trl_seconds:
+        print(f"issue 13's target, a quarter of TRL's {args.trl_seconds:.2f} s: {args.trl_seconds / 4:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
