@@ -5,7 +5,7 @@
     two_process_worker.py OUT_FILE rng                                         random streams, saved and restored
 
 Every process draws the same global batch and keeps its share; rank 0 saves the gradients of the
-step (as DDP averaged them over processes) and the step's metrics.
+step (as DDP averaged them over processes), the held-out metrics before it and the step's metrics.
 """
 
 import sys
@@ -33,8 +33,9 @@ def one_step(out_file: str, command: str, model_dir: str, data: str, *overrides:
     settings = [f"model.name={model_dir}", "model.dtype=float32", f"data.train={data}", "train.steps=1"]
     trainer = trainer_class(load_config(config_class, overrides=[*settings, *overrides]))
     gradients = capture_gradients(trainer)
+    held_out, _ = trainer.evaluate()  # DPO's case holds 1 held-out pair: one process evaluates none
     metrics, _ = trainer.train_step()
-    save_on_main(trainer.runtime, out_file, gradients, metrics)
+    save_on_main(trainer.runtime, out_file, gradients, {**held_out, **metrics})
 
 
 def distinct_words(prompts, responses, records):

@@ -126,7 +126,9 @@ class DPOTrainer(OptimizerTrainer):
     def evaluate(self) -> StepOutput:
         """Held-out pair metrics (each process its share); KL(π‖π_ref) and gold scores of held-out prompts' answers."""
         config, model, dtype, pairs = self.config, self.unwrapped.eval(), self.runtime.precision, self.pairs["eval"]
-        metrics = self.pair_metrics(model, "eval", self.runtime.shard(range(len(pairs))), len(pairs))
+        metrics = self.pair_metrics(
+            model, "eval", self.runtime.shard(range(len(pairs)), for_gradients=False), len(pairs)
+        )
         if not self.kl_prompts:
             return metrics, None
         texts = [format_prompt(self.tokenizer, record) for record in self.kl_prompts]

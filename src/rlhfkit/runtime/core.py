@@ -132,12 +132,13 @@ class Runtime:
 
     # -- processes --------------------------------------------------------------------------
 
-    def shard(self, items: Sequence[T]) -> list[T]:
+    def shard(self, items: Sequence[T], for_gradients: bool = True) -> list[T]:
         """This process's rows of a global batch: rows rank, rank + N, rank + 2N, ...
 
-        Every process must hold at least one row (each takes part in the gradient all-reduce).
+        For a gradient step every process must hold at least one row (each takes part in the
+        gradient all-reduce); an evaluation (`for_gradients=False`) may leave a process none.
         """
-        if len(items) < self.num_processes:
+        if for_gradients and len(items) < self.num_processes:
             raise UserError(f"a batch of {len(items)} cannot be shared by {self.num_processes} processes")
         return list(items[self.process_index :: self.num_processes])
 
