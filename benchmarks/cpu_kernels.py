@@ -62,13 +62,19 @@ def matmul_layouts(rows: int, hidden: int, mlp: int, dtype: torch.dtype) -> dict
     }
 
 
-def adamw_step() -> None:
+def parameters_with_gradients() -> list[torch.nn.Parameter]:
+    """The embedded model's parameters, each with a small random gradient: what an optimiser step reads."""
     from rlhfkit.config import EMBEDDED_MODEL
     from rlhfkit.models import load_causal_lm, load_tokenizer
 
     params = list(load_causal_lm(EMBEDDED_MODEL, load_tokenizer(EMBEDDED_MODEL)).parameters())
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
+    return params
+
+
+def adamw_step() -> None:
+    params = parameters_with_gradients()
     for variant in ({}, {"foreach": True}, {"fused": True}):
         optimizer = torch.optim.AdamW(params, lr=1e-5, **variant)
         millions = sum(p.numel() for p in params) / 1e6

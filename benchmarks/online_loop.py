@@ -24,6 +24,7 @@ import statistics
 from pathlib import Path
 
 from rlhfkit.cli import main
+from rlhfkit.configs.loop import LoopSettings
 from rlhfkit.models.tiny import build_tiny_model
 
 QUICK = [
@@ -106,7 +107,8 @@ def main_benchmark() -> None:
         common = [f"model.name={tiny}", *QUICK, *common]
     rounds = value_of(common, "loop.rounds", 3)
     labels = value_of(common, "loop.labels_per_round", 16)
-    candidates = value_of(common, "loop.candidates_per_round", 0) or 4 * labels
+    given = value_of(common, "loop.candidates_per_round", 0)
+    candidates = LoopSettings(labels_per_round=labels, candidates_per_round=given).candidate_pairs
     iterations = value_of(common, "loop.ppo_iterations", 4)
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:  # seed by seed, so that a benchmark stopped early has whole comparisons

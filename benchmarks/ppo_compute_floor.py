@@ -7,7 +7,8 @@ the prompts' real token counts without padding:
 - a forward pass: 2 x (the decoder's weights) per token, the causal attention's two products, and the LM
   head (49,152 x 576) on the response tokens only, as rlhfkit computes it;
 - a backward pass: twice its forward (the inputs' gradients and the weights');
-- scoring: one forward of the 16 rows each by the policy, the reference and the reward model.
+- scoring: one forward of the 16 rows each by the reference and the reward model (the policy's old
+  log-probs and values can come from sampling, so its own scoring pass is not counted).
 It divides them by the fastest fp32 product this machine gives at a minibatch's shapes (measured here,
 as `benchmarks/cpu_kernels.py` does) and adds 16 fused AdamW steps (measured). Sampling is left out,
 and so is everything else that is not a product, so the result is a floor: no implementation of this
@@ -18,32 +19,25 @@ of TRL's time; `--trl-seconds` (TRL's measured iteration) prints that target bes
 """
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
 
-from cpu_kernels import matmul_layouts, seconds
+from cpu_kernels import matmul_layouts, parameters_with_gradients, seconds
+from rlhfkit.assets import PROMPTS
 from rlhfkit.config import EMBEDDED_MODEL
-from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.data import format_prompt, load_records
+from rlhfkit.models import load_tokenizer
 from rlhfkit.models.loading import load_model_config
 from rlhfkit.runtime.precision import cpu_flags
 
-PROMPTS = Path(__file__).resolve().parent.parent / "src/rlhfkit/assets/prompts.jsonl"
 BATCH, MINIBATCH, NEW_TOKENS, EPOCHS = 16, 4, 32, 4
 
 
 def prompt_lengths(tokenizer) -> list[int]:
-    """Tokens of the workload's 16 prompts in the chat template (as trl_ppo_step.py builds them)."""
-    records = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()][:BATCH]
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True
-        )
-        for r in records
-    ]
-    return [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    """Tokens of the workload's 16 prompts as rlhfkit's PPO formats them (the chat template)."""
+    records = load_records(PROMPTS, "prompts", limit=BATCH)
+    return [len(tokenizer(format_prompt(tokenizer, r), add_special_tokens=False)["input_ids"]) for r in records]
 
 
 def forward_flops(config, lengths: list[int]) -> float:
@@ -73,10 +67,7 @@ def fastest_product(rows: int, hidden: int, mlp: int) -> float:
 
 def adamw_seconds() -> float:
     """One fused AdamW step over all the model's parameters (what rlhfkit's optimiser runs)."""
-    params = list(load_causal_lm(EMBEDDED_MODEL, load_tokenizer(EMBEDDED_MODEL)).parameters())
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
-    return seconds(torch.optim.AdamW(params, lr=1e-5, fused=True).step, 3)
+    return seconds(torch.optim.AdamW(parameters_with_gradients(), lr=1e-5, fused=True).step, 3)
 
 
 def main() -> None:
@@ -90,7 +81,7 @@ def main() -> None:
     rows_per_minibatch = round(MINIBATCH * (statistics.fmean(lengths) + NEW_TOKENS))
     forward = forward_flops(config, lengths)
     update = EPOCHS * 3 * forward  # each row: a forward and a backward (2x) per epoch
-    scoring = 3 * forward  # policy (with its value head), reference and reward model
+    scoring = 2 * forward  # reference and reward model
     rate = fastest_product(rows_per_minibatch, config.hidden_size, config.intermediate_size)
     optimizer = EPOCHS * (BATCH // MINIBATCH) * adamw_seconds()
     floor = (update + scoring) / rate + optimizer
