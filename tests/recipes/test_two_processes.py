@@ -84,10 +84,13 @@ def test_two_processes_give_the_same_ppo_update_as_one(tiny_model_dir, tmp_path,
 
 def test_each_process_has_its_own_random_streams_and_gets_them_back(tmp_path):
     one, two = run_alone_and_in_two(tmp_path, 29561, "rng")
-    (alone,), (first, second) = one["draws"], two["draws"]  # each (2 draws, before and after the restore, 2 values)
+    # each (3 draws: before the restore, after it, after restoring only process 0's streams; 2 values)
+    (alone,), (first, second) = one["draws"], two["draws"]
     assert torch.equal(first, alone)  # process 0 draws what one process draws from the same seed
     assert not torch.equal(second[0], first[0])  # the other process samples with other draws
     assert torch.equal(first[0], first[1]) and torch.equal(second[0], second[1])  # each got its own streams back
+    # resumed on more processes than saved: process 0 gets its streams back, process 1 does not copy them
+    assert torch.equal(first[2], first[0]) and not torch.equal(second[2], first[0])
 
 
 def test_a_checkpoint_of_one_stream_set_restores_every_process():

@@ -67,13 +67,16 @@ def ppo_update(out_file: str, model_dir: str, group_size: str, *overrides: str) 
 
 def random_streams(out_file: str) -> None:
     """Each process's first two draws after seeding, and the same two draws again after restoring the streams
-    that `rng_states` gathered before them: rows (process, [first, again]) of "draws"."""
+    that `rng_states` gathered before them, then two draws after restoring only process 0's streams (a
+    checkpoint written by one process): rows (process, [first, again, from_one]) of "draws"."""
     runtime = Runtime(seed=3)
     states = runtime.rng_states()
     first = torch.rand(2)
     runtime.set_rng_states(states)
     again = torch.rand(2)
-    save_on_main(runtime, out_file, {"draws": runtime.gather(torch.stack([first, again])[None])}, {})
+    runtime.set_rng_states(states[:1])
+    from_one = torch.rand(2)
+    save_on_main(runtime, out_file, {"draws": runtime.gather(torch.stack([first, again, from_one])[None])}, {})
 
 
 if __name__ == "__main__":

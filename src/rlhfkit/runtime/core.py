@@ -167,11 +167,14 @@ class Runtime:
         """This process's streams from `rng_states()`.
 
         A checkpoint written before each process had its own streams holds one dict, which every
-        process takes. A run resumed on more processes than wrote the checkpoint gives process i the
-        streams saved by process i mod (their number).
+        process takes. In a run resumed on more processes than wrote the checkpoint, a process the
+        checkpoint has no streams for keeps its own (seeded from seed + its index): taking a saved
+        process's streams would make the two draw the same numbers.
         """
-        states = [states] if isinstance(states, dict) else states
-        set_rng_state(states[self.process_index % len(states)])
+        if isinstance(states, dict):
+            set_rng_state(states)
+        elif self.process_index < len(states):
+            set_rng_state(states[self.process_index])
 
     @contextlib.contextmanager
     def forked_rng(self, seed: int) -> Iterator[None]:
