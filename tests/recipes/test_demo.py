@@ -110,6 +110,14 @@ def test_lora_above_the_models_depth_exits_2_before_anything_is_written(tmp_path
     assert not out.exists()
 
 
+def test_quick_lora_above_the_tiny_models_depth_exits_2_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--set", "rm_top_layers=3"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "rm_top_layers 3 exceeds the 2 layers of model" in error
+    assert not out.exists()
+
+
 def test_a_failing_stage_names_itself_and_how_to_continue(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--set", f"prompts={tmp_path / 'missing.jsonl'}"]) == 2

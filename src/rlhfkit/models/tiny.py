@@ -28,7 +28,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(directory: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
+TINY_MODEL_LAYERS = 2
+
+
+def build_tiny_model(
+    directory: str | Path, hidden_size: int = 32, num_layers: int = TINY_MODEL_LAYERS, seed: int = 0
+) -> Path:
     """Write a tiny Llama model and its tokenizer to `directory` (a regular HF model directory)."""
 
     directory = Path(directory)

@@ -45,7 +45,7 @@ from rlhfkit.configs.demo import QUICK, DemoConfig, generate_config, label_confi
 from rlhfkit.data import load_records
 from rlhfkit.errors import UserError
 from rlhfkit.models.loading import load_model_config
-from rlhfkit.models.tiny import build_tiny_model
+from rlhfkit.models.tiny import TINY_MODEL_LAYERS, build_tiny_model
 from rlhfkit.recipes.generate import generate
 from rlhfkit.recipes.label import label
 from rlhfkit.recipes.ppo import PPOTrainer
@@ -124,12 +124,11 @@ def stage_configs(config: DemoConfig, out: Path) -> dict[str, Any]:
     return configs
 
 
-def check_lora_depth(config: DemoConfig) -> None:
+def check_lora_depth(config: DemoConfig, depth: int) -> None:
     """rm_top_layers and ppo_top_layers within the model's depth, refused before stage 1 writes anything.
 
     LoRA refuses them when it is applied, but that is stage 3, after minutes of generating and labelling.
     """
-    depth = load_model_config(config.model).num_hidden_layers
     for key in ("rm_top_layers", "ppo_top_layers"):
         if getattr(config, key) > depth:
             raise UserError(f"{key} {getattr(config, key)} exceeds the {depth} layers of model {config.model}")
@@ -207,11 +206,11 @@ def run(args: argparse.Namespace) -> int:
     if args.quick and config.model == EMBEDDED_MODEL:
         config = dataclasses.replace(config, model=str(tiny))
     configs = stage_configs(config, out)  # before anything is written
-    if config.model != str(tiny):  # --quick's tiny model is built below, with more layers than QUICK's LoRA needs
-        check_lora_depth(config)
+    quick_model = config.model == str(tiny)  # built below, after the checks
+    check_lora_depth(config, TINY_MODEL_LAYERS if quick_model else load_model_config(config.model).num_hidden_layers)
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    if config.model == str(tiny) and not (tiny / "config.json").exists():
+    if quick_model and not (tiny / "config.json").exists():
         build_tiny_model(tiny, seed=config.seed)
     save_config(config, out / "config.yaml")
     stages = run_pipeline(config, configs, out)
