@@ -22,6 +22,7 @@
 """
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -60,6 +61,33 @@ def matmul_layouts(rows: int, hidden: int, mlp: int, dtype: torch.dtype) -> dict
         "x @ W.t (forward)": lambda: x @ w_t,
         "grad.t @ x (weight grad)": lambda: grad.t() @ x,
     }
+
+
+def fastest_product(rows: int, hidden: int, mlp: int) -> float:
+    """FLOP/s of the fastest fp32 layout of `matmul_layouts` at this shape, the median of 5 rounds."""
+    rates: dict[str, list[float]] = {name: [] for name in matmul_layouts(rows, hidden, mlp, torch.float32)}
+    for _ in range(5):
+        for name, product in matmul_layouts(rows, hidden, mlp, torch.float32).items():
+            rates[name].append(2 * rows * hidden * mlp / seconds(product))
+    return max(statistics.median(values) for values in rates.values())
+
+
+def decoder_weights(config) -> int:
+    """Weights every token is multiplied by in the decoder layers: the attention's four projections and the MLP's
+    three (a forward pass does 2 FLOPs per weight per token in them)."""
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    queries, keys = heads * head_dim, config.num_key_value_heads * head_dim
+    per_layer = hidden * queries + 2 * hidden * keys + queries * hidden + 3 * hidden * config.intermediate_size
+    return config.num_hidden_layers * per_layer
+
+
+def causal_attention_flops(config, tokens: int) -> float:
+    """The scores' and the weighted sum's products of one row of `tokens`: each token attends to itself and the
+    tokens before it."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    queries = config.num_attention_heads * head_dim
+    return config.num_hidden_layers * 2 * 2 * queries * tokens * (tokens + 1) / 2
 
 
 def parameters_with_gradients() -> list[torch.nn.Parameter]:

@@ -8,11 +8,16 @@ file, repeated to the batch size) at temperature 1 with each engine in turn, alt
 `--rounds` rounds, and reports the median. Beside the engines, plain `model.generate(do_sample=True)`
 on the same prompt ids: transformers' sampler with nothing of rlhfkit's around it, the yardstick of
 issue 13's 3x goal (the `hf` engine is `generate` with a shared prompt cache and its own token draw).
-The machine's weights-streaming limit stands beside them: a decode step reads every weight once, so
-one step cannot be faster than model bytes / memory bandwidth, and a batch of B makes B new tokens
-per step: limit = B · bandwidth / model bytes. The bandwidth is measured here with a large tensor copy
-(read + write bytes / seconds). Also the seconds of one weight push into the engine (after a change to
-the policy's weights).
+The machine's floor stands beside them: the most new tokens/s any sampler of this model can reach here.
+Sampling B prompts is a prefill pass over their tokens, then one decode step per further new token. The
+prefill's products (2 FLOPs per decoder weight per prompt token, the causal attention, the LM head on
+each row's last token) take at least their FLOPs / the fastest fp32 product measured here (as
+`benchmarks/cpu_kernels.py` times them, at the prefill's shape). A decode step reads every weight once
+and multiplies B rows by the decoder and the head, so it takes at least the longer of model bytes /
+memory bandwidth and its FLOPs / that same rate (its attention over the cache is left out, so the floor
+stays a floor). The bandwidth is measured here with a large tensor copy (read + write bytes / seconds).
+"floor / plain" is therefore the most any sampler could gain here over plain `generate`. Also the seconds
+of one weight push into the engine (after a change to the policy's weights).
 """
 
 import argparse
@@ -21,6 +26,7 @@ import time
 
 import torch
 
+from cpu_kernels import causal_attention_flops, decoder_weights, fastest_product
 from rlhfkit.assets import PROMPTS
 from rlhfkit.config import EMBEDDED_MODEL, GenerationConfig
 from rlhfkit.data import format_prompt, load_records
@@ -63,6 +69,16 @@ def plain_generate_per_second(model, tokenizer, texts, config) -> float:
     return float(response_mask.sum()) / seconds
 
 
+def floor_tokens_per_second(config, prompt_lengths: list[int], new_tokens: int, model_bytes: int, bandwidth: float,
+                            product_rate: float) -> float:  # fmt: skip
+    """New tokens/s if the prefill and every decode step ran at this machine's limits (see the module's doc)."""
+    weights, head = decoder_weights(config), config.vocab_size * config.hidden_size
+    batch = len(prompt_lengths)
+    prefill = sum(2 * weights * n + causal_attention_flops(config, n) for n in prompt_lengths) + 2 * head * batch
+    step = max(model_bytes / bandwidth, 2 * batch * (weights + head) / product_rate)
+    return batch * new_tokens / (prefill / product_rate + (new_tokens - 1) * step)
+
+
 def push_seconds(engine: VLLMEngine, model) -> float:
     with torch.no_grad():
         next(model.parameters()).add_(0.0)  # an in-place write: the weights count as changed
@@ -92,11 +108,14 @@ def main() -> None:
     print(f"weight push: {push_seconds(engine, model):.2f} s")
     records = load_records(str(PROMPTS), "prompts")
     print(
-        "| batch | new tokens | plain generate tok/s | hf tok/s | vllm tok/s | vllm / hf | vllm / plain | limit tok/s |"
+        "| batch | new tokens | plain generate tok/s | hf tok/s | vllm tok/s | vllm / hf | vllm / plain "
+        "| floor tok/s | floor / plain |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for batch in map(int, args.batches.split(",")):
         texts = [format_prompt(tokenizer, records[i % len(records)]) for i in range(batch)]
+        prompt_lengths = tokenize_prompts(tokenizer, texts)[1].sum(dim=1).tolist()
+        product_rate = fastest_product(sum(prompt_lengths), model.config.hidden_size, model.config.intermediate_size)
         for new_tokens in map(int, args.new_tokens.split(",")):
             config = GenerationConfig(max_new_tokens=new_tokens)
             rates = {"plain": [], "hf": [], "vllm": []}
@@ -107,9 +126,11 @@ def main() -> None:
                         new_tokens_per_second(candidate, model, tokenizer, texts, config, args.precision)
                     )
             plain, hf, vllm = (statistics.median(rates[name]) for name in ("plain", "hf", "vllm"))
-            limit = batch * bandwidth / model_bytes
-            ratios = f"{vllm / hf:.2f} | {vllm / plain:.2f}"
-            print(f"| {batch} | {new_tokens} | {plain:.1f} | {hf:.1f} | {vllm:.1f} | {ratios} | {limit:.0f} |")
+            floor = floor_tokens_per_second(
+                model.config, prompt_lengths, new_tokens, model_bytes, bandwidth, product_rate
+            )
+            ratios = f"{vllm / hf:.2f} | {vllm / plain:.2f} | {floor:.0f} | {floor / plain:.2f}"
+            print(f"| {batch} | {new_tokens} | {plain:.1f} | {hf:.1f} | {vllm:.1f} | {ratios} |")
 
 
 if __name__ == "__main__":

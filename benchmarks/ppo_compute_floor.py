@@ -23,7 +23,7 @@ import statistics
 
 import torch
 
-from cpu_kernels import matmul_layouts, parameters_with_gradients, seconds
+from cpu_kernels import causal_attention_flops, decoder_weights, fastest_product, parameters_with_gradients, seconds
 from rlhfkit.assets import PROMPTS
 from rlhfkit.config import EMBEDDED_MODEL
 from rlhfkit.data import format_prompt, load_records
@@ -42,27 +42,12 @@ def prompt_lengths(tokenizer) -> list[int]:
 
 def forward_flops(config, lengths: list[int]) -> float:
     """FLOPs of the products of one forward pass over rows of `lengths` prompt tokens + NEW_TOKENS each."""
-    hidden, heads = config.hidden_size, config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    queries, keys = heads * head_dim, config.num_key_value_heads * head_dim
-    per_layer = hidden * queries + 2 * hidden * keys + queries * hidden + 3 * hidden * config.intermediate_size
     flops = 0.0
     for prompt in lengths:
         tokens = prompt + NEW_TOKENS
-        flops += 2 * config.num_hidden_layers * per_layer * tokens
-        # scores and the weighted sum: each token attends to itself and the tokens before it
-        flops += config.num_hidden_layers * 2 * 2 * queries * tokens * (tokens + 1) / 2
-        flops += 2 * config.vocab_size * hidden * NEW_TOKENS
+        flops += 2 * decoder_weights(config) * tokens + causal_attention_flops(config, tokens)
+        flops += 2 * config.vocab_size * config.hidden_size * NEW_TOKENS
     return flops
-
-
-def fastest_product(rows: int, hidden: int, mlp: int) -> float:
-    """FLOP/s of the fastest fp32 product layout at a minibatch's shape, the median of 5 rounds."""
-    rates = {name: [] for name in matmul_layouts(rows, hidden, mlp, torch.float32)}
-    for _ in range(5):
-        for name, product in matmul_layouts(rows, hidden, mlp, torch.float32).items():
-            rates[name].append(2 * rows * hidden * mlp / seconds(product))
-    return max(statistics.median(values) for values in rates.values())
 
 
 def adamw_seconds() -> float:
