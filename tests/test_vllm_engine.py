@@ -78,6 +78,28 @@ def test_samples_follow_the_policy_through_an_update_as_generate_does(engine, to
     assert_same_samples(engine.sample(policy, tokenizer, PROMPTS, GREEDY), after)
 
 
+def test_a_compiled_engine_follows_the_policy_through_an_update_as_generate_does(tokenizer, vllm_model_dir):
+    """generation.vllm_execution=compiled: the pushed weights reach the compiled model (it reads them in place)."""
+    pytest.importorskip("vllm")
+    engine = build_engine(GenerationConfig(engine="vllm", vllm_execution="compiled"), vllm_model_dir, None, "float32")
+    assert engine is not VLLMEngine.load(vllm_model_dir, "float32", "eager")
+    policy = load_causal_lm(vllm_model_dir, tokenizer)
+    before = sample(policy, tokenizer, PROMPTS, GREEDY)
+    assert_same_samples(engine.sample(policy, tokenizer, PROMPTS, GREEDY), before)
+    one_update(policy, tokenizer)
+    after = sample(policy, tokenizer, PROMPTS, GREEDY)
+    assert not torch.equal(after.response_ids, before.response_ids)
+    assert_same_samples(engine.sample(policy, tokenizer, PROMPTS, GREEDY), after)
+
+
+def test_an_unknown_vllm_execution_is_refused_naming_the_key(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["ppo", "--out", str(out), "--set", "generation.vllm_execution=fast"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "generation.vllm_execution must be auto, eager or compiled" in error
+    assert not out.exists()
+
+
 def test_engine_log_probs_of_the_same_sequences_equal_the_training_model(engine, tokenizer, vllm_model_dir):
     policy = load_causal_lm(vllm_model_dir, tokenizer)
     one_update(policy, tokenizer)
@@ -156,14 +178,14 @@ def test_auto_measures_once_caches_the_faster_and_leaves_the_random_streams(
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    chosen = measured_engine(vllm_model_dir, policy, "float32")
+    chosen = measured_engine(vllm_model_dir, policy, "float32", "auto")
     assert torch.equal(torch.rand(3), expected)
     (record,) = json.loads((tmp_path / "generation_engine.json").read_text()).values()
     rates = record["new_tokens_per_s"]
     assert set(rates) == {"hf", "vllm"} and all(rate > 0 for rate in rates.values())
     assert chosen.name == record["engine"] == max(rates, key=rates.get)
     monkeypatch.setattr(engines, "probe", lambda *args: pytest.fail("measured twice"))
-    assert measured_engine(vllm_model_dir, policy, "float32").name == chosen.name
+    assert measured_engine(vllm_model_dir, policy, "float32", "auto").name == chosen.name
 
 
 def test_auto_stays_with_generate_for_a_tiny_model_without_measuring(tiny_model_dir):

@@ -91,6 +91,7 @@ class ModelConfig:
 
 
 GENERATION_ENGINES = ("auto", "hf", "vllm")
+VLLM_EXECUTIONS = ("auto", "eager", "compiled")
 
 
 @dataclasses.dataclass
@@ -105,10 +106,18 @@ class GenerationConfig:
         "pushed after every update; pip install 'rlhfkit[vllm]'), or auto (vllm where installed and measured "
         "faster for this model on this machine, else hf)",
     )
+    vllm_execution: str = field(
+        "auto",
+        "how the vllm engine runs the model: compiled (torch.compile; CUDA graphs on a GPU), eager, or auto "
+        "(compiled on a GPU; eager on a CPU, where compiling takes 1.5-2 minutes the first time on a machine and "
+        "pays back only in long runs: RESULTS, session 15)",
+    )
 
     def __post_init__(self) -> None:
         if self.engine not in GENERATION_ENGINES:
             raise UserError(f"generation.engine must be auto, hf or vllm, got {self.engine!r}")
+        if self.vllm_execution not in VLLM_EXECUTIONS:
+            raise UserError(f"generation.vllm_execution must be auto, eager or compiled, got {self.vllm_execution!r}")
         if self.max_new_tokens <= 0:
             raise UserError(f"generation.max_new_tokens must be positive, got {self.max_new_tokens}")
         if self.temperature <= 0:

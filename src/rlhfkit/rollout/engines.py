@@ -50,21 +50,22 @@ def build_engine(
                 f"generation.engine=vllm runs one engine in one process, not {num_processes}; "
                 "set generation.engine=hf for a multi-process run"
             )
-        return VLLMEngine.load(model_name, precision)
+        return VLLMEngine.load(model_name, precision, generation.vllm_execution)
     if num_processes > 1 or importlib.util.find_spec("vllm") is None:
         return HF_ENGINE
     if sum(parameter.numel() for parameter in policy.parameters()) < AUTO_MIN_PARAMETERS:
         return HF_ENGINE
-    return measured_engine(model_name, policy, precision)
+    return measured_engine(model_name, policy, precision, generation.vllm_execution)
 
 
-def measured_engine(model_name: str, policy: nn.Module, precision: str) -> GenerationEngine:
+def measured_engine(model_name: str, policy: nn.Module, precision: str, execution: str) -> GenerationEngine:
     """The faster engine for this model here: cached, or measured now."""
-    key = f"{machine_key(policy)} | vllm {vllm_version()} | {precision}"
+    compiled = VLLMEngine.compiles(execution)
+    key = f"{machine_key(policy)} | vllm {vllm_version()} | {precision}{' | compiled' if compiled else ''}"
     path = cache_root() / "generation_engine.json"
     cache = read_measurements(path)
     if key not in cache:
-        cache[key] = measurement(model_name, policy, precision)
+        cache[key] = measurement(model_name, policy, precision, execution)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, cache)
         rates = cache[key].get("new_tokens_per_s")
@@ -72,16 +73,16 @@ def measured_engine(model_name: str, policy: nn.Module, precision: str) -> Gener
         print(
             f"rlhfkit: generation engine probe: {shown} -> {cache[key]['engine']} (cached in {path})", file=sys.stderr
         )
-    return HF_ENGINE if cache[key]["engine"] == "hf" else VLLMEngine.load(model_name, precision)
+    return HF_ENGINE if cache[key]["engine"] == "hf" else VLLMEngine.load(model_name, precision, execution)
 
 
-def measurement(model_name: str, policy: nn.Module, precision: str) -> dict:
+def measurement(model_name: str, policy: nn.Module, precision: str, execution: str) -> dict:
     """{"engine", "new_tokens_per_s"} from a probe, or {"engine": "hf", "reason"} where vLLM cannot run the model.
 
     The probed vLLM engine stays loaded only if it won.
     """
     try:
-        engine = VLLMEngine.load(model_name, precision)
+        engine = VLLMEngine.load(model_name, precision, execution)
     except UserError as error:
         return {"engine": "hf", "reason": str(error)}
     rates = probe(engine, policy, precision)

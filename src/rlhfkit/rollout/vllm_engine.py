@@ -54,6 +54,10 @@ VLLM_ENVIRONMENT = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     "VLLM_LOGGING_LEVEL": "ERROR",
+    # vLLM 0.32 saves a compiled model as an AOT artifact that its CPU backend then fails to load ("'function'
+    # object has no attribute 'finalize_loading'"), so every compiled build compiled again (98-125 s here);
+    # inductor's own cache, used without AOT, loads: a second build took 40 s (RESULTS, session 15)
+    "VLLM_USE_AOT_COMPILE": "0",
 }
 # The CPU default reserves most of the machine's memory for the KV cache; 1 GiB holds SmolLM2-135M's
 # fp32 keys and values for ~22,000 tokens (2 · 30 layers · 3 heads · 64 · 4 bytes = 46 kB a token).
@@ -147,14 +151,23 @@ class VLLMEngine(GenerationEngine):
         self.llm, self.vllm, self.sleeps = llm, vllm, sleeps
 
     @classmethod
-    def load(cls, model_name: str, precision: str) -> VLLMEngine:
-        """The process's engine for model.name in `precision`, built on first use; UserError if vLLM cannot run it."""
+    def load(cls, model_name: str, precision: str, execution: str = "auto") -> VLLMEngine:
+        """The process's engine for model.name in `precision`, built on first use; UserError if vLLM cannot run it.
+
+        `execution` is generation.vllm_execution: eager, compiled, or auto (compiled on a GPU only).
+        """
         vllm = import_vllm()
         directory = base_model_directory(model_name)
-        key = (str(Path(directory).resolve()), precision)
+        compiled = cls.compiles(execution)
+        key = (str(Path(directory).resolve()), precision, compiled)
         if key not in cls._shared:
-            cls._shared[key] = cls._build(vllm, model_name, directory, precision)
+            cls._shared[key] = cls._build(vllm, model_name, directory, precision, compiled)
         return cls._shared[key]
+
+    @staticmethod
+    def compiles(execution: str) -> bool:
+        """Whether generation.vllm_execution compiles the model here (auto: on a GPU)."""
+        return torch.cuda.is_available() if execution == "auto" else execution == "compiled"
 
     def unload(self) -> None:
         """Let this engine go (its weights and KV cache with it) once nothing else holds it: `auto` chose `hf`."""
@@ -163,14 +176,14 @@ class VLLMEngine(GenerationEngine):
                 del self._shared[key]
 
     @classmethod
-    def _build(cls, vllm, model_name: str, directory: str, precision: str) -> VLLMEngine:
+    def _build(cls, vllm, model_name: str, directory: str, precision: str, compiled: bool) -> VLLMEngine:
         on_gpu = torch.cuda.is_available()
         memory = {"gpu_memory_utilization": GPU_MEMORY_SHARE} if on_gpu else {"kv_cache_memory_bytes": KV_CACHE_BYTES}
         with colocated():
             try:
                 llm = vllm.LLM(
                     model=directory, dtype=precision, skip_tokenizer_init=True, generation_config="vllm",
-                    enforce_eager=not on_gpu, enable_sleep_mode=on_gpu, use_tqdm_on_load=False, **memory,
+                    enforce_eager=not compiled, enable_sleep_mode=on_gpu, use_tqdm_on_load=False, **memory,
                 )  # fmt: skip
                 # a model vLLM loads may still fail on its first step (e.g. a head size its kernels lack)
                 llm.generate([{"prompt_token_ids": [0]}], vllm.SamplingParams(max_tokens=1), use_tqdm=False)
