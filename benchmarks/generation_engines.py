@@ -1,6 +1,7 @@
-"""New tokens per second of the two generation engines, `hf` (transformers `generate`) and `vllm`.
+"""New tokens per second of the generation engines, `hf` (transformers `generate`) and `vllm` (eager or compiled).
 
     .venv/bin/python benchmarks/generation_engines.py                      # the embedded model, both engines
+    .venv/bin/python benchmarks/generation_engines.py --compiled           # and vLLM compiled (its build first)
     .venv/bin/python benchmarks/generation_engines.py --batches 2 --new-tokens 4 --rounds 1 --model DIR  # smoke
 
 Every (batch, new tokens) cell samples the same prompts (chat prompts from the package's prompt
@@ -17,7 +18,7 @@ and multiplies B rows by the decoder and the head, so it takes at least the long
 memory bandwidth and its FLOPs / that same rate (its attention over the cache is left out, so the floor
 stays a floor). The bandwidth is measured here with a large tensor copy (read + write bytes / seconds).
 "floor / plain" is therefore the most any sampler could gain here over plain `generate`. Also the seconds
-of one weight push into the engine (after a change to the policy's weights).
+of each vLLM engine's build and of one weight push into it (after a change to the policy's weights).
 """
 
 import argparse
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--batches", default="16,64")
     parser.add_argument("--new-tokens", default="32,128")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compiled", action="store_true", help="also vLLM compiled (generation.vllm_execution)")
     args = parser.parse_args()
 
     print("CPU flags:", cpu_flags(), "| torch threads:", torch.get_num_threads(), "| precision:", args.precision)
@@ -104,33 +106,38 @@ def main() -> None:
         model_bytes //= 2  # vLLM holds bf16 weights; hf decodes from the fp32 ones (the limit is vLLM's)
     bandwidth = memory_bandwidth()
     print(f"memory bandwidth {bandwidth / 1e9:.1f} GB/s, model {model_bytes / 1e6:.0f} MB")
-    engine = VLLMEngine.load(args.model, args.precision)
-    print(f"weight push: {push_seconds(engine, model):.2f} s")
+    engines = {"hf": HF_ENGINE}
+    for execution in ("eager", "compiled") if args.compiled else ("eager",):
+        started = time.perf_counter()
+        engines[f"vllm {execution}"] = VLLMEngine.load(args.model, args.precision, execution)
+        print(f"vllm {execution}: build {time.perf_counter() - started:.1f} s, "
+              f"weight push {push_seconds(engines[f'vllm {execution}'], model):.2f} s")  # fmt: skip
+    vllm_names = [name for name in engines if name != "hf"]
     records = load_records(str(PROMPTS), "prompts")
-    print(
-        "| batch | new tokens | plain generate tok/s | hf tok/s | vllm tok/s | vllm / hf | vllm / plain "
-        "| floor tok/s | floor / plain |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    columns = ["batch", "new tokens", "plain generate", *engines, *(f"{name} / plain" for name in vllm_names)]
+    print(f"new tokens/s; the floor is this machine's most\n| {' | '.join([*columns, 'floor', 'floor / plain'])} |")
+    print("|" + " --- |" * (len(columns) + 2))
     for batch in map(int, args.batches.split(",")):
         texts = [format_prompt(tokenizer, records[i % len(records)]) for i in range(batch)]
         prompt_lengths = tokenize_prompts(tokenizer, texts)[1].sum(dim=1).tolist()
         product_rate = fastest_product(sum(prompt_lengths), model.config.hidden_size, model.config.intermediate_size)
         for new_tokens in map(int, args.new_tokens.split(",")):
             config = GenerationConfig(max_new_tokens=new_tokens)
-            rates = {"plain": [], "hf": [], "vllm": []}
+            rates = {name: [] for name in ("plain", *engines)}
             for _ in range(args.rounds):
                 rates["plain"].append(plain_generate_per_second(model, tokenizer, texts, config))
-                for name, candidate in (("hf", HF_ENGINE), ("vllm", engine)):
+                for name, candidate in engines.items():
                     rates[name].append(
                         new_tokens_per_second(candidate, model, tokenizer, texts, config, args.precision)
                     )
-            plain, hf, vllm = (statistics.median(rates[name]) for name in ("plain", "hf", "vllm"))
+            median = {name: statistics.median(values) for name, values in rates.items()}
             floor = floor_tokens_per_second(
                 model.config, prompt_lengths, new_tokens, model_bytes, bandwidth, product_rate
             )
-            ratios = f"{vllm / hf:.2f} | {vllm / plain:.2f} | {floor:.0f} | {floor / plain:.2f}"
-            print(f"| {batch} | {new_tokens} | {plain:.1f} | {hf:.1f} | {vllm:.1f} | {ratios} |")
+            cells = [batch, new_tokens, *(f"{rate:.1f}" for rate in median.values())]
+            cells += [f"{median[name] / median['plain']:.2f}" for name in vllm_names]
+            cells += [f"{floor:.0f}", f"{floor / median['plain']:.2f}"]
+            print(f"| {' | '.join(map(str, cells))} |")
 
 
 if __name__ == "__main__":
