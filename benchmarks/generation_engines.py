@@ -114,13 +114,19 @@ def main() -> None:
               f"weight push {push_seconds(engines[f'vllm {execution}'], model):.2f} s")  # fmt: skip
     vllm_names = [name for name in engines if name != "hf"]
     records = load_records(str(PROMPTS), "prompts")
+    batches = {}  # batch size -> (texts, prompt lengths, the fastest fp32 product at its prefill's shape)
+    for batch in map(int, args.batches.split(",")):
+        texts = [format_prompt(tokenizer, records[i % len(records)]) for i in range(batch)]
+        lengths = tokenize_prompts(tokenizer, texts)[1].sum(dim=1).tolist()
+        rate = fastest_product(sum(lengths), model.config.hidden_size, model.config.intermediate_size)
+        batches[batch] = texts, lengths, rate
+        print(
+            f"batch {batch}: {sum(lengths)} prompt tokens, fastest fp32 product at that shape {rate / 1e9:.0f} GFLOP/s"
+        )
     columns = ["batch", "new tokens", "plain generate", *engines, *(f"{name} / plain" for name in vllm_names)]
     print(f"new tokens/s; the floor is this machine's most\n| {' | '.join([*columns, 'floor', 'floor / plain'])} |")
     print("|" + " --- |" * (len(columns) + 2))
-    for batch in map(int, args.batches.split(",")):
-        texts = [format_prompt(tokenizer, records[i % len(records)]) for i in range(batch)]
-        prompt_lengths = tokenize_prompts(tokenizer, texts)[1].sum(dim=1).tolist()
-        product_rate = fastest_product(sum(prompt_lengths), model.config.hidden_size, model.config.intermediate_size)
+    for batch, (texts, prompt_lengths, product_rate) in batches.items():
         for new_tokens in map(int, args.new_tokens.split(",")):
             config = GenerationConfig(max_new_tokens=new_tokens)
             rates = {name: [] for name in ("plain", *engines)}
