@@ -110,7 +110,7 @@ class GenerationConfig:
         "auto",
         "how the vllm engine runs the model: compiled (torch.compile; CUDA graphs on a GPU), eager, or auto "
         "(compiled on a GPU; eager on a CPU, where the compile took 60 s the first time on a machine and 20 s once "
-        "cached, and sampled 1.2x faster than eager at a batch of 16: RESULTS, session 15)",
+        "cached, and sampled 1.13-1.22x faster than eager at a batch of 16: RESULTS, session 15)",
     )
 
     def __post_init__(self) -> None:

@@ -4,9 +4,9 @@
 the policy's weights are pushed into (`rollout.vllm_engine`). `auto` picks by measurement, as
 `model.dtype=auto` does: on first use for a model on a machine it samples the same random prompts
 with both, alternately, and caches the faster under `$RLHFKIT_CACHE/generation_engine.json`, keyed
-by CPU model, torch and vLLM versions, the model's architecture and the precision. Without vLLM
-installed, with several processes, or for a model under AUTO_MIN_PARAMETERS it is `hf` without
-measuring: vLLM's start-up (its import and the model load take tens of seconds) cannot pay back
+by CPU model, torch and vLLM versions, the model's architecture, the precision and whether vLLM
+compiles the model (`generation.vllm_execution`). Without vLLM installed, with several processes,
+or for a model under AUTO_MIN_PARAMETERS it is `hf` without measuring: vLLM's start-up (its import and the model load take tens of seconds) cannot pay back
 on a model whose whole rollout takes less, such as the tests' tiny ones.
 """
 
