@@ -6,8 +6,9 @@ the policy's weights are pushed into (`rollout.vllm_engine`). `auto` picks by me
 with both, alternately, and caches the faster under `$RLHFKIT_CACHE/generation_engine.json`, keyed
 by CPU model, torch and vLLM versions, the model's architecture, the precision and whether vLLM
 compiles the model (`generation.vllm_execution`). Without vLLM installed, with several processes,
-or for a model under AUTO_MIN_PARAMETERS it is `hf` without measuring: vLLM's start-up (its import and the model load take tens of seconds) cannot pay back
-on a model whose whole rollout takes less, such as the tests' tiny ones.
+or for a model under AUTO_MIN_PARAMETERS it is `hf` without measuring: vLLM's start-up (its import
+and the model load take tens of seconds) cannot pay back on a model whose whole rollout takes less,
+such as the tests' tiny ones.
 """
 
 from __future__ import annotations
