@@ -57,9 +57,8 @@ def new_tokens_per_second(engine, model, tokenizer, texts, config, precision) ->
 
 
 @torch.no_grad()
-def plain_generate_per_second(model, tokenizer, texts, config) -> float:
-    """New tokens/s of transformers' own sampling loop, nothing of rlhfkit's around it."""
-    query_ids, query_mask = tokenize_prompts(tokenizer, texts)
+def plain_generate_per_second(model, tokenizer, query_ids, query_mask, config) -> float:
+    """New tokens/s of transformers' own sampling loop on left-padded prompt ids, nothing of rlhfkit's around it."""
     started = time.perf_counter()
     out = model.generate(
         input_ids=query_ids, attention_mask=query_mask.long(), do_sample=True, temperature=config.temperature,
@@ -114,32 +113,31 @@ def main() -> None:
               f"weight push {push_seconds(engines[f'vllm {execution}'], model):.2f} s")  # fmt: skip
     vllm_names = [name for name in engines if name != "hf"]
     records = load_records(str(PROMPTS), "prompts")
-    batches = {}  # batch size -> (texts, prompt lengths, the fastest fp32 product at its prefill's shape)
+    batches = {}  # batch size -> (texts, their ids, mask and lengths, the fastest fp32 product at the prefill's shape)
     for batch in map(int, args.batches.split(",")):
         texts = [format_prompt(tokenizer, records[i % len(records)]) for i in range(batch)]
-        lengths = tokenize_prompts(tokenizer, texts)[1].sum(dim=1).tolist()
+        query_ids, query_mask = tokenize_prompts(tokenizer, texts)
+        lengths = query_mask.sum(dim=1).tolist()
         rate = fastest_product(sum(lengths), model.config.hidden_size, model.config.intermediate_size)
-        batches[batch] = texts, lengths, rate
+        batches[batch] = texts, query_ids, query_mask, lengths, rate
         print(
             f"batch {batch}: {sum(lengths)} prompt tokens, fastest fp32 product at that shape {rate / 1e9:.0f} GFLOP/s"
         )
     columns = ["batch", "new tokens", "plain generate", *engines, *(f"{name} / plain" for name in vllm_names)]
     print(f"new tokens/s; the floor is this machine's most\n| {' | '.join([*columns, 'floor', 'floor / plain'])} |")
     print("|" + " --- |" * (len(columns) + 2))
-    for batch, (texts, prompt_lengths, product_rate) in batches.items():
+    for batch, (texts, query_ids, query_mask, lengths, product_rate) in batches.items():
         for new_tokens in map(int, args.new_tokens.split(",")):
             config = GenerationConfig(max_new_tokens=new_tokens)
             rates = {name: [] for name in ("plain", *engines)}
             for _ in range(args.rounds):
-                rates["plain"].append(plain_generate_per_second(model, tokenizer, texts, config))
+                rates["plain"].append(plain_generate_per_second(model, tokenizer, query_ids, query_mask, config))
                 for name, candidate in engines.items():
                     rates[name].append(
                         new_tokens_per_second(candidate, model, tokenizer, texts, config, args.precision)
                     )
             median = {name: statistics.median(values) for name, values in rates.items()}
-            floor = floor_tokens_per_second(
-                model.config, prompt_lengths, new_tokens, model_bytes, bandwidth, product_rate
-            )
+            floor = floor_tokens_per_second(model.config, lengths, new_tokens, model_bytes, bandwidth, product_rate)
             cells = [batch, new_tokens, *(f"{rate:.1f}" for rate in median.values())]
             cells += [f"{median[name] / median['plain']:.2f}" for name in vllm_names]
             cells += [f"{floor:.0f}", f"{floor / median['plain']:.2f}"]

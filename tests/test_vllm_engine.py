@@ -65,8 +65,14 @@ def assert_same_samples(a, b) -> None:
         assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
+@pytest.mark.parametrize("execution", ["eager", "compiled"])
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_samples_follow_the_policy_through_an_update_as_generate_does(engine, tokenizer, vllm_model_dir, lora):
+def test_samples_follow_the_policy_through_an_update_as_generate_does(
+    engine, tokenizer, vllm_model_dir, lora, execution
+):
+    """Also with generation.vllm_execution=compiled: the pushed weights reach the compiled model."""
+    engine = build_engine(GenerationConfig(engine="vllm", vllm_execution=execution), vllm_model_dir, None, "float32")
+    assert engine.llm.llm_engine.model_config.enforce_eager == (execution == "eager")
     policy = load_causal_lm(vllm_model_dir, tokenizer)
     if lora:
         policy = apply_lora(policy, LoRAConfig(enabled=True, r=8, top_layers=1))
@@ -75,20 +81,6 @@ def test_samples_follow_the_policy_through_an_update_as_generate_does(engine, to
     one_update(policy, tokenizer)
     after = sample(policy, tokenizer, PROMPTS, GREEDY)
     assert not torch.equal(after.response_ids, before.response_ids)  # the update changed what generate samples
-    assert_same_samples(engine.sample(policy, tokenizer, PROMPTS, GREEDY), after)
-
-
-def test_a_compiled_engine_follows_the_policy_through_an_update_as_generate_does(tokenizer, vllm_model_dir):
-    """generation.vllm_execution=compiled: the pushed weights reach the compiled model (it reads them in place)."""
-    pytest.importorskip("vllm")
-    engine = build_engine(GenerationConfig(engine="vllm", vllm_execution="compiled"), vllm_model_dir, None, "float32")
-    assert engine is not VLLMEngine.load(vllm_model_dir, "float32", "eager")
-    policy = load_causal_lm(vllm_model_dir, tokenizer)
-    before = sample(policy, tokenizer, PROMPTS, GREEDY)
-    assert_same_samples(engine.sample(policy, tokenizer, PROMPTS, GREEDY), before)
-    one_update(policy, tokenizer)
-    after = sample(policy, tokenizer, PROMPTS, GREEDY)
-    assert not torch.equal(after.response_ids, before.response_ids)
     assert_same_samples(engine.sample(policy, tokenizer, PROMPTS, GREEDY), after)
 
 

@@ -56,7 +56,7 @@ VLLM_ENVIRONMENT = {
     "VLLM_LOGGING_LEVEL": "ERROR",
     # vLLM 0.32 saves a compiled model as an AOT artifact that its CPU backend then fails to load ("'function'
     # object has no attribute 'finalize_loading'"), so every compiled build compiled again (98-125 s here);
-    # inductor's own cache, used without AOT, loads: a second build took 40 s (RESULTS, session 15)
+    # inductor's own cache, used without AOT, loads: a second build took 19.5 s (RESULTS, session 15)
     "VLLM_USE_AOT_COMPILE": "0",
 }
 # The CPU default reserves most of the machine's memory for the KV cache; 1 GiB holds SmolLM2-135M's
